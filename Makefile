@@ -1,0 +1,33 @@
+# make install | test | bench | demo | cmake-build. Everything runs in .venv, made here.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export MAX_JOBS ?= 2
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
+
+.PHONY: install test bench demo cmake-build clean
+
+$(VENV)/.torch:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel ninja cmake
+	$(PY) -m pip install -q $(TORCH_PINS)
+	touch $@
+
+# Editable install: builds indeed_ext/_C*.so in place; rebuilt when csrc/ or setup changes.
+$(VENV)/.installed: $(VENV)/.torch $(SOURCES)
+	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+clean:
+	rm -rf build indeed_ext/*.so $(VENV)/.installed
+
+# The CMake build of the same library (libtorch users); CI builds it once.
+cmake-build: $(VENV)/.torch
+	$(VENV)/bin/cmake -S . -B build/cmake -G Ninja -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+	$(VENV)/bin/cmake --build build/cmake

@@ -1,0 +1,13 @@
+"""indeed-ext: INDeeD (identical and disparate feature decomposition) for multi-label training.
+
+Fused operators under ``torch.ops.indeed`` (CPU and CUDA C++) and
+``torch.ops.indeed_triton`` (Triton), with a backend-selecting Python API.
+"""
+from . import _C  # noqa: F401  (loads the library that defines torch.ops.indeed)
+from . import reference
+from .ops import decompose, identical_map, register_fake_and_autograd, six_head_bce
+
+register_fake_and_autograd("indeed")
+
+__version__ = "0.1.0"
+__all__ = ["decompose", "identical_map", "six_head_bce", "reference", "__version__"]

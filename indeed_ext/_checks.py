@@ -1,0 +1,91 @@
+"""Input checks shared by the Python API, the fake kernels and the Triton ops.
+
+The C++ kernels make the same checks (csrc/checks.h) with the same exception
+types: ValueError for shapes and values, TypeError for dtypes, IndexError for
+pair indices out of range.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .reference import NORMS
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_norm_eps(norm: str, eps: float) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+    if not isinstance(eps, (int, float)) or math.isnan(eps) or eps <= 0 or math.isinf(eps):
+        raise ValueError(f"eps must be a positive finite number, got {eps!r}")
+
+
+def _check_float(name: str, t: torch.Tensor) -> None:
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+
+
+def _check_rank(name: str, t: torch.Tensor, rank: int, layout: str) -> None:
+    if t.dim() != rank:
+        raise ValueError(f"{name} must be {rank}-D {layout}, got shape {tuple(t.shape)}")
+
+
+def _check_same_device(names: str, tensors) -> None:
+    if len({t.device for t in tensors}) > 1:
+        got = ", ".join(str(t.device) for t in tensors)
+        raise ValueError(f"{names} are on different devices: {got}")
+
+
+def _check_same_dtype(names: str, tensors) -> None:
+    if len({t.dtype for t in tensors}) > 1:
+        got = ", ".join(str(t.dtype) for t in tensors)
+        raise TypeError(f"{names} have mixed dtypes: {got}")
+
+
+def check_pair(fa: torch.Tensor, fb: torch.Tensor) -> None:
+    """fa, fb: (rows, n) of one float dtype, one device, one shape."""
+    _check_rank("fa", fa, 2, "(rows, n)")
+    _check_rank("fb", fb, 2, "(rows, n)")
+    if fa.shape != fb.shape:
+        raise ValueError(f"fa and fb must have the same shape, got {tuple(fa.shape)} and {tuple(fb.shape)}")
+    _check_same_device("fa, fb", (fa, fb))
+    _check_float("fa", fa)
+    _check_same_dtype("fa, fb", (fa, fb))
+
+
+def check_six_head(features, weight, bias, targets, index_a, index_b, check_index_values: bool = True) -> None:
+    """Shapes, dtypes and devices of six_head_bce's inputs; index values when asked (syncs on GPU)."""
+    _check_rank("features", features, 2, "(B, n)")
+    _check_rank("weight", weight, 2, "(c, n)")
+    _check_rank("targets", targets, 2, "(B, c)")
+    _check_rank("index_a", index_a, 1, "(P,)")
+    _check_rank("index_b", index_b, 1, "(P,)")
+    B, n = features.shape
+    c = weight.shape[0]
+    if weight.shape[1] != n:
+        raise ValueError(f"weight must be (c, n) with n = features.shape[1] = {n}, got {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (c,):
+        raise ValueError(f"bias must have shape (c,) = ({c},), got {tuple(bias.shape)}")
+    if tuple(targets.shape) != (B, c):
+        raise ValueError(f"targets must have shape (B, c) = ({B}, {c}), got {tuple(targets.shape)}")
+    if index_a.shape != index_b.shape:
+        raise ValueError(
+            f"index_a and index_b must have the same length, got {index_a.shape[0]} and {index_b.shape[0]}"
+        )
+    with_bias = [] if bias is None else [bias]
+    bias_name = "" if bias is None else ", bias"
+    _check_same_device(
+        "features, weight, targets, index_a, index_b" + bias_name, [features, weight, targets, index_a, index_b] + with_bias
+    )
+    _check_float("features", features)
+    _check_float("targets", targets)
+    _check_same_dtype("features, weight" + bias_name, [features, weight] + with_bias)
+    for name, idx in (("index_a", index_a), ("index_b", index_b)):
+        if idx.dtype != torch.int64:
+            raise TypeError(f"{name} must be int64, got {idx.dtype}")
+    if check_index_values:
+        for name, idx in (("index_a", index_a), ("index_b", index_b)):
+            if idx.numel() and bool(((idx < 0) | (idx >= B)).any()):
+                raise IndexError(f"{name} has values outside [0, B) = [0, {B})")

@@ -1,0 +1,181 @@
+"""Fake kernels, autograd and the backend-selecting Python API of the indeed ops.
+
+The schemas live in csrc/ops.cpp (namespace ``indeed``); the Triton backend
+re-declares the same schemas in namespace ``indeed_triton``. ``register_fake_and_autograd``
+serves both, so the two namespaces share one definition of shapes and gradients.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _checks, reference
+
+BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
+OP_NAMES = (
+    "identical_map",
+    "_identical_map_backward",
+    "decompose",
+    "_decompose_backward",
+    "six_head_bce",
+    "_six_head_bce_forward",
+    "_six_head_bce_backward",
+)
+
+
+# ----------------------------------------------------------------------------- fake kernels
+def _fake_identical_map(fa, fb, norm="minmax", eps=1e-12):
+    _checks.check_pair(fa, fb)
+    _checks.check_norm_eps(norm, eps)
+    return torch.empty_like(fa)
+
+
+def _fake_identical_map_backward(grad_m, fa, fb, norm, eps):
+    return torch.empty_like(fa), torch.empty_like(fb)
+
+
+def _fake_decompose(fa, fb, norm="minmax", eps=1e-12):
+    _checks.check_pair(fa, fb)
+    _checks.check_norm_eps(norm, eps)
+    return tuple(torch.empty_like(fa) for _ in range(4))
+
+
+def _fake_decompose_backward(grad_ia, grad_ib, grad_da, grad_db, fa, fb, norm, eps):
+    return torch.empty_like(fa), torch.empty_like(fb)
+
+
+def _fake_six_head_bce_forward(features, weight, bias, targets, index_a, index_b, norm, eps):
+    _checks.check_six_head(features, weight, bias, targets, index_a, index_b, check_index_values=False)
+    _checks.check_norm_eps(norm, eps)
+    P, B, c = index_a.shape[0], features.shape[0], weight.shape[0]
+    cd = reference.compute_dtype(features.dtype)
+    loss = features.new_empty((P, 6), dtype=reference.loss_dtype(features.dtype))
+    return loss, features.new_empty((B, c), dtype=cd), features.new_empty((P, 2, c), dtype=cd)
+
+
+def _fake_six_head_bce_backward(grad, features, weight, bias, targets, index_a, index_b, logits, ident_logits, norm, eps):
+    return torch.empty_like(features), torch.empty_like(weight), weight.new_empty((weight.shape[0],))
+
+
+# ----------------------------------------------------------------------------- autograd
+def _setup_pair(ctx, inputs, output):
+    fa, fb, norm, eps = inputs
+    ctx.save_for_backward(fa, fb)
+    ctx.norm, ctx.eps = norm, eps
+
+
+def _setup_six_head(ctx, inputs, output):
+    features, weight, bias, targets, index_a, index_b, norm, eps = inputs
+    _, logits, ident_logits = output
+    ctx.mark_non_differentiable(logits, ident_logits)
+    ctx.save_for_backward(features, weight, bias, targets, index_a, index_b, logits, ident_logits)
+    ctx.norm, ctx.eps = norm, eps
+
+
+def register_fake_and_autograd(namespace: str) -> None:
+    """Register fake kernels and autograd formulas for ``namespace::<op>`` (indeed, indeed_triton)."""
+    ops = getattr(torch.ops, namespace)
+
+    def identical_map_backward(ctx, grad_m):
+        fa, fb = ctx.saved_tensors
+        grad_fa, grad_fb = ops._identical_map_backward(grad_m, fa, fb, ctx.norm, ctx.eps)
+        return grad_fa, grad_fb, None, None
+
+    def decompose_backward(ctx, grad_ia, grad_ib, grad_da, grad_db):
+        fa, fb = ctx.saved_tensors
+        grad_fa, grad_fb = ops._decompose_backward(grad_ia, grad_ib, grad_da, grad_db, fa, fb, ctx.norm, ctx.eps)
+        return grad_fa, grad_fb, None, None
+
+    def six_head_bce_backward(ctx, grad_loss, _grad_logits, _grad_ident_logits):
+        features, weight, bias, targets, index_a, index_b, logits, ident_logits = ctx.saved_tensors
+        grad_features, grad_weight, grad_bias = ops._six_head_bce_backward(
+            grad_loss, features, weight, bias, targets, index_a, index_b, logits, ident_logits, ctx.norm, ctx.eps
+        )
+        return grad_features, grad_weight, (None if bias is None else grad_bias), None, None, None, None, None
+
+    fakes = {
+        "identical_map": _fake_identical_map,
+        "_identical_map_backward": _fake_identical_map_backward,
+        "decompose": _fake_decompose,
+        "_decompose_backward": _fake_decompose_backward,
+        "_six_head_bce_forward": _fake_six_head_bce_forward,
+        "_six_head_bce_backward": _fake_six_head_bce_backward,
+    }
+    for name, fake in fakes.items():
+        torch.library.register_fake(f"{namespace}::{name}", fake)
+    torch.library.register_autograd(f"{namespace}::identical_map", identical_map_backward, setup_context=_setup_pair)
+    torch.library.register_autograd(f"{namespace}::decompose", decompose_backward, setup_context=_setup_pair)
+    torch.library.register_autograd(
+        f"{namespace}::_six_head_bce_forward", six_head_bce_backward, setup_context=_setup_six_head
+    )
+
+
+# ----------------------------------------------------------------------------- backend choice
+def _has_kernel(op_name: str, dispatch_key: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"indeed::{op_name}", dispatch_key)
+
+
+def _triton_ops():
+    from .triton import ops as triton_ops  # noqa: F401  (registers torch.ops.indeed_triton)
+
+    return torch.ops.indeed_triton
+
+
+def resolve_backend(backend: str, device: torch.device, op_name: str):
+    """The namespace (torch.ops.indeed, torch.ops.indeed_triton or reference) that runs op_name on device."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    if backend == "reference":
+        return reference
+    if backend == "triton":
+        return _triton_ops()
+    if backend == "auto":
+        if device.type == "cpu" or (device.type == "cuda" and _has_kernel(op_name, "CUDA")):
+            return torch.ops.indeed
+        if device.type == "cuda":
+            return _triton_ops()
+        return reference
+    if device.type != backend:
+        raise ValueError(f"backend={backend!r} needs {backend} tensors, got tensors on {device}")
+    key = "CPU" if backend == "cpu" else "CUDA"
+    if not _has_kernel(op_name, key):
+        raise RuntimeError(f"indeed_ext was built without {backend} kernels (see INDEED_CUDA in setup.py)")
+    return torch.ops.indeed
+
+
+# ----------------------------------------------------------------------------- public API
+def identical_map(fa, fb, norm: str = "minmax", eps: float = 1e-12, backend: str = "auto") -> torch.Tensor:
+    """Identical map m of each row pair (fa, fb): normalise(fa * fb), norm "minmax" or "l2"."""
+    _checks.check_pair(fa, fb)
+    _checks.check_norm_eps(norm, eps)
+    return resolve_backend(backend, fa.device, "identical_map").identical_map(fa, fb, norm, eps)
+
+
+def decompose(fa, fb, norm: str = "minmax", eps: float = 1e-12, backend: str = "auto"):
+    """(m*fa, m*fb, (1-m)*fa, (1-m)*fb): identical and disparate features of each row pair."""
+    _checks.check_pair(fa, fb)
+    _checks.check_norm_eps(norm, eps)
+    return tuple(resolve_backend(backend, fa.device, "decompose").decompose(fa, fb, norm, eps))
+
+
+def six_head_bce(
+    features,
+    weight,
+    bias,
+    targets,
+    index_a,
+    index_b,
+    norm: str = "minmax",
+    eps: float = 1e-12,
+    backend: str = "auto",
+    check_indices: bool = True,
+) -> torch.Tensor:
+    """Per-pair BCE (P, 6) of the heads orig_a, orig_b, ident_a, ident_b, disp_a, disp_b.
+
+    check_indices reads the pair indices to raise IndexError for values outside
+    [0, B) (one host sync on GPU); pass False for indices known to be valid.
+    """
+    checking = check_indices and not torch.compiler.is_compiling()
+    _checks.check_six_head(features, weight, bias, targets, index_a, index_b, check_index_values=checking)
+    _checks.check_norm_eps(norm, eps)
+    ops = resolve_backend(backend, features.device, "_six_head_bce_forward")
+    return ops.six_head_bce(features, weight, bias, targets, index_a, index_b, norm, eps)

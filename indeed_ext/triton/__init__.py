@@ -1,0 +1,1 @@
+"""Triton kernels of the indeed ops, registered as torch.ops.indeed_triton (see ops.py)."""

@@ -1,0 +1,105 @@
+"""Builds indeed_ext._C: CPU kernels always, CUDA kernels when INDEED_CUDA allows.
+
+INDEED_CUDA=auto (default) builds the CUDA sources when torch has CUDA and nvcc is
+found; 1 requires them; 0 skips them. With no GPU visible, TORCH_CUDA_ARCH_LIST
+defaults to the architectures a wheel should cover.
+"""
+import glob
+import os
+import re
+import shutil
+import sysconfig
+
+from setuptools import setup
+
+WHEEL_ARCHS = "8.0;8.6;8.9;9.0+PTX"
+
+
+def _cuda_home_candidates():
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        real = os.path.realpath(nvcc)
+        yield os.path.dirname(os.path.dirname(real))
+        # Some installs put a shell wrapper on PATH that execs the real nvcc.
+        try:
+            with open(real, "rb") as f:
+                head = f.read(4096).decode("utf-8", "ignore")
+            yield from (m.group(1) for m in re.finditer(r"(/\S+)/bin/nvcc", head))
+        except OSError:
+            pass
+    yield from sorted(glob.glob("/usr/local/cuda*"), reverse=True)
+
+
+def find_cuda_home():
+    for env in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(env):
+            return os.environ[env]
+    for root in _cuda_home_candidates():
+        if os.path.exists(os.path.join(root, "bin", "nvcc")) and os.path.exists(
+            os.path.join(root, "include", "cuda_runtime.h")
+        ):
+            return root
+    return None
+
+
+def pip_cuda_include_dirs():
+    """Headers of pip's CUDA wheels (cuBLAS, cuSPARSE, ...) that a bare toolkit may lack."""
+    site = sysconfig.get_paths()["purelib"]
+    return [d for d in glob.glob(os.path.join(site, "nvidia", "cu*", "include")) if os.path.isdir(d)]
+
+
+def want_cuda(torch):
+    mode = os.environ.get("INDEED_CUDA", "auto").lower()
+    if mode not in ("auto", "0", "1"):
+        raise SystemExit(f"INDEED_CUDA must be auto, 0 or 1, got {mode!r}")
+    if mode == "0":
+        return False
+    ok = torch.version.cuda is not None and os.environ.get("CUDA_HOME") is not None
+    if mode == "1" and not ok:
+        raise SystemExit("INDEED_CUDA=1 but torch has no CUDA or nvcc/CUDA_HOME was not found")
+    return ok
+
+
+def extensions():
+    cuda_home = find_cuda_home()
+    if cuda_home:
+        os.environ["CUDA_HOME"] = cuda_home  # read by torch.utils.cpp_extension at import
+    import torch
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    sources = ["csrc/python_module.cpp", "csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    cxx = ["-O3", "-fopenmp"]  # the C++ standard comes from torch (C++20 for torch>=2.10)
+    include_dirs = [os.path.join(here, "csrc")]
+    if want_cuda(torch):
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = WHEEL_ARCHS
+        sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
+        nvcc = ["-O3", "-lineinfo"]  # no fast-math: kernels are tested against reference.py
+        return [
+            CUDAExtension(
+                "indeed_ext._C",
+                sources,
+                include_dirs=include_dirs + pip_cuda_include_dirs(),
+                extra_compile_args={"cxx": cxx + ["-DINDEED_WITH_CUDA"], "nvcc": nvcc + ["-DINDEED_WITH_CUDA"]},
+                extra_link_args=["-fopenmp"],
+            )
+        ]
+    return [
+        CppExtension(
+            "indeed_ext._C",
+            sources,
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=["-fopenmp"],
+        )
+    ]
+
+
+def build_ext_class():
+    from torch.utils.cpp_extension import BuildExtension
+
+    return BuildExtension.with_options(no_python_abi_suffix=False)
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": build_ext_class()})
