@@ -29,5 +29,9 @@ clean:
 
 # The CMake build of the same library (libtorch users); CI builds it once.
 cmake-build: $(VENV)/.torch
-	$(VENV)/bin/cmake -S . -B build/cmake -G Ninja -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+	$(VENV)/bin/cmake -S . -B build/cmake -G Ninja \
+	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+	  $$($(PY) tools/cuda_env.py)
 	$(VENV)/bin/cmake --build build/cmake
+	$(PY) -c "import torch; torch.ops.load_library('build/cmake/libindeed_ops.so'); \
+	  print('cmake build registers', torch.ops.indeed.decompose.default._schema)"

@@ -6,46 +6,14 @@ defaults to the architectures a wheel should cover.
 """
 import glob
 import os
-import re
-import shutil
-import sysconfig
+import sys
 
 from setuptools import setup
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tools"))
+from cuda_env import find_cuda_home, pip_cuda_dirs  # noqa: E402
+
 WHEEL_ARCHS = "8.0;8.6;8.9;9.0+PTX"
-
-
-def _cuda_home_candidates():
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        real = os.path.realpath(nvcc)
-        yield os.path.dirname(os.path.dirname(real))
-        # Some installs put a shell wrapper on PATH that execs the real nvcc.
-        try:
-            with open(real, "rb") as f:
-                head = f.read(4096).decode("utf-8", "ignore")
-            yield from (m.group(1) for m in re.finditer(r"(/\S+)/bin/nvcc", head))
-        except OSError:
-            pass
-    yield from sorted(glob.glob("/usr/local/cuda*"), reverse=True)
-
-
-def find_cuda_home():
-    for env in ("CUDA_HOME", "CUDA_PATH"):
-        if os.environ.get(env):
-            return os.environ[env]
-    for root in _cuda_home_candidates():
-        if os.path.exists(os.path.join(root, "bin", "nvcc")) and os.path.exists(
-            os.path.join(root, "include", "cuda_runtime.h")
-        ):
-            return root
-    return None
-
-
-def pip_cuda_include_dirs():
-    """Headers of pip's CUDA wheels (cuBLAS, cuSPARSE, ...) that a bare toolkit may lack."""
-    site = sysconfig.get_paths()["purelib"]
-    return [d for d in glob.glob(os.path.join(site, "nvidia", "cu*", "include")) if os.path.isdir(d)]
 
 
 def want_cuda(torch):
@@ -80,7 +48,7 @@ def extensions():
             CUDAExtension(
                 "indeed_ext._C",
                 sources,
-                include_dirs=include_dirs + pip_cuda_include_dirs(),
+                include_dirs=include_dirs + pip_cuda_dirs("include"),
                 extra_compile_args={"cxx": cxx + ["-DINDEED_WITH_CUDA"], "nvcc": nvcc + ["-DINDEED_WITH_CUDA"]},
                 extra_link_args=["-fopenmp"],
             )
