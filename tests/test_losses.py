@@ -162,6 +162,16 @@ def test_half_features_with_float32_classifier(lam):
     torch.testing.assert_close(out.loss, reference_out.loss, atol=0.05, rtol=0.02)
 
 
+@pytest.mark.parametrize("lam", [0.0, 1.0])
+def test_autocast_does_not_lower_the_loss_precision(lam):
+    features, targets, classifier = make_batch(dtype=torch.float32)
+    loss = INDeeDLoss(lam=lam, backend="reference")
+    plain = loss(features, targets, classifier, torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = loss(features, targets, classifier, torch.Generator().manual_seed(0))
+    assert torch.equal(autocast.loss, plain.loss)
+
+
 def test_bool_and_soft_targets():
     features, targets, classifier = make_batch()
     loss = INDeeDLoss(backend="reference")
