@@ -4,8 +4,8 @@ and has a different label set (ya ∩ yb ≠ ∅ and ya ≠ yb, with y = targets
 Everything runs on the targets' device with batched tensor ops; the random numbers
 come from ``generator`` (a ``torch.Generator`` on that device) or the global RNG.
 
-How a uniform partner is drawn without a B×B matrix (a B×B overlap matmul and B×B
-random keys cost about 150 ms at B=4096 on a 2-core CPU, the goal is 5 ms):
+How a uniform partner is drawn without a B×B matrix (at B=4096, c=80 a B×B overlap
+matmul and B×B random keys take about 150 ms on a 2-core CPU; this takes about 5 ms):
 
 1. Whether a has any valid partner at all is exact and cheap: every candidate with
    a's label set also carries each label k of a, so a valid partner exists iff some
