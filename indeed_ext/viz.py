@@ -16,8 +16,11 @@ def save_confidence_map(matrix, path, class_names=None, title: str = "") -> None
     sigmoid score of each class) to path as a PNG heat map with each cell's value
     written in it. The colour scale is fixed to [0, 1], so maps of different models
     compare by eye. Missing parent folders are created."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise ImportError("save_confidence_map needs matplotlib: pip install matplotlib") from e
 
     values = torch.as_tensor(matrix, dtype=torch.float64).detach().cpu()
     if values.dim() != 2 or values.shape[0] != values.shape[1]:

@@ -125,6 +125,7 @@ def test_ap_table_markdown():
 
 
 def test_confidence_map_png(tmp_path):
+    pytest.importorskip("matplotlib")
     matrix = torch.eye(4) * 0.7 + 0.1
     matrix[3] = float("nan")
     path = tmp_path / "maps" / "baseline.png"
@@ -136,6 +137,7 @@ def test_confidence_map_png(tmp_path):
 
 
 def test_confidence_map_png_errors(tmp_path):
+    pytest.importorskip("matplotlib")
     with pytest.raises(ValueError, match="square"):
         save_confidence_map(torch.rand(2, 3), tmp_path / "x.png")
     with pytest.raises(ValueError, match="class_names has 2 names for a 3x3 matrix"):
