@@ -60,11 +60,11 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def config_id(config):
     return f"{config['lam']}-{'+'.join(config['blocks'])}-{config['self_pair_disparate']}"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("config", CONFIGS, ids=config_id)
 @pytest.mark.parametrize("norm", ["minmax", "l2"])
 def test_loss_matches_reference_composition(config, norm, backend):
