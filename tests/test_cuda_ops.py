@@ -216,16 +216,36 @@ def test_six_head_bce_repeated_pair_rows():
 
 
 @requires_cuda
-def test_kernels_run_on_the_current_stream():
-    fa, fb = make_features(64, 512, device="cuda"), make_features(64, 512, device="cuda", seed=1)
-    expected = torch.ops.indeed.decompose(fa, fb, "l2", EPS)
+@pytest.mark.parametrize("norm", NORMS)
+def test_ops_are_cuda_graph_capturable(norm):
+    # Capture fails if a kernel runs on another stream than the current one or an op syncs with the host.
+    features, weight, bias, targets, index_a, index_b = make_six_head_inputs(8, 16, 64, 5, device="cuda")
+    fa, fb = make_features(4, 64, device="cuda"), make_features(4, 64, device="cuda", seed=1)
+    grad = torch.rand(16, 6, device="cuda")
+    ops = torch.ops.indeed
+
+    def run():
+        loss, logits, ident = ops._six_head_bce_forward(features, weight, bias, targets, index_a, index_b, norm, EPS)
+        six_head_grads = ops._six_head_bce_backward(
+            grad, features, weight, bias, targets, index_a, index_b, logits, ident, norm, EPS
+        )
+        parts = ops.decompose(fa, fb, norm, EPS)
+        m = ops.identical_map(fa, fb, norm, EPS)
+        pair_grads = ops._decompose_backward(*parts, fa, fb, norm, EPS) + ops._identical_map_backward(m, fa, fb, norm, EPS)
+        return (loss, *six_head_grads, *parts, m, *pair_grads)
+
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        got = torch.ops.indeed.decompose(fa, fb, "l2", EPS)
+        expected = run()  # warm-up outside the capture (cuBLAS handles and workspaces)
     torch.cuda.current_stream().wait_stream(side)
-    for g, e in zip(got, expected):
-        torch.testing.assert_close(g, e)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = run()
+    graph.replay()
+    torch.cuda.synchronize()
+    for i, (got, want) in enumerate(zip(captured, expected)):
+        assert_close(got, want, torch.float32, backward=True, what=f"output {i} of the replayed graph")
 
 
 # ----------------------------------------------------------------------------- opcheck
