@@ -176,7 +176,8 @@ def step_bench(out_dir: Path) -> dict:
 
 # ----------------------------------------------------------------------------- child: memcheck case
 def memcheck_case() -> None:
-    """Forward + backward of every op at small sizes: vector and scalar loads, several tiles, P = 0."""
+    """Forward + backward of every op at small sizes: vector and scalar loads, several tiles, P = 0.
+    float16 takes the code paths of bfloat16 (8-element packs) and is left out to save time."""
     sys.path.insert(0, str(ROOT))
     import torch
 
@@ -184,7 +185,7 @@ def memcheck_case() -> None:
 
     ops = torch.ops.indeed
     gen = torch.Generator(device="cuda").manual_seed(0)
-    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
         for rows, n in ((3, 64), (5, 37), (2, 8200), (1, 1)):
             for norm in ("minmax", "l2"):
                 fa = torch.randn(rows, n, device="cuda", dtype=dtype, generator=gen).relu_().requires_grad_()
