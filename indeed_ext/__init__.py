@@ -3,6 +3,8 @@
 Fused operators under ``torch.ops.indeed`` (CPU and CUDA C++) and
 ``torch.ops.indeed_triton`` (Triton), with a backend-selecting Python API.
 """
+import torch  # noqa: F401  (first: _C links against libc10/libtorch, which importing torch loads)
+
 from . import _C  # noqa: F401  (loads the library that defines torch.ops.indeed)
 from . import reference
 from .ops import decompose, identical_map, register_fake_and_autograd, six_head_bce
