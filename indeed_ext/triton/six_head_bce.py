@@ -15,25 +15,30 @@ Forward, two kernels:
    torch adds (deterministic).
 Saved for the backward (by ops.py): the inputs and the logits L, ident_logits.
 
-Backward, three kernels, every reduction deterministic except the scatter of dF:
-A. ``_grad_logits_kernel``, per block of pairs: one pass over the fa, fb rows for
-   the statistics of p with the tie counts, then over the classes: e_h =
-   g_h (sigmoid(z_h) - y_h) from the saved logits, combined per feature vector as
-   Ga = e_oa + e_da, Gb = e_ob + e_db, Gia = e_ia - e_da, Gib = e_ib - e_db (written,
-   (4, P, c)); the row sums that dp needs follow from the logits without touching
-   n again: sum_j dm_j = Gia.(L[a]-b) + Gib.(L[b]-b), sum_j dm_j m_j = Gia.(Lia-b) +
-   Gib.(Lib-b). Per pair it writes the six scalars of m and dp; per program the
-   partial sums of dbias, added by torch afterwards.
-B. ``_grad_features_kernel``, per block of pairs and of features: the four GEMMs
-   Ga W, Gb W, Gia W, Gib W, then dfa = Ga W + (Gia W) m + dp fb (likewise dfb)
-   scatter-added into dF[a], dF[b] with atomics, as torch's own indexing backward
-   does; with torch.use_deterministic_algorithms(True) it writes the per-pair rows
-   instead and torch's index_add_ reduces them deterministically.
-C. ``_grad_weight_kernel``, per block of classes and of features, a split of the
-   pairs: dW = Ga^T fa + Gb^T fb + Gia^T (m fa) + Gib^T (m fb), recomputing m from the
-   saved per-pair scalars; the splits' partial sums are added by torch.
-The batch G of the spec is never formed: its two GEMMs become per-pair GEMMs,
-which needs no scatter of G and shares the loads of W and the fa, fb tiles.
+Backward, four kernels; every reduction is deterministic except the scatter into dF:
+A. ``_grad_logits_kernel``, per block of pairs: one pass over the fa, fb rows for the
+   statistics of p with the tie counts (written, (P, 6)), then over the classes:
+   e_h = g_h (sigmoid(z_h) - y_h) from the saved logits, combined per feature vector
+   as Ga = e_oa + e_da, Gb = e_ob + e_db, Gia = e_ia - e_da, Gib = e_ib - e_db (written,
+   (4, P, c)), and per program the partial sums of dbias, added by torch.
+B. ``_grad_m_kernel``, per block of pairs and of features: dm = (Gia W) fa + (Gib W) fb
+   (written, (P, n)) and its partial row sums of dm and dm m, added by torch: the
+   row reduction that dp needs.
+C. ``_grad_features_kernel``, per block of pairs and of features: Ga W, Gb W, Gia W,
+   Gib W, dp from the written dm and its row sums, dfa = Ga W + (Gia W) m + dp fb
+   (likewise dfb) scatter-added into dF[a], dF[b] with atomics, as torch's own
+   indexing backward does; under torch.use_deterministic_algorithms(True) it writes
+   the per-pair rows and torch's index_add_ reduces them deterministically.
+   dm is read back rather than recomputed: for a clamped row dp = (dm - mean dm)/eps
+   must cancel exactly (it is 0 for n = 1), so the row sums must be sums of the very
+   values used, not of a recomputation that may round differently.
+D. ``_grad_weight_kernel``, per block of classes and of features, over a split of the
+   pairs: dW = Ga^T fa + Gb^T fb + Gia^T (m fa) + Gib^T (m fb), m recomputed from the
+   statistics; the splits' partial sums are added by torch.
+The batch G of the spec is never formed: its two GEMMs become per-pair GEMMs (Ga, Gb),
+which needs no scatter of G and shares the loads of W and of the fa, fb tiles.
+Memory: the gathered fa, fb rows are read four times (A, B, C, D), dm written and read
+once; the (P, c) buffers and W are small next to P x n.
 """
 from __future__ import annotations
 
@@ -41,7 +46,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRETING, acc_dtype, dot_dtype, dot_precision, grad_p, grad_p_coefficients, load_tile, row_stats
+from ._common import (
+    INTERPRETING, acc_dtype, dot_dtype, dot_precision, grad_p, grad_p_coefficients, load_tile, row_stats,
+)
 
 
 @triton.jit
@@ -138,12 +145,13 @@ def _head_error(g_ptr, pairs, pair_mask, mask, z, y, HEAD: tl.constexpr, ACC: tl
 @triton.jit
 def _grad_logits_kernel(
     g_ptr, f_ptr, bias_ptr, t_ptr, index_a_ptr, index_b_ptr, logits_ptr, ident_ptr,
-    ga_ptr, gb_ptr, gia_ptr, gib_ptr, coef_ptr, dbias_ptr,
+    ga_ptr, gb_ptr, gia_ptr, gib_ptr, stats_ptr, dbias_ptr,
     P, n, c, eps: tl.float64,
     stride_fr, stride_fc, stride_tr, stride_tc,
     L2: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
 ):
+    """Ga, Gb, Gia, Gib (P, c), the row statistics of p (P, 6) and partial dbias sums (pair blocks, c)."""
     pid = tl.program_id(0)
     pairs = (pid * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
     pair_mask = pairs < P
@@ -153,8 +161,13 @@ def _grad_logits_kernel(
         f_ptr, f_ptr, idx_a * stride_fr, idx_b * stride_fr, pair_mask, n, stride_fc, stride_fc, eps,
         L2, True, BLOCK_P, BLOCK_K, ACC,
     )
-    dm_sum = tl.zeros([BLOCK_P], ACC)
-    dm_dot_m = tl.zeros([BLOCK_P], ACC)
+    stats = stats_ptr + pairs * 6
+    tl.store(stats + 0, lo, mask=pair_mask)
+    tl.store(stats + 1, hi, mask=pair_mask)
+    tl.store(stats + 2, den, mask=pair_mask)
+    tl.store(stats + 3, unclamped.to(ACC), mask=pair_mask)
+    tl.store(stats + 4, k_lo.to(ACC), mask=pair_mask)
+    tl.store(stats + 5, k_hi.to(ACC), mask=pair_mask)
     for start in range(0, c, BLOCK_C):
         classes = start + tl.arange(0, BLOCK_C)
         class_mask = classes < c
@@ -176,31 +189,60 @@ def _grad_logits_kernel(
         e_ib = _head_error(g_ptr, pairs, pair_mask, mask, z_ib, both, 3, ACC)
         e_da = _head_error(g_ptr, pairs, pair_mask, mask, z_oa - z_ia + beta, y_a - both, 4, ACC)
         e_db = _head_error(g_ptr, pairs, pair_mask, mask, z_ob - z_ib + beta, y_b - both, 5, ACC)
-        g_ia = e_ia - e_da
-        g_ib = e_ib - e_db
         out = pairs[:, None] * c + classes[None, :]
         tl.store(ga_ptr + out, e_oa + e_da, mask=mask)
         tl.store(gb_ptr + out, e_ob + e_db, mask=mask)
-        tl.store(gia_ptr + out, g_ia, mask=mask)
-        tl.store(gib_ptr + out, g_ib, mask=mask)
-        # sum_j dm_j and sum_j dm_j m_j through the logits (see the file comment)
-        dm_sum += tl.sum(g_ia * (z_oa - beta) + g_ib * (z_ob - beta), axis=1)
-        dm_dot_m += tl.sum(g_ia * (z_ia - beta) + g_ib * (z_ib - beta), axis=1)
+        tl.store(gia_ptr + out, e_ia - e_da, mask=mask)
+        tl.store(gib_ptr + out, e_ib - e_db, mask=mask)
         dbias = tl.sum(e_oa + e_ob + e_ia + e_ib + e_da + e_db, axis=0)
         tl.store(dbias_ptr + pid * c + classes, dbias, mask=class_mask)
-    coef_m, t_lo, t_hi = grad_p_coefficients(dm_sum, dm_dot_m, den, unclamped, k_lo, k_hi, L2)
-    coef = coef_ptr + pairs * 6
-    tl.store(coef + 0, lo, mask=pair_mask)
-    tl.store(coef + 1, hi, mask=pair_mask)
-    tl.store(coef + 2, den, mask=pair_mask)
-    tl.store(coef + 3, coef_m, mask=pair_mask)
-    tl.store(coef + 4, t_lo, mask=pair_mask)
-    tl.store(coef + 5, t_hi, mask=pair_mask)
+
+
+@triton.jit
+def _g_times_w(acc, g_ptr, pairs, pair_mask, classes, class_mask, c, w, DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """acc + G[pairs, classes] @ w for one of the (P, c) buffers of _grad_logits_kernel."""
+    g = load_tile(g_ptr, pairs * c, classes, 1, pair_mask[:, None] & class_mask[None, :], DOT)
+    return tl.dot(g, w, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _grad_m_kernel(
+    f_ptr, w_ptr, index_a_ptr, index_b_ptr, gia_ptr, gib_ptr, stats_ptr, dm_ptr, sums_ptr,
+    P, n, c,
+    stride_fr, stride_fc, stride_wr, stride_wc,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
+    ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """dm = (Gia W) fa + (Gib W) fb of a tile (written, (P, n)) and its partial row sums of dm, dm m."""
+    pairs = (tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    pair_mask, col_mask = pairs < P, cols < n
+    idx_a = tl.load(index_a_ptr + pairs, mask=pair_mask, other=0)
+    idx_b = tl.load(index_b_ptr + pairs, mask=pair_mask, other=0)
+    d_ia = tl.zeros([BLOCK_P, BLOCK_N], ACC)
+    d_ib = tl.zeros([BLOCK_P, BLOCK_N], ACC)
+    for start in range(0, c, BLOCK_C):
+        classes = start + tl.arange(0, BLOCK_C)
+        class_mask = classes < c
+        w = load_tile(w_ptr, classes * stride_wr, cols, stride_wc, class_mask[:, None] & col_mask[None, :], DOT)
+        d_ia = _g_times_w(d_ia, gia_ptr, pairs, pair_mask, classes, class_mask, c, w, DOT, PRECISION)
+        d_ib = _g_times_w(d_ib, gib_ptr, pairs, pair_mask, classes, class_mask, c, w, DOT, PRECISION)
+    lo = tl.load(stats_ptr + pairs * 6 + 0, mask=pair_mask, other=0.0)
+    den = tl.load(stats_ptr + pairs * 6 + 2, mask=pair_mask, other=1.0)
+    mask = pair_mask[:, None] & col_mask[None, :]
+    a = load_tile(f_ptr, idx_a * stride_fr, cols, stride_fc, mask, ACC)
+    b = load_tile(f_ptr, idx_b * stride_fr, cols, stride_fc, mask, ACC)
+    m = (a * b - lo[:, None]) / den[:, None]
+    dm = d_ia * a + d_ib * b
+    tl.store(dm_ptr + pairs[:, None] * n + cols[None, :], dm, mask=mask)
+    sums = sums_ptr + (pairs * tl.num_programs(1) + tl.program_id(1)) * 2
+    tl.store(sums + 0, tl.sum(dm, axis=1), mask=pair_mask)
+    tl.store(sums + 1, tl.sum(dm * m, axis=1), mask=pair_mask)
 
 
 @triton.jit
 def _grad_features_kernel(
-    f_ptr, w_ptr, index_a_ptr, index_b_ptr, ga_ptr, gb_ptr, gia_ptr, gib_ptr, coef_ptr,
+    f_ptr, w_ptr, index_a_ptr, index_b_ptr, ga_ptr, gb_ptr, gia_ptr, gib_ptr, stats_ptr, dm_ptr, sums_ptr,
     df_ptr, dfa_ptr, dfb_ptr,
     P, n, c,
     stride_fr, stride_fc, stride_wr, stride_wc, stride_dr, stride_dc,
@@ -222,24 +264,29 @@ def _grad_features_kernel(
         classes = start + tl.arange(0, BLOCK_C)
         class_mask = classes < c
         w = load_tile(w_ptr, classes * stride_wr, cols, stride_wc, class_mask[:, None] & col_mask[None, :], DOT)
-        g_mask = pair_mask[:, None] & class_mask[None, :]
-        d_fa = tl.dot(load_tile(ga_ptr, pairs * c, classes, 1, g_mask, DOT), w, d_fa, input_precision=PRECISION)
-        d_fb = tl.dot(load_tile(gb_ptr, pairs * c, classes, 1, g_mask, DOT), w, d_fb, input_precision=PRECISION)
-        d_ia = tl.dot(load_tile(gia_ptr, pairs * c, classes, 1, g_mask, DOT), w, d_ia, input_precision=PRECISION)
-        d_ib = tl.dot(load_tile(gib_ptr, pairs * c, classes, 1, g_mask, DOT), w, d_ib, input_precision=PRECISION)
-    coef = coef_ptr + pairs * 6
-    lo = tl.load(coef + 0, mask=pair_mask, other=0.0)
-    hi = tl.load(coef + 1, mask=pair_mask, other=0.0)
-    den = tl.load(coef + 2, mask=pair_mask, other=1.0)
-    coef_m = tl.load(coef + 3, mask=pair_mask, other=0.0)
-    t_lo = tl.load(coef + 4, mask=pair_mask, other=0.0)
-    t_hi = tl.load(coef + 5, mask=pair_mask, other=0.0)
+        d_fa = _g_times_w(d_fa, ga_ptr, pairs, pair_mask, classes, class_mask, c, w, DOT, PRECISION)
+        d_fb = _g_times_w(d_fb, gb_ptr, pairs, pair_mask, classes, class_mask, c, w, DOT, PRECISION)
+        d_ia = _g_times_w(d_ia, gia_ptr, pairs, pair_mask, classes, class_mask, c, w, DOT, PRECISION)
+        d_ib = _g_times_w(d_ib, gib_ptr, pairs, pair_mask, classes, class_mask, c, w, DOT, PRECISION)
+    stats = stats_ptr + pairs * 6
+    lo = tl.load(stats + 0, mask=pair_mask, other=0.0)
+    hi = tl.load(stats + 1, mask=pair_mask, other=0.0)
+    den = tl.load(stats + 2, mask=pair_mask, other=1.0)
+    unclamped = tl.load(stats + 3, mask=pair_mask, other=0.0) != 0
+    k_lo = tl.load(stats + 4, mask=pair_mask, other=1.0)
+    k_hi = tl.load(stats + 5, mask=pair_mask, other=1.0)
+    dm_sum = tl.load(sums_ptr + pairs * 2, mask=pair_mask, other=0.0)
+    dm_dot_m = tl.load(sums_ptr + pairs * 2 + 1, mask=pair_mask, other=0.0)
+    coef_m, t_lo, t_hi = grad_p_coefficients(dm_sum, dm_dot_m, den, unclamped, k_lo, k_hi, L2)
     mask = pair_mask[:, None] & col_mask[None, :]
     a = load_tile(f_ptr, idx_a * stride_fr, cols, stride_fc, mask, ACC)
     b = load_tile(f_ptr, idx_b * stride_fr, cols, stride_fc, mask, ACC)
     p = a * b
     m = (p - lo[:, None]) / den[:, None]
-    dp = grad_p(d_ia * a + d_ib * b, p, m, lo, hi, den, coef_m, t_lo, t_hi, L2)
+    # dm as written by _grad_m_kernel, so that dp's row sums are those of exactly these values
+    # (for a clamped row dp = (dm - mean dm) / eps cancels, exactly for n = 1)
+    dm = tl.load(dm_ptr + pairs[:, None] * n + cols[None, :], mask=mask, other=0.0)
+    dp = grad_p(dm, p, m, lo, hi, den, coef_m, t_lo, t_hi, L2)
     d_fa += d_ia * m + dp * b
     d_fb += d_ib * m + dp * a
     if ATOMIC:
@@ -253,7 +300,7 @@ def _grad_features_kernel(
 
 @triton.jit
 def _grad_weight_kernel(
-    f_ptr, index_a_ptr, index_b_ptr, ga_ptr, gb_ptr, gia_ptr, gib_ptr, coef_ptr, dw_ptr,
+    f_ptr, index_a_ptr, index_b_ptr, ga_ptr, gb_ptr, gia_ptr, gib_ptr, stats_ptr, dw_ptr,
     P, n, c, stride_fr, stride_fc,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
     ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
@@ -269,8 +316,8 @@ def _grad_weight_kernel(
         pair_mask = pairs < P
         idx_a = tl.load(index_a_ptr + pairs, mask=pair_mask, other=0)
         idx_b = tl.load(index_b_ptr + pairs, mask=pair_mask, other=0)
-        lo = tl.load(coef_ptr + pairs * 6 + 0, mask=pair_mask, other=0.0)
-        den = tl.load(coef_ptr + pairs * 6 + 2, mask=pair_mask, other=1.0)
+        lo = tl.load(stats_ptr + pairs * 6 + 0, mask=pair_mask, other=0.0)
+        den = tl.load(stats_ptr + pairs * 6 + 2, mask=pair_mask, other=1.0)
         mask = pair_mask[:, None] & col_mask[None, :]
         a = load_tile(f_ptr, idx_a * stride_fr, cols, stride_fc, mask, ACC)
         b = load_tile(f_ptr, idx_b * stride_fr, cols, stride_fc, mask, ACC)
@@ -287,17 +334,33 @@ def _grad_weight_kernel(
     tl.store(dw_ptr + out, acc, mask=class_mask[:, None] & col_mask[None, :])
 
 
-def _dot_blocks(c: int, most: int) -> int:
-    """A class block: a power of two >= 16 (tl.dot's minimum), at most `most`."""
-    return 16 if INTERPRETING else min(most, max(16, triton.next_power_of_2(c)))
+# Tiles and warps per kernel on GPUs, sized so that ptxas (sm_90) reports no register
+# spills for float32 (IEEE and TF32 tl.dot) and the half dtypes; float64, a correctness
+# path, halves BLOCK_C. BLOCK_C shrinks to the number of classes (at least 16, tl.dot's
+# minimum). The interpreter pays per block, not per element: it uses 16 everywhere, so
+# that small test shapes still cover several blocks of each dimension.
+_GPU_CONFIGS = {
+    "linear": dict(BLOCK_M=32, BLOCK_C=128, BLOCK_K=64, num_warps=4),
+    "forward": dict(BLOCK_P=32, BLOCK_C=128, BLOCK_K=16, num_warps=8),
+    "grad_logits": dict(BLOCK_P=32, BLOCK_C=32, BLOCK_K=128, num_warps=8),
+    "grad_features": dict(BLOCK_P=32, BLOCK_C=32, BLOCK_N=64, num_warps=8),  # also _grad_m_kernel
+    "grad_weight": dict(BLOCK_P=16, BLOCK_C=64, BLOCK_N=64, num_warps=8),
+}
 
 
-def _stages(dtype: torch.dtype) -> int:
-    return 1 if dtype == torch.float64 else 2
-
-
-def _common_meta(features: torch.Tensor):
-    return dict(ACC=acc_dtype(features.dtype), DOT=dot_dtype(features.dtype), PRECISION=dot_precision(features.dtype))
+def _config(kernel: str, features: torch.Tensor, c: int, dot: bool = True) -> dict:
+    """Launch parameters of one kernel: blocks, warps, stages and (dot) the dtypes and tl.dot precision."""
+    config = dict(_GPU_CONFIGS[kernel])
+    if INTERPRETING:
+        config = {k: (16 if k.startswith("BLOCK") else v) for k, v in config.items()}
+    else:
+        fp64 = features.dtype == torch.float64
+        config["BLOCK_C"] = min(config["BLOCK_C"] // (2 if fp64 else 1), max(16, triton.next_power_of_2(c)))
+        config["num_stages"] = 1 if fp64 else 2
+    config["ACC"] = acc_dtype(features.dtype)
+    if dot:
+        config.update(DOT=dot_dtype(features.dtype), PRECISION=dot_precision(features.dtype))
+    return config
 
 
 def six_head_forward(features, weight, bias, targets, index_a, index_b, norm: str, eps: float):
@@ -307,25 +370,21 @@ def six_head_forward(features, weight, bias, targets, index_a, index_b, norm: st
     dev = features.device
     logits = torch.empty((B, c), dtype=cd, device=dev)
     ident_logits = torch.empty((P, 2, c), dtype=cd, device=dev)
-    meta = _common_meta(features)
-    block_p, block_k = (16, 16) if INTERPRETING else (32, 64)
-    block_c = _dot_blocks(c, 128)
-    num_stages = _stages(features.dtype)
     if B and c:
-        _linear_kernel[(triton.cdiv(B, block_p), triton.cdiv(c, block_c))](
+        cfg = _config("linear", features, c)
+        _linear_kernel[(triton.cdiv(B, cfg["BLOCK_M"]), triton.cdiv(c, cfg["BLOCK_C"]))](
             features, weight, bias, logits, B, n, c, *features.stride(), *weight.stride(),
-            HAS_BIAS=bias is not None, BLOCK_M=block_p, BLOCK_C=block_c, BLOCK_K=block_k,
-            num_warps=4, num_stages=num_stages, **meta,
+            HAS_BIAS=bias is not None, **cfg,
         )
     if P == 0 or c == 0:
         return torch.zeros((P, 6), dtype=cd, device=dev), logits, ident_logits
-    class_blocks = triton.cdiv(c, block_c)
+    cfg = _config("forward", features, c)
+    class_blocks = triton.cdiv(c, cfg["BLOCK_C"])
     loss = torch.empty((P, 6) if class_blocks == 1 else (class_blocks, P, 6), dtype=cd, device=dev)
-    _six_head_forward_kernel[(triton.cdiv(P, block_p), class_blocks)](
+    _six_head_forward_kernel[(triton.cdiv(P, cfg["BLOCK_P"]), class_blocks)](
         features, weight, bias, targets, index_a.contiguous(), index_b.contiguous(), logits, ident_logits, loss,
         P, n, c, eps, *features.stride(), *weight.stride(), *targets.stride(),
-        L2=norm == "l2", HAS_BIAS=bias is not None, BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_K=block_k,
-        num_warps=4, num_stages=num_stages, **meta,
+        L2=norm == "l2", HAS_BIAS=bias is not None, **cfg,
     )
     return (loss if class_blocks == 1 else loss.sum(0)), logits, ident_logits
 
@@ -354,43 +413,44 @@ def six_head_backward(grad, features, weight, bias, targets, index_a, index_b, l
     grad_features = torch.zeros_like(features, dtype=cd)
     if P == 0 or c == 0 or n == 0:
         return grad_features.to(features.dtype), torch.zeros_like(weight), weight.new_zeros((c,))
-    meta = _common_meta(features)
     l2 = norm == "l2"
-    num_stages = _stages(features.dtype)
     index_a, index_b = index_a.contiguous(), index_b.contiguous()
     grad, logits, ident_logits = grad.contiguous(), logits.contiguous(), ident_logits.contiguous()
-    block_p = 16 if INTERPRETING else 32
-    pair_blocks = triton.cdiv(P, block_p)
 
+    cfg = _config("grad_logits", features, c, dot=False)
+    pair_blocks = triton.cdiv(P, cfg["BLOCK_P"])
     ga, gb, gia, gib = torch.empty((4, P, c), dtype=cd, device=dev)
-    coef = torch.empty((P, 6), dtype=cd, device=dev)
+    stats = torch.empty((P, 6), dtype=cd, device=dev)
     dbias = torch.empty((pair_blocks, c), dtype=cd, device=dev)
     _grad_logits_kernel[(pair_blocks,)](
-        grad, features, bias, targets, index_a, index_b, logits, ident_logits, ga, gb, gia, gib, coef, dbias,
-        P, n, c, eps, *features.stride(), *targets.stride(),
-        L2=l2, HAS_BIAS=bias is not None, BLOCK_P=block_p, BLOCK_C=_dot_blocks(c, 128),
-        BLOCK_K=16 if INTERPRETING else 128, ACC=meta["ACC"], num_warps=4,
+        grad, features, bias, targets, index_a, index_b, logits, ident_logits, ga, gb, gia, gib, stats, dbias,
+        P, n, c, eps, *features.stride(), *targets.stride(), L2=l2, HAS_BIAS=bias is not None, **cfg,
     )
 
+    cfg = _config("grad_features", features, c)
+    grid = (triton.cdiv(P, cfg["BLOCK_P"]), triton.cdiv(n, cfg["BLOCK_N"]))
+    dm = torch.empty((P, n), dtype=cd, device=dev)
+    sums = torch.empty((P, grid[1], 2), dtype=cd, device=dev)
+    _grad_m_kernel[grid](
+        features, weight, index_a, index_b, gia, gib, stats, dm, sums, P, n, c,
+        *features.stride(), *weight.stride(), **cfg,
+    )
+    sums = sums.sum(1)
     atomic = not torch.are_deterministic_algorithms_enabled()
     dfa, dfb = (grad_features, grad_features) if atomic else torch.empty((2, P, n), dtype=cd, device=dev)
-    block_n = 16 if INTERPRETING else 64
-    _grad_features_kernel[(pair_blocks, triton.cdiv(n, block_n))](
-        features, weight, index_a, index_b, ga, gb, gia, gib, coef, grad_features, dfa, dfb,
-        P, n, c, *features.stride(), *weight.stride(), *grad_features.stride(),
-        L2=l2, ATOMIC=atomic, BLOCK_P=block_p, BLOCK_C=_dot_blocks(c, 64), BLOCK_N=block_n,
-        num_warps=4, num_stages=num_stages, **meta,
+    _grad_features_kernel[grid](
+        features, weight, index_a, index_b, ga, gb, gia, gib, stats, dm, sums, grad_features, dfa, dfb,
+        P, n, c, *features.stride(), *weight.stride(), *grad_features.stride(), L2=l2, ATOMIC=atomic, **cfg,
     )
     if not atomic:
         grad_features.index_add_(0, index_a, dfa).index_add_(0, index_b, dfb)
 
-    block_c = _dot_blocks(c, 128)
-    tiles = (triton.cdiv(c, block_c), triton.cdiv(n, block_n))
-    splits = _weight_splits(dev, tiles[0] * tiles[1], pair_blocks)
+    cfg = _config("grad_weight", features, c)
+    tiles = (triton.cdiv(c, cfg["BLOCK_C"]), triton.cdiv(n, cfg["BLOCK_N"]))
+    splits = _weight_splits(dev, tiles[0] * tiles[1], triton.cdiv(P, cfg["BLOCK_P"]))
     grad_weight = torch.empty((splits, c, n), dtype=cd, device=dev)
     _grad_weight_kernel[(*tiles, splits)](
-        features, index_a, index_b, ga, gb, gia, gib, coef, grad_weight, P, n, c, *features.stride(),
-        BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_N=block_n, num_warps=8, num_stages=num_stages, **meta,
+        features, index_a, index_b, ga, gb, gia, gib, stats, grad_weight, P, n, c, *features.stride(), **cfg,
     )
     return (
         grad_features.to(features.dtype),
