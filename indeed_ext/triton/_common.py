@@ -50,10 +50,6 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-def strides(t: torch.Tensor):
-    return tuple(t.stride())
-
-
 @triton.jit
 def load_tile(ptr, row_offsets, cols, stride_col, mask, DTYPE: tl.constexpr):
     """Rows starting at element offsets row_offsets, columns cols, zero where masked, as DTYPE."""

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRETING, acc_dtype, grad_p, grad_p_coefficients, load_tile, row_stats, strides
+from ._common import INTERPRETING, acc_dtype, grad_p, grad_p_coefficients, load_tile, row_stats
 
 
 @triton.jit
@@ -147,7 +147,7 @@ def pair_forward(fa: torch.Tensor, fb: torch.Tensor, norm: str, eps: float, deco
     grid, meta = _launch_params(fa, norm)
     _pair_forward_kernel[grid](
         fa, fb, ia, ib, da, db, fa.shape[0], fa.shape[1], eps,
-        *strides(fa), *strides(fb), *strides(ia), DECOMPOSE=decompose, **meta,
+        *fa.stride(), *fb.stride(), *ia.stride(), DECOMPOSE=decompose, **meta,
     )
     return outs
 
@@ -162,7 +162,7 @@ def pair_backward(grads, fa: torch.Tensor, fb: torch.Tensor, norm: str, eps: flo
     grid, meta = _launch_params(fa, norm)
     _pair_backward_kernel[grid](
         *g, fa, fb, dfa, dfb, fa.shape[0], fa.shape[1], eps,
-        *strides(fa), *strides(fb), *strides(dfa), *strides(dfb), *(s for t in g for s in strides(t)),
+        *fa.stride(), *fb.stride(), *dfa.stride(), *dfb.stride(), *(s for t in g for s in t.stride()),
         DECOMPOSE=decompose, **meta,
         # dm is computed in two passes; without FMA contraction both round alike, so that
         # dp = (dm - mean dm) / eps of a clamped row cancels exactly (0 for n = 1)

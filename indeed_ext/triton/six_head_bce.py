@@ -39,6 +39,12 @@ The batch G of the spec is never formed: its two GEMMs become per-pair GEMMs (Ga
 which needs no scatter of G and shares the loads of W and of the fa, fb tiles.
 Memory: the gathered fa, fb rows are read four times (A, B, C, D), dm written and read
 once; the (P, c) buffers and W are small next to P x n.
+
+Precision: tl.dot accumulates in float32 (float64 for float64). float32 operands follow
+torch.get_float32_matmul_precision() ("highest": IEEE, else TF32). Half inputs feed
+bf16/fp16 operands to the forward GEMMs and to kernel C; kernels B and D take them as
+float32 with 3xTF32, since dm is amplified by 1/den in dp and dW sums over all pairs
+(with half operands both drift from the float32 reference by more than one rounding).
 """
 from __future__ import annotations
 
@@ -86,16 +92,17 @@ def _six_head_forward_kernel(
     P, n, c, eps: tl.float64,
     stride_fr, stride_fc, stride_wr, stride_wc, stride_tr, stride_tc,
     L2: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_STATS: tl.constexpr,
     ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
+    """loss partial sums (class blocks, P, 6) and ident_logits (P, 2, c) of a block of pairs and classes."""
     pairs = (tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
     pair_mask = pairs < P
     idx_a = tl.load(index_a_ptr + pairs, mask=pair_mask, other=0)
     idx_b = tl.load(index_b_ptr + pairs, mask=pair_mask, other=0)
     a_rows, b_rows = idx_a * stride_fr, idx_b * stride_fr
     lo, hi, den, unclamped, k_lo, k_hi = row_stats(
-        f_ptr, f_ptr, a_rows, b_rows, pair_mask, n, stride_fc, stride_fc, eps, L2, False, BLOCK_P, BLOCK_K, ACC
+        f_ptr, f_ptr, a_rows, b_rows, pair_mask, n, stride_fc, stride_fc, eps, L2, False, BLOCK_P, BLOCK_STATS, ACC
     )
     classes = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     class_mask = classes < c
@@ -125,7 +132,6 @@ def _six_head_forward_kernel(
     y_a = load_tile(t_ptr, idx_a * stride_tr, classes, stride_tc, mask, ACC)
     y_b = load_tile(t_ptr, idx_b * stride_tr, classes, stride_tc, mask, ACC)
     both = y_a * y_b
-    # loss_ptr: (class blocks, P, 6) partial sums, one slice per class block
     out = loss_ptr + (tl.program_id(1) * P + pairs) * 6
     tl.store(out + 0, _bce_sum(z_oa, y_a, mask), mask=pair_mask)
     tl.store(out + 1, _bce_sum(z_ob, y_b, mask), mask=pair_mask)
@@ -341,15 +347,20 @@ def _grad_weight_kernel(
 # that small test shapes still cover several blocks of each dimension.
 _GPU_CONFIGS = {
     "linear": dict(BLOCK_M=32, BLOCK_C=128, BLOCK_K=64, num_warps=4),
-    "forward": dict(BLOCK_P=32, BLOCK_C=128, BLOCK_K=16, num_warps=8),
+    "forward": dict(BLOCK_P=32, BLOCK_C=128, BLOCK_K=16, BLOCK_STATS=128, num_warps=8),
     "grad_logits": dict(BLOCK_P=32, BLOCK_C=32, BLOCK_K=128, num_warps=8),
     "grad_features": dict(BLOCK_P=32, BLOCK_C=32, BLOCK_N=64, num_warps=8),  # also _grad_m_kernel
     "grad_weight": dict(BLOCK_P=16, BLOCK_C=64, BLOCK_N=64, num_warps=8),
 }
 
 
-def _config(kernel: str, features: torch.Tensor, c: int, dot: bool = True) -> dict:
-    """Launch parameters of one kernel: blocks, warps, stages and (dot) the dtypes and tl.dot precision."""
+def _config(kernel: str, features: torch.Tensor, c: int, dot: bool = True, accurate: bool = False) -> dict:
+    """Launch parameters of one kernel: blocks, warps, stages and (dot) the dtypes and tl.dot precision.
+
+    accurate: half inputs go into tl.dot as float32 with 3xTF32 (about float32 accuracy on
+    tensor cores) instead of as bf16/fp16 operands, for the GEMMs whose rounding would show:
+    dm, amplified by 1/den in dp (1/eps for a clamped row), and dW, a sum over all pairs.
+    """
     config = dict(_GPU_CONFIGS[kernel])
     if INTERPRETING:
         config = {k: (16 if k.startswith("BLOCK") else v) for k, v in config.items()}
@@ -360,6 +371,8 @@ def _config(kernel: str, features: torch.Tensor, c: int, dot: bool = True) -> di
     config["ACC"] = acc_dtype(features.dtype)
     if dot:
         config.update(DOT=dot_dtype(features.dtype), PRECISION=dot_precision(features.dtype))
+        if accurate and features.dtype in (torch.bfloat16, torch.float16):
+            config.update(DOT=tl.float32, PRECISION="tf32x3")
     return config
 
 
@@ -433,7 +446,7 @@ def six_head_backward(grad, features, weight, bias, targets, index_a, index_b, l
     sums = torch.empty((P, grid[1], 2), dtype=cd, device=dev)
     _grad_m_kernel[grid](
         features, weight, index_a, index_b, gia, gib, stats, dm, sums, P, n, c,
-        *features.stride(), *weight.stride(), **cfg,
+        *features.stride(), *weight.stride(), **_config("grad_features", features, c, accurate=True),
     )
     sums = sums.sum(1)
     atomic = not torch.are_deterministic_algorithms_enabled()
@@ -445,7 +458,7 @@ def six_head_backward(grad, features, weight, bias, targets, index_a, index_b, l
     if not atomic:
         grad_features.index_add_(0, index_a, dfa).index_add_(0, index_b, dfb)
 
-    cfg = _config("grad_weight", features, c)
+    cfg = _config("grad_weight", features, c, accurate=True)
     tiles = (triton.cdiv(c, cfg["BLOCK_C"]), triton.cdiv(n, cfg["BLOCK_N"]))
     splits = _weight_splits(dev, tiles[0] * tiles[1], triton.cdiv(P, cfg["BLOCK_P"]))
     grad_weight = torch.empty((splits, c, n), dtype=cd, device=dev)
