@@ -83,15 +83,20 @@ def test_pair_ops_long_rows(name, norm):
     _check_pair_op(name, *_pair_inputs(9, 8192, torch.float32, "relu"), norm)
 
 
+def _tied_rows(n):
+    """Rows of values in {1, 2} (both extremes tied many times, in every column block); in the
+    first row the extremes then move, to 0 and 3 (tied twice each), in the last block."""
+    rows = torch.randint(1, 3, (2, n), generator=torch.Generator().manual_seed(n)).double()
+    rows[0, -4:] = torch.tensor([0.0, 3.0, 0.0, 3.0])
+    return rows.to(DEVICE)
+
+
 @pytest.mark.parametrize("norm", NORMS)
-def test_tied_extremes_split_the_gradient(norm):
-    # 18 columns, two blocks of 16 when interpreting: minimum 0 tied six times across both
-    # blocks; maximum 3 once in the first row, 2 tied five times across blocks in the second
-    row = torch.tensor([0.0, 2, 1, 0, 2, 0.5, 0, 0, 2, 1.5, 0, 3, 0.25, 1, 1, 1, 0, 2], dtype=torch.float64)
-    fa = row.repeat(2, 1).to(DEVICE)
-    fa[1, 11] = 2
-    fb = torch.ones_like(fa)
-    _check_pair_op("identical_map", fa.requires_grad_(), fb.requires_grad_(), norm)
+@pytest.mark.parametrize("n", [20, 5000])  # the last 4 columns in a later column block, interpreted or not
+def test_tied_extremes_split_the_gradient(norm, n):
+    fa = _tied_rows(n).requires_grad_()
+    fb = torch.ones_like(fa, requires_grad=True)
+    _check_pair_op("identical_map", fa, fb, norm)
     _check_pair_op("decompose", fa, fb, norm)
 
 
@@ -176,19 +181,20 @@ def test_six_head_bce_non_contiguous_and_weird_targets(norm):
 
 @pytest.mark.parametrize("norm", NORMS)
 def test_six_head_bce_deterministic_mode(norm):
-    inputs = make_six_head_inputs(5, 30, 21, 7, torch.float32, DEVICE, True, "ties")
+    # dF is then reduced by torch's index_add_ instead of atomics: bitwise reproducible, same values
+    features, weight, bias, *rest = make_six_head_inputs(5, 30, 21, 7, torch.float32, DEVICE, True, "ties")
+    params = [t.requires_grad_() for t in (features, weight, bias)]
     runs = []
     try:
         torch.use_deterministic_algorithms(True)
         for _ in range(2):
-            features, weight, bias = (t.detach().requires_grad_() for t in inputs[:3])
-            loss = ops.six_head_bce(features, weight, bias, *inputs[3:], norm, 1e-12)
-            runs.append(_grads(loss, (features, weight, bias)))
+            runs.append(_grads(ops.six_head_bce(*params, *rest, norm, 1e-12), params))
     finally:
         torch.use_deterministic_algorithms(False)
-    for first, second in zip(*runs):
+    expected = _grads(reference.six_head_bce(*params, *rest, norm, 1e-12), params)
+    for first, second, e in zip(*runs, expected):
         assert torch.equal(first, second)
-    _check_six_head(inputs, norm, torch.float32)  # the default (atomic) scatter of dF agrees
+        assert_close(first, e, torch.float32, backward=True, what="six_head_bce deterministic grads")
 
 
 def _opcheck_samples():
