@@ -277,3 +277,16 @@ def test_cpu_tensors_need_the_interpreter():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert "TRITON_INTERPRET=1" in out.stdout, out.stderr
+
+
+def test_float32_dot_precision_follows_torch():
+    from indeed_ext.triton._common import dot_precision
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        for setting, expected in (("highest", "ieee"), ("high", "tf32"), ("medium", "tf32")):
+            torch.set_float32_matmul_precision(setting)
+            assert dot_precision(torch.float32) == expected
+            assert dot_precision(torch.float64) == "ieee"
+    finally:
+        torch.set_float32_matmul_precision(before)

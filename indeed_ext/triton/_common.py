@@ -18,7 +18,9 @@ import triton.language as tl
 # and InterpretedFunction: setting TRITON_INTERPRET later does not change it.
 INTERPRETING = bool(triton.knobs.runtime.interpret)
 
-_TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+_TL_DTYPES = {
+    torch.float32: tl.float32, torch.float64: tl.float64, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16,
+}
 
 
 def require_runnable(device: torch.device) -> None:
@@ -71,7 +73,8 @@ def row_stats(fa_ptr, fb_ptr, a_rows, b_rows, row_mask, n, stride_ac, stride_bc,
         for start in range(0, n, BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
             mask = row_mask[:, None] & (cols[None, :] < n)
-            p = load_tile(fa_ptr, a_rows, cols, stride_ac, mask, ACC) * load_tile(fb_ptr, b_rows, cols, stride_bc, mask, ACC)
+            p = load_tile(fa_ptr, a_rows, cols, stride_ac, mask, ACC) * load_tile(
+                fb_ptr, b_rows, cols, stride_bc, mask, ACC)
             sumsq += tl.sum(p * p, axis=1)
         d = tl.sqrt(sumsq)
         lo = tl.zeros([BLOCK_R], ACC)
@@ -87,7 +90,8 @@ def row_stats(fa_ptr, fb_ptr, a_rows, b_rows, row_mask, n, stride_ac, stride_bc,
         for start in range(0, n, BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
             mask = row_mask[:, None] & (cols[None, :] < n)
-            p = load_tile(fa_ptr, a_rows, cols, stride_ac, mask, ACC) * load_tile(fb_ptr, b_rows, cols, stride_bc, mask, ACC)
+            p = load_tile(fa_ptr, a_rows, cols, stride_ac, mask, ACC) * load_tile(
+                fb_ptr, b_rows, cols, stride_bc, mask, ACC)
             new_lo = tl.minimum(lo, tl.min(tl.where(mask, p, float("inf")), axis=1))
             new_hi = tl.maximum(hi, tl.max(tl.where(mask, p, float("-inf")), axis=1))
             if COUNT_TIES:

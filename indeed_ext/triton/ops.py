@@ -74,7 +74,8 @@ def six_head_bce_backward(grad, features, weight, bias, targets, index_a, index_
     _checks.check_norm_eps(norm, eps)
     require_runnable(features.device)
     (B, _), c, P = features.shape, weight.shape[0], index_a.shape[0]
-    for name, t, shape in (("grad", grad, (P, 6)), ("logits", logits, (B, c)), ("ident_logits", ident_logits, (P, 2, c))):
+    expected_shapes = {"grad": (grad, (P, 6)), "logits": (logits, (B, c)), "ident_logits": (ident_logits, (P, 2, c))}
+    for name, (t, shape) in expected_shapes.items():
         if tuple(t.shape) != shape:
             raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
     return _six_head.six_head_backward(
@@ -84,7 +85,8 @@ def six_head_bce_backward(grad, features, weight, bias, targets, index_a, index_
 
 def six_head_bce(features, weight, bias, targets, index_a, index_b, norm="minmax", eps=1e-12):
     # Like csrc/ops.cpp: the public op forwards to _six_head_bce_forward, whose autograd saves the logits.
-    return torch.ops.indeed_triton._six_head_bce_forward(features, weight, bias, targets, index_a, index_b, norm, eps)[0]
+    forward = torch.ops.indeed_triton._six_head_bce_forward
+    return forward(features, weight, bias, targets, index_a, index_b, norm, eps)[0]
 
 
 _KERNELS = {

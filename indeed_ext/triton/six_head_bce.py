@@ -296,8 +296,9 @@ def _grad_features_kernel(
     d_fa += d_ia * m + dp * b
     d_fb += d_ib * m + dp * a
     if ATOMIC:
-        tl.atomic_add(df_ptr + idx_a[:, None] * stride_dr + cols[None, :] * stride_dc, d_fa, mask=mask)
-        tl.atomic_add(df_ptr + idx_b[:, None] * stride_dr + cols[None, :] * stride_dc, d_fb, mask=mask)
+        cols_d = cols[None, :] * stride_dc
+        tl.atomic_add(df_ptr + idx_a[:, None] * stride_dr + cols_d, d_fa, mask=mask, sem="relaxed")
+        tl.atomic_add(df_ptr + idx_b[:, None] * stride_dr + cols_d, d_fb, mask=mask, sem="relaxed")
     else:
         out = pairs[:, None] * n + cols[None, :]
         tl.store(dfa_ptr + out, d_fa, mask=mask)
