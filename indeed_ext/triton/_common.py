@@ -1,4 +1,4 @@
-"""Pieces shared by the Triton kernels: dtypes, block sizes and the row statistics of p = fa * fb.
+"""Pieces shared by the Triton kernels: dtypes, tl.dot precision and the row statistics of p = fa * fb.
 
 The identical map m = (p - shift) / den of a row needs a reduction over the whole
 row first: min and max (``minmax``, shift = min, den = max(max - min, eps)) or
@@ -14,8 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
-# Decided when triton is imported, like triton.jit's own choice between JITFunction
-# and InterpretedFunction: setting TRITON_INTERPRET later does not change it.
+# Read when the kernels are defined (this module is imported first): that is when
+# triton.jit picks JITFunction or InterpretedFunction, so a later TRITON_INTERPRET
+# changes neither.
 INTERPRETING = bool(triton.knobs.runtime.interpret)
 
 _TL_DTYPES = {
