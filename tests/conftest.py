@@ -1,8 +1,17 @@
 """Shared test helpers: per-dtype tolerances, inputs with the awkward cases, backend lists."""
-import pytest
+import os
+
 import torch
 
-import indeed_ext  # noqa: F401  (registers the ops)
+# Without a CUDA GPU the Triton kernels run on CPU tensors through the Triton interpreter.
+# triton reads TRITON_INTERPRET once, when first imported: set it before anything imports
+# triton (importing torch does not).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import indeed_ext  # noqa: E402,F401  (registers the ops)
 
 # Tolerances against reference.py on the same inputs, as (atol, rtol). Half dtypes: the
 # kernels and the reference both accumulate in float32, so outputs differ by about one

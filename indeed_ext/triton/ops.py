@@ -1,0 +1,105 @@
+"""Registers the Triton kernels as torch.ops.indeed_triton, with the schemas of torch.ops.indeed.
+
+Each schema is copied from the op in namespace ``indeed`` (csrc/ops.cpp), so the two
+namespaces cannot drift apart; the fake kernels and autograd formulas are the shared
+ones of indeed_ext.ops. The ops are plain torch.library definitions with CPU and
+CUDA kernels (not triton_op/wrap_triton, which fail opcheck and torch.compile under
+the Triton interpreter, pytorch#152868): torch.compile treats them as opaque custom ops.
+CPU tensors run through the Triton interpreter (TRITON_INTERPRET=1, the CI setting).
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _checks
+from ..ops import OP_NAMES, register_fake_and_autograd
+from . import decompose as _pair
+from . import six_head_bce as _six_head
+from ._common import require_runnable
+
+NAMESPACE = "indeed_triton"
+
+_lib = torch.library.Library(NAMESPACE, "DEF")
+for _name in OP_NAMES:
+    # "indeed::identical_map(Tensor fa, ...) -> Tensor" -> "identical_map(Tensor fa, ...) -> Tensor"
+    _lib.define(str(getattr(torch.ops.indeed, _name).default._schema).split("::", 1)[1])
+
+
+def _check_pair_op(fa, fb, norm, eps):
+    _checks.check_pair(fa, fb)
+    _checks.check_norm_eps(norm, eps)
+    require_runnable(fa.device)
+
+
+def _check_grads(grads, fa):
+    for name, g in grads.items():
+        if g.shape != fa.shape or g.device != fa.device:
+            raise ValueError(f"{name} must have the shape and device of fa, {tuple(fa.shape)} on {fa.device}, "
+                             f"got {tuple(g.shape)} on {g.device}")
+
+
+def identical_map(fa, fb, norm="minmax", eps=1e-12):
+    _check_pair_op(fa, fb, norm, eps)
+    return _pair.pair_forward(fa, fb, norm, eps, decompose=False)[0]
+
+
+def identical_map_backward(grad_m, fa, fb, norm, eps):
+    _check_pair_op(fa, fb, norm, eps)
+    _check_grads({"grad_m": grad_m}, fa)
+    return _pair.pair_backward([grad_m], fa, fb, norm, eps)
+
+
+def decompose(fa, fb, norm="minmax", eps=1e-12):
+    _check_pair_op(fa, fb, norm, eps)
+    return tuple(_pair.pair_forward(fa, fb, norm, eps, decompose=True))
+
+
+def decompose_backward(grad_ia, grad_ib, grad_da, grad_db, fa, fb, norm, eps):
+    _check_pair_op(fa, fb, norm, eps)
+    _check_grads({"grad_ia": grad_ia, "grad_ib": grad_ib, "grad_da": grad_da, "grad_db": grad_db}, fa)
+    return _pair.pair_backward([grad_ia, grad_ib, grad_da, grad_db], fa, fb, norm, eps)
+
+
+def six_head_bce_forward(features, weight, bias, targets, index_a, index_b, norm, eps):
+    # The kernels gather rows by these indices: check their values here, eagerly (one host sync on GPU).
+    _checks.check_six_head(features, weight, bias, targets, index_a, index_b, check_index_values=True)
+    _checks.check_norm_eps(norm, eps)
+    require_runnable(features.device)
+    return _six_head.six_head_forward(features, weight, bias, targets, index_a, index_b, norm, eps)
+
+
+def six_head_bce_backward(grad, features, weight, bias, targets, index_a, index_b, logits, ident_logits, norm, eps):
+    # Private op, called by the autograd of _six_head_bce_forward with indices it has checked.
+    _checks.check_six_head(features, weight, bias, targets, index_a, index_b, check_index_values=False)
+    _checks.check_norm_eps(norm, eps)
+    require_runnable(features.device)
+    (B, _), c, P = features.shape, weight.shape[0], index_a.shape[0]
+    expected_shapes = {"grad": (grad, (P, 6)), "logits": (logits, (B, c)), "ident_logits": (ident_logits, (P, 2, c))}
+    for name, (t, shape) in expected_shapes.items():
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    return _six_head.six_head_backward(
+        grad, features, weight, bias, targets, index_a, index_b, logits, ident_logits, norm, eps
+    )
+
+
+def six_head_bce(features, weight, bias, targets, index_a, index_b, norm="minmax", eps=1e-12):
+    # Like csrc/ops.cpp: the public op forwards to _six_head_bce_forward, whose autograd saves the logits.
+    forward = torch.ops.indeed_triton._six_head_bce_forward
+    return forward(features, weight, bias, targets, index_a, index_b, norm, eps)[0]
+
+
+_KERNELS = {
+    "identical_map": identical_map,
+    "_identical_map_backward": identical_map_backward,
+    "decompose": decompose,
+    "_decompose_backward": decompose_backward,
+    "_six_head_bce_forward": six_head_bce_forward,
+    "_six_head_bce_backward": six_head_bce_backward,
+}
+for _name, _kernel in _KERNELS.items():
+    for _key in ("CPU", "CUDA"):
+        _lib.impl(_name, _kernel, _key)
+_lib.impl("six_head_bce", six_head_bce, "CompositeImplicitAutograd")
+
+register_fake_and_autograd(NAMESPACE)
