@@ -488,7 +488,10 @@ def main() -> int:
     parser.add_argument("--memcheck-case", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bench", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=300.0, help=argparse.SUPPRESS)
+    parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for all steps together")
     args = parser.parse_args()
+    global BUDGET_S
+    BUDGET_S = args.budget
     if args.memcheck_case:
         memcheck_case()
         return 0
