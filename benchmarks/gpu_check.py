@@ -483,6 +483,7 @@ def write_report(out_dir: Path, steps: list[dict]) -> None:
 
 
 def main() -> int:
+    global BUDGET_S
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", nargs="?", help="folder for results.json, results.md and the logs")
     parser.add_argument("--memcheck-case", action="store_true", help=argparse.SUPPRESS)
@@ -490,7 +491,6 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=300.0, help=argparse.SUPPRESS)
     parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for all steps together")
     args = parser.parse_args()
-    global BUDGET_S
     BUDGET_S = args.budget
     if args.memcheck_case:
         memcheck_case()
