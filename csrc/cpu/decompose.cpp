@@ -60,7 +60,8 @@ std::tuple<at::Tensor, at::Tensor> identical_map_backward(const at::Tensor& grad
   check_like("grad_m", grad_m_in, pr.fa.sizes(), pr.fa.scalar_type(), pr.fa.device());
   const at::Tensor grad_m = grad_m_in.contiguous();
   at::Tensor grad_fa = at::empty_like(pr.fa), grad_fb = at::empty_like(pr.fb);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pr.fa.scalar_type(), "indeed::_identical_map_backward", [&] {
+  const auto dtype = pr.fa.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "indeed::_identical_map_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gm = grad_m.const_data_ptr<scalar_t>();
     scalar_t* ga = grad_fa.mutable_data_ptr<scalar_t>();

@@ -6,6 +6,7 @@
 // Backward: backward_row reduces dm against m (the sums and tie counts dp needs), then
 // makes one pass over the outputs with dp_j. The loops are `omp simd`: the callers'
 // lambdas inline into them, so each pass vectorises with its op-specific loads and stores.
+// Always inlined, so that they take the instruction set of the caller (simd_clones.h).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -29,7 +30,7 @@ struct RowNorm {
 
 // The reductions of one row: min/max (NaN-propagating like torch.amin/amax) or the 2-norm.
 template <typename acc_t, typename T>
-RowNorm<acc_t> row_norm(const T* fa, const T* fb, int64_t n, Norm norm, acc_t eps) {
+[[gnu::always_inline]] inline RowNorm<acc_t> row_norm(const T* fa, const T* fb, int64_t n, Norm norm, acc_t eps) {
   constexpr acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
   RowNorm<acc_t> r;
   acc_t& raw = r.raw;
@@ -66,7 +67,7 @@ RowNorm<acc_t> row_norm(const T* fa, const T* fb, int64_t n, Norm norm, acc_t ep
 
 // out(j, m_j) for every entry of the row.
 template <typename acc_t, typename T, typename Out>
-inline void forward_row(const RowNorm<acc_t> rn, const T* fa, const T* fb, int64_t n, Out out) {
+[[gnu::always_inline]] inline void forward_row(const RowNorm<acc_t> rn, const T* fa, const T* fb, int64_t n, Out out) {
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) {
     out(j, rn.map(static_cast<acc_t>(fa[j]) * static_cast<acc_t>(fb[j])));
@@ -88,7 +89,8 @@ struct MapGrad {
 };
 
 template <typename acc_t, typename T, typename Dm>
-MapGrad<acc_t> map_grad(const RowNorm<acc_t> rn, const T* fa, const T* fb, int64_t n, Norm norm, Dm dm) {
+[[gnu::always_inline]] inline MapGrad<acc_t> map_grad(const RowNorm<acc_t> rn, const T* fa, const T* fb, int64_t n,
+                                                      Norm norm, Dm dm) {
   MapGrad<acc_t> g{0, rn.denom, rn.lo, rn.hi, 0, 0};
   acc_t sum_dm = 0, sum_dm_m = 0;
   if (norm == Norm::L2) {
@@ -127,8 +129,8 @@ MapGrad<acc_t> map_grad(const RowNorm<acc_t> rn, const T* fa, const T* fb, int64
 // Backward of one row through m: dm(j) gives dL/dm_j; out(j, m_j, dp_j) for every entry,
 // where dp is dL/dp (so dL/dfa_j gets dp_j * fb_j and dL/dfb_j gets dp_j * fa_j).
 template <typename acc_t, typename T, typename Dm, typename Out>
-inline void backward_row(const RowNorm<acc_t> rn, const T* fa, const T* fb, int64_t n, Norm norm, Dm dm,
-                         Out out) {
+[[gnu::always_inline]] inline void backward_row(const RowNorm<acc_t> rn, const T* fa, const T* fb, int64_t n,
+                                                Norm norm, Dm dm, Out out) {
   const MapGrad<acc_t> grad = map_grad(rn, fa, fb, n, norm, dm);
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) {
