@@ -1,8 +1,9 @@
-// The build targets baseline x86-64 (SSE2): the wheel must run anywhere. The compute-bound
-// loops are compiled a second and third time for AVX2+FMA (x86-64-v3) and AVX-512
-// (x86-64-v4), and the widest the CPU supports is picked when the library loads (GCC
-// function multi-versioning). Mark a non-template function with INDEED_SIMD_CLONES and
-// inline the loop into it.
+// The build targets baseline x86-64 (SSE2), so that the library runs on any x86-64 CPU. The
+// kernels' per-row loops are compiled a second and third time for AVX2 and AVX-512F, and the
+// widest the CPU supports is picked when the library loads (GCC function multi-versioning).
+// Usage: write the loop as an always-inline template (helpers it calls must be inlined too,
+// or they run the baseline code) and add a float overload marked INDEED_SIMD_CLONES that
+// calls it; overload resolution picks the clone for float data.
 #pragma once
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)

@@ -116,8 +116,8 @@ PairRows<acc_t> pair_rows(const SixHeadInputs& in) {
 // Rows 2i, 2i+1 of ident (P, 2, n) = [m * fa; m * fb] and row_norms[i] for the pairs in
 // [begin, end).
 template <typename acc_t>
-[[gnu::always_inline]] inline void identical_features_rows_impl(const PairRows<acc_t>& pairs, acc_t eps, acc_t* ident,
-                                                                RowNorm<acc_t>* row_norms, int64_t begin, int64_t end) {
+[[gnu::always_inline]] inline void identical_features_rows(const PairRows<acc_t>& pairs, acc_t eps, acc_t* ident,
+                                                           RowNorm<acc_t>* row_norms, int64_t begin, int64_t end) {
   const int64_t n = pairs.n;
   for (int64_t i = begin; i < end; ++i) {
     const acc_t *a = pairs.a(i), *b = pairs.b(i);
@@ -133,11 +133,7 @@ template <typename acc_t>
 }
 INDEED_SIMD_CLONES void identical_features_rows(const PairRows<float>& pairs, float eps, float* ident,
                                                 RowNorm<float>* row_norms, int64_t begin, int64_t end) {
-  identical_features_rows_impl(pairs, eps, ident, row_norms, begin, end);
-}
-void identical_features_rows(const PairRows<double>& pairs, double eps, double* ident, RowNorm<double>* row_norms,
-                             int64_t begin, int64_t end) {
-  identical_features_rows_impl(pairs, eps, ident, row_norms, begin, end);
+  identical_features_rows<float>(pairs, eps, ident, row_norms, begin, end);
 }
 
 template <typename acc_t>
@@ -198,8 +194,8 @@ HeadsOfPairs<acc_t> heads_of_pairs(const SixHeadInputs& in, const at::Tensor& lo
 
 // loss[i, h] = sum_k softplus(z_h) - y_h z_h for the pairs i in [begin, end).
 template <typename acc_t>
-[[gnu::always_inline]] inline void bce_sums_rows_impl(const HeadsOfPairs<acc_t>& heads, int64_t begin, int64_t end,
-                                                      acc_t* loss) {
+[[gnu::always_inline]] inline void bce_sums_rows(const HeadsOfPairs<acc_t>& heads, int64_t begin, int64_t end,
+                                                 acc_t* loss) {
   const auto bce = [](acc_t z, acc_t y) { return softplus(z) - y * z; };
   for (int64_t i = begin; i < end; ++i) {
     const auto pair = heads[i];
@@ -224,10 +220,7 @@ template <typename acc_t>
   }
 }
 INDEED_SIMD_CLONES void bce_sums_rows(const HeadsOfPairs<float>& heads, int64_t begin, int64_t end, float* loss) {
-  bce_sums_rows_impl(heads, begin, end, loss);
-}
-void bce_sums_rows(const HeadsOfPairs<double>& heads, int64_t begin, int64_t end, double* loss) {
-  bce_sums_rows_impl(heads, begin, end, loss);
+  bce_sums_rows<float>(heads, begin, end, loss);
 }
 
 template <typename acc_t>
@@ -292,8 +285,8 @@ struct HeadGrads {
 };
 
 template <typename acc_t>
-[[gnu::always_inline]] inline void head_grads_rows_impl(const HeadsOfPairs<acc_t>& heads, const HeadGrads<acc_t>& out,
-                                                        int64_t begin, int64_t end) {
+[[gnu::always_inline]] inline void head_grads_rows(const HeadsOfPairs<acc_t>& heads, const HeadGrads<acc_t>& out,
+                                                   int64_t begin, int64_t end) {
   const int64_t c = heads.c;
   const auto e = [](acc_t g, acc_t z, acc_t y) { return g * (softplus_grad(z) - y); };
   for (int64_t i = begin; i < end; ++i) {
@@ -320,10 +313,7 @@ template <typename acc_t>
 }
 INDEED_SIMD_CLONES void head_grads_rows(const HeadsOfPairs<float>& heads, const HeadGrads<float>& out, int64_t begin,
                                         int64_t end) {
-  head_grads_rows_impl(heads, out, begin, end);
-}
-void head_grads_rows(const HeadsOfPairs<double>& heads, const HeadGrads<double>& out, int64_t begin, int64_t end) {
-  head_grads_rows_impl(heads, out, begin, end);
+  head_grads_rows<float>(heads, out, begin, end);
 }
 
 // Sums over the rows of a small (rows, c) matrix, serially (a parallel region costs more).
@@ -353,9 +343,9 @@ void head_grads(const SixHeadInputs& in, const at::Tensor& grad, const at::Tenso
 // In place: rows 2i, 2i+1 of ident (P, 2, n) hold [dIA; dIB] on entry and [dfa; dfb] on
 // return, with dfa = dIA m + dp fb, dfb = dIB m + dp fa, dm = dIA fa + dIB fb.
 template <typename acc_t>
-[[gnu::always_inline]] inline void identical_features_backward_rows_impl(const PairRows<acc_t>& pairs,
-                                                                         const RowNorm<acc_t>* row_norms, acc_t* ident,
-                                                                         int64_t begin, int64_t end) {
+[[gnu::always_inline]] inline void identical_features_backward_rows(const PairRows<acc_t>& pairs,
+                                                                    const RowNorm<acc_t>* row_norms, acc_t* ident,
+                                                                    int64_t begin, int64_t end) {
   const int64_t n = pairs.n;
   for (int64_t i = begin; i < end; ++i) {
     const acc_t *a = pairs.a(i), *b = pairs.b(i);
@@ -372,11 +362,7 @@ template <typename acc_t>
 }
 INDEED_SIMD_CLONES void identical_features_backward_rows(const PairRows<float>& pairs, const RowNorm<float>* row_norms,
                                                          float* ident, int64_t begin, int64_t end) {
-  identical_features_backward_rows_impl(pairs, row_norms, ident, begin, end);
-}
-void identical_features_backward_rows(const PairRows<double>& pairs, const RowNorm<double>* row_norms, double* ident,
-                                      int64_t begin, int64_t end) {
-  identical_features_backward_rows_impl(pairs, row_norms, ident, begin, end);
+  identical_features_backward_rows<float>(pairs, row_norms, ident, begin, end);
 }
 
 template <typename acc_t>
