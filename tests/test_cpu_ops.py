@@ -144,6 +144,20 @@ def test_six_head_bce_half_targets_and_bias_gradient_without_bias():
     assert_close(grad_bias, bias.grad, torch.float32, backward=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_six_head_bce_large_logits(dtype):
+    # Logits far beyond softplus's threshold (20) and below exp's float range (-87): the tails
+    # of the kernels' exp/log1p and of the threshold branch.
+    features, weight, bias, targets, index_a, index_b = make_six_head_inputs(8, 12, 16, 5, dtype, kind="negative")
+    weight = weight * 200
+    ours, ref, ours_in, ref_in = _six_head_both(features, weight, bias, targets, index_a, index_b, "minmax")
+    assert ref.detach().abs().max() > 100  # the case is what it claims
+    assert_close(ours, ref, dtype, what="loss")
+    upstream = _upstream_like([ref])
+    for o, r, what in zip(_grads(ours, ours_in, upstream), _grads(ref, ref_in, upstream), ("features", "weight", "bias")):
+        assert_close(o, r, dtype, backward=True, what=f"grad {what}")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_six_head_bce_no_pairs(dtype):
     features, weight, bias, targets, index_a, index_b = make_six_head_inputs(4, 0, 8, 3, dtype)

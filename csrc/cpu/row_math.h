@@ -75,10 +75,11 @@ template <typename acc_t, typename T, typename Out>
 }
 
 // dp_j = (dm_j - m_j * m_coef) / denom  +  lo_share where p_j is the min  +  hi_share where
-// p_j is the max. l2: m_coef = dm.m. minmax: the extremes' gradients g_min, g_max split
-// evenly among ties, as torch.amin/amax do. Where the reference multiplies a non-finite
-// value by zero (the clamped norm's NaN, a NaN or Inf extreme gradient times the tie mask),
-// the whole row's gradient is NaN: m_coef carries that NaN and is 0 otherwise.
+// p_j is the max. l2: m_coef = dm.m, the norm's term (none when the norm is clamped).
+// minmax: no m_coef; the extremes' gradients g_min, g_max are split evenly among ties, as
+// torch.amin/amax do. Where the reference multiplies a non-finite value by zero (a NaN norm
+// in the clamped branch; a NaN or Inf extreme gradient times the 0/1 tie mask), its whole
+// row's gradient is NaN: m_coef is then 0 * that value, so the same happens here.
 template <typename acc_t>
 struct MapGrad {
   acc_t m_coef, denom, lo, hi, lo_share, hi_share;
@@ -116,8 +117,8 @@ template <typename acc_t, typename T, typename Dm>
     n_hi += p == rn.hi;
   }
   // With r = max - min > eps: g_min = sum dm (m - 1) / r, g_max = -sum dm m / r. Clamped,
-  // m = (p - min) / eps: g_min = -sum dm / eps, g_max = 0. (n_lo = 0 only for NaN rows,
-  // where no entry compares equal to the extremes and the shares are unused.)
+  // m = (p - min) / eps: g_min = -sum dm / eps, g_max = 0. (n_lo = 0 only for NaN rows and
+  // n = 0, where no entry compares equal to the extremes and the shares are unused.)
   const acc_t g_min = rn.clamped ? -sum_dm / rn.denom : (sum_dm_m - sum_dm) / rn.denom;
   const acc_t g_max = rn.clamped ? acc_t(0) : -sum_dm_m / rn.denom;
   g.lo_share = n_lo ? g_min / static_cast<acc_t>(n_lo) : acc_t(0);

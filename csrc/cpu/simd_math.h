@@ -8,9 +8,10 @@
 
 namespace indeed::cpu {
 
-// exp(x) for x <= 88 (larger x is the caller's to avoid); NaN gives NaN.
-inline float simd_exp(float x) {
-  x = x < -87.0f ? -87.0f : x;  // below, 2^k would leave the normal range; exp(-87) ~ 1.6e-38
+// exp(x) for x <= 88 (larger x is the caller's to avoid); 0 below -87, where exp(x) would be
+// a denormal; NaN gives NaN.
+inline float simd_exp(float x_in) {
+  const float x = x_in < -87.0f ? -87.0f : x_in;  // keeps 2^k below in the normal range
   // x = k ln2 + r, |r| <= ln2 / 2; adding 1.5 * 2^23 rounds k into the low mantissa bits.
   constexpr float round_shift = 12582912.0f;
   const float shifted = x * 1.44269504088896341f + round_shift;
@@ -24,7 +25,8 @@ inline float simd_exp(float x) {
   p = p * r + 5.0000001201e-1f;
   const float exp_r = p * r * r + r + 1.0f;
   const int32_t k_int = std::bit_cast<int32_t>(shifted) - std::bit_cast<int32_t>(round_shift);
-  return exp_r * std::bit_cast<float>((k_int + 127) << 23);  // exp_r * 2^k
+  const float e = exp_r * std::bit_cast<float>((k_int + 127) << 23);  // exp_r * 2^k
+  return x_in < -87.0f ? 0.0f : e;
 }
 
 // log(w) for finite w >= 1.
