@@ -37,7 +37,12 @@ def extensions():
 
     here = os.path.dirname(os.path.abspath(__file__))
     sources = ["csrc/python_module.cpp", "csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-fopenmp"]  # the C++ standard comes from torch (C++20 for torch>=2.10)
+    # The C++ standard comes from torch (C++20 for torch>=2.10). -fno-trapping-math, as torch
+    # itself builds: without it GCC keeps the selects of the CPU kernels' loops as branches
+    # and does not vectorise them (NaN and Inf semantics are unchanged). -ffp-contract=off: the
+    # kernels' AVX2/AVX-512 clones must round p = fa * fb as the reference does (no FMA), or
+    # p - min(p) is not 0 at the minimum.
+    cxx = ["-O3", "-fopenmp", "-fno-trapping-math", "-ffp-contract=off"]
     include_dirs = [os.path.join(here, "csrc")]
     if want_cuda(torch):
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():

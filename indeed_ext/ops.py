@@ -23,24 +23,29 @@ OP_NAMES = (
 
 
 # ----------------------------------------------------------------------------- fake kernels
+# Every kernel returns contiguous tensors, whatever the inputs' strides.
+def _contiguous_like(t):
+    return torch.empty_like(t, memory_format=torch.contiguous_format)
+
+
 def _fake_identical_map(fa, fb, norm="minmax", eps=1e-12):
     _checks.check_pair(fa, fb)
     _checks.check_norm_eps(norm, eps)
-    return torch.empty_like(fa)
+    return _contiguous_like(fa)
 
 
 def _fake_identical_map_backward(grad_m, fa, fb, norm, eps):
-    return torch.empty_like(fa), torch.empty_like(fb)
+    return _contiguous_like(fa), _contiguous_like(fb)
 
 
 def _fake_decompose(fa, fb, norm="minmax", eps=1e-12):
     _checks.check_pair(fa, fb)
     _checks.check_norm_eps(norm, eps)
-    return tuple(torch.empty_like(fa) for _ in range(4))
+    return tuple(_contiguous_like(fa) for _ in range(4))
 
 
 def _fake_decompose_backward(grad_ia, grad_ib, grad_da, grad_db, fa, fb, norm, eps):
-    return torch.empty_like(fa), torch.empty_like(fb)
+    return _contiguous_like(fa), _contiguous_like(fb)
 
 
 def _fake_six_head_bce_forward(features, weight, bias, targets, index_a, index_b, norm, eps):
@@ -53,7 +58,7 @@ def _fake_six_head_bce_forward(features, weight, bias, targets, index_a, index_b
 
 
 def _fake_six_head_bce_backward(grad, features, weight, bias, targets, index_a, index_b, logits, ident_logits, norm, eps):
-    return torch.empty_like(features), torch.empty_like(weight), weight.new_empty((weight.shape[0],))
+    return _contiguous_like(features), _contiguous_like(weight), weight.new_empty((weight.shape[0],))
 
 
 # ----------------------------------------------------------------------------- autograd

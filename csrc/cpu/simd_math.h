@@ -1,0 +1,67 @@
+// exp and log1p for float as branch-free polynomials (Cephes expf/logf, a few ulp) that
+// `omp simd` loops vectorise; libm calls stop vectorisation, and the BCE epilogue makes
+// a few per logit. double keeps libm (it is used for checks, not speed).
+#pragma once
+#include <bit>
+#include <cmath>
+#include <cstdint>
+
+namespace indeed::cpu {
+
+// exp(x) for x <= 88 (larger x is the caller's to avoid); 0 below -87, where exp(x) would be
+// a denormal; NaN gives NaN.
+inline float simd_exp(float x_in) {
+  const float x = x_in < -87.0f ? -87.0f : x_in;  // keeps 2^k below in the normal range
+  // x = k ln2 + r, |r| <= ln2 / 2; adding 1.5 * 2^23 rounds k into the low mantissa bits.
+  constexpr float round_shift = 12582912.0f;
+  const float shifted = x * 1.44269504088896341f + round_shift;
+  const float k = shifted - round_shift;
+  const float r = x - k * 0.693359375f + k * 2.12194440e-4f;  // ln2 in two parts
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float exp_r = p * r * r + r + 1.0f;
+  const int32_t k_int = std::bit_cast<int32_t>(shifted) - std::bit_cast<int32_t>(round_shift);
+  const float e = exp_r * std::bit_cast<float>((k_int + 127) << 23);  // exp_r * 2^k
+  return x_in < -87.0f ? 0.0f : e;
+}
+
+// log(w) for finite w >= 1.
+inline float simd_log_ge1(float w) {
+  // w = 2^e * mant, mant in [sqrt(1/2), sqrt(2)); log w = e ln2 + log1p(mant - 1).
+  const int32_t bits = std::bit_cast<int32_t>(w);
+  int32_t e = (bits >> 23) - 126;
+  float mant = std::bit_cast<float>((bits & 0x007fffff) | 0x3f000000);  // in [1/2, 1)
+  const bool low = mant < 0.707106781186547524f;
+  e -= low;
+  mant = low ? mant + mant : mant;
+  const float x = mant - 1.0f, z = x * x;
+  float p = 7.0376836292e-2f;
+  p = p * x - 1.1514610310e-1f;
+  p = p * x + 1.1676998740e-1f;
+  p = p * x - 1.2420140846e-1f;
+  p = p * x + 1.4249322787e-1f;
+  p = p * x - 1.6668057665e-1f;
+  p = p * x + 2.0000714765e-1f;
+  p = p * x - 2.4999993993e-1f;
+  p = p * x + 3.3333331174e-1f;
+  const float ef = static_cast<float>(e);
+  return x + (p * x * z - 2.12194440e-4f * ef - 0.5f * z) + 0.693359375f * ef;
+}
+
+// log1p(u) for 0 <= u < 2^127, NaN gives NaN. log(1+u) * u / ((1+u) - 1) cancels the rounding
+// of 1+u, so small u keep their relative accuracy.
+inline float simd_log1p(float u) {
+  const float w = 1.0f + u;
+  const float d = w - 1.0f;
+  const float result = d == 0.0f ? u : simd_log_ge1(w) * (u / d);
+  return u == u ? result : u;
+}
+
+inline double simd_exp(double x) { return std::exp(x); }
+inline double simd_log1p(double u) { return std::log1p(u); }
+
+}  // namespace indeed::cpu
