@@ -2,7 +2,7 @@
 // `omp simd` loops vectorise; libm calls stop vectorisation, and the BCE epilogue makes
 // a few per logit. double keeps libm (it is used for checks, not speed).
 #pragma once
-#include <bit>
+#include <c10/util/bit_cast.h>  // c10::bit_cast is C++20; torch < 2.10 builds extensions as C++17
 #include <cmath>
 #include <cstdint>
 
@@ -24,17 +24,17 @@ inline float simd_exp(float x_in) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float exp_r = p * r * r + r + 1.0f;
-  const int32_t k_int = std::bit_cast<int32_t>(shifted) - std::bit_cast<int32_t>(round_shift);
-  const float e = exp_r * std::bit_cast<float>((k_int + 127) << 23);  // exp_r * 2^k
+  const int32_t k_int = c10::bit_cast<int32_t>(shifted) - c10::bit_cast<int32_t>(round_shift);
+  const float e = exp_r * c10::bit_cast<float>((k_int + 127) << 23);  // exp_r * 2^k
   return x_in < -87.0f ? 0.0f : e;
 }
 
 // log(w) for finite w >= 1.
 inline float simd_log_ge1(float w) {
   // w = 2^e * mant, mant in [sqrt(1/2), sqrt(2)); log w = e ln2 + log1p(mant - 1).
-  const int32_t bits = std::bit_cast<int32_t>(w);
+  const int32_t bits = c10::bit_cast<int32_t>(w);
   int32_t e = (bits >> 23) - 126;
-  float mant = std::bit_cast<float>((bits & 0x007fffff) | 0x3f000000);  // in [1/2, 1)
+  float mant = c10::bit_cast<float>((bits & 0x007fffff) | 0x3f000000);  // in [1/2, 1)
   const bool low = mant < 0.707106781186547524f;
   e -= low;
   mant = low ? mant + mant : mant;
