@@ -297,8 +297,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_bce_backward_cuda(
     args.scatter[1] = rows_of(grad_features.data_ptr<acc_t>(), n, p.index_b.data_ptr<int64_t>(), B);
     launch_pair_rows<PairMode::Ident, true>(args);
   });
-  at::Tensor grad_weight = mm_acc(grad_logits_gemm.t(), F, p.acc);  // pass 9
-  grad_weight.add_(mm_acc(grad_ident_rows.t(), ident.view({2 * P, n}), p.acc));
+  // pass 9: dW with accumulation-dtype operands. dW sums over all pairs terms that cancel
+  // (e_da enters G and Gia with opposite signs), so half-rounded G would show in the result
+  // (seen on an H200: bf16 operands put one dW entry in 6144 outside the bf16 tolerance).
+  at::Tensor grad_weight = at::mm(grad_logits.t(), F.to(p.acc));
+  grad_weight.add_(at::mm(grad_ident_rows.t().to(p.acc), ident.view({2 * P, n}).to(p.acc)));
   const at::Tensor grad_bias = bias_partial.sum(0);  // pass 10
 
   return {in_layout_of(grad_features.to(features.scalar_type()), features),

@@ -73,7 +73,7 @@ def _linear_kernel(
         k = start + tl.arange(0, BLOCK_K)
         x = load_tile(x_ptr, r * stride_xr, k, stride_xc, row_mask[:, None] & (k[None, :] < n), DOT)
         w_t = load_tile(w_ptr, k * stride_wc, classes, stride_wr, (k[:, None] < n) & class_mask[None, :], DOT)
-        acc = tl.dot(x, w_t, acc, input_precision=PRECISION)
+        acc = tl.dot(x, w_t, acc, input_precision=PRECISION, out_dtype=acc.dtype)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + classes, mask=class_mask, other=0.0).to(ACC)[None, :]
     tl.store(out_ptr + r[:, None] * c + classes[None, :], acc, mask=row_mask[:, None] & class_mask[None, :])
@@ -115,8 +115,8 @@ def _six_head_forward_kernel(
         b = load_tile(f_ptr, b_rows, k, stride_fc, mask, ACC)
         m = (a * b - lo[:, None]) / den[:, None]
         w_t = load_tile(w_ptr, k * stride_wc, classes, stride_wr, (k[:, None] < n) & class_mask[None, :], DOT)
-        acc_a = tl.dot((m * a).to(DOT), w_t, acc_a, input_precision=PRECISION)
-        acc_b = tl.dot((m * b).to(DOT), w_t, acc_b, input_precision=PRECISION)
+        acc_a = tl.dot((m * a).to(DOT), w_t, acc_a, input_precision=PRECISION, out_dtype=acc_a.dtype)
+        acc_b = tl.dot((m * b).to(DOT), w_t, acc_b, input_precision=PRECISION, out_dtype=acc_b.dtype)
     if HAS_BIAS:
         beta = tl.load(bias_ptr + classes, mask=class_mask, other=0.0).to(ACC)[None, :]
     else:
@@ -208,7 +208,7 @@ def _grad_logits_kernel(
 def _g_times_w(acc, g_ptr, pairs, pair_mask, classes, class_mask, c, w, DOT: tl.constexpr, PRECISION: tl.constexpr):
     """acc + G[pairs, classes] @ w for one of the (P, c) buffers of _grad_logits_kernel."""
     g = load_tile(g_ptr, pairs * c, classes, 1, pair_mask[:, None] & class_mask[None, :], DOT)
-    return tl.dot(g, w, acc, input_precision=PRECISION)
+    return tl.dot(g, w, acc, input_precision=PRECISION, out_dtype=acc.dtype)
 
 
 @triton.jit
@@ -331,12 +331,14 @@ def _grad_weight_kernel(
         m = (a * b - lo[:, None]) / den[:, None]
         # G^T tiles (classes x pairs) straight from the (P, c) buffers
         g_mask = class_mask[:, None] & pair_mask[None, :]
-        acc = tl.dot(load_tile(ga_ptr, classes, pairs, c, g_mask, DOT), a.to(DOT), acc, input_precision=PRECISION)
-        acc = tl.dot(load_tile(gb_ptr, classes, pairs, c, g_mask, DOT), b.to(DOT), acc, input_precision=PRECISION)
+        acc = tl.dot(load_tile(ga_ptr, classes, pairs, c, g_mask, DOT), a.to(DOT), acc,
+                     input_precision=PRECISION, out_dtype=acc.dtype)
+        acc = tl.dot(load_tile(gb_ptr, classes, pairs, c, g_mask, DOT), b.to(DOT), acc,
+                     input_precision=PRECISION, out_dtype=acc.dtype)
         acc = tl.dot(load_tile(gia_ptr, classes, pairs, c, g_mask, DOT), (m * a).to(DOT), acc,
-                     input_precision=PRECISION)
+                     input_precision=PRECISION, out_dtype=acc.dtype)
         acc = tl.dot(load_tile(gib_ptr, classes, pairs, c, g_mask, DOT), (m * b).to(DOT), acc,
-                     input_precision=PRECISION)
+                     input_precision=PRECISION, out_dtype=acc.dtype)
     out = (split * c + classes)[:, None] * n + cols[None, :]
     tl.store(dw_ptr + out, acc, mask=class_mask[:, None] & col_mask[None, :])
 
@@ -438,7 +440,7 @@ def six_head_backward(grad, features, weight, bias, targets, index_a, index_b, l
     dbias = torch.empty((pair_blocks, c), dtype=cd, device=dev)
     _grad_logits_kernel[(pair_blocks,)](
         grad, features, bias, targets, index_a, index_b, logits, ident_logits, ga, gb, gia, gib, stats, dbias,
-        P, n, c, eps, *features.stride(), *targets.stride(), L2=l2, HAS_BIAS=bias is not None, **cfg,
+        P, n, c, eps, *features.stride(), *targets.stride(), L2=l2, HAS_BIAS=bias is not None, enable_fp_fusion=False, **cfg,
     )
 
     cfg = _config("grad_features", features, c)
@@ -447,14 +449,15 @@ def six_head_backward(grad, features, weight, bias, targets, index_a, index_b, l
     sums = torch.empty((P, grid[1], 2), dtype=cd, device=dev)
     _grad_m_kernel[grid](
         features, weight, index_a, index_b, gia, gib, stats, dm, sums, P, n, c,
-        *features.stride(), *weight.stride(), **_config("grad_features", features, c, accurate=True),
+        *features.stride(), *weight.stride(), enable_fp_fusion=False,
+        **_config("grad_features", features, c, accurate=True),
     )
     sums = sums.sum(1)
     atomic = not torch.are_deterministic_algorithms_enabled()
     dfa, dfb = (grad_features, grad_features) if atomic else torch.empty((2, P, n), dtype=cd, device=dev)
     _grad_features_kernel[grid](
         features, weight, index_a, index_b, ga, gb, gia, gib, stats, dm, sums, grad_features, dfa, dfb,
-        P, n, c, *features.stride(), *weight.stride(), *grad_features.stride(), L2=l2, ATOMIC=atomic, **cfg,
+        P, n, c, *features.stride(), *weight.stride(), *grad_features.stride(), L2=l2, ATOMIC=atomic, enable_fp_fusion=False, **cfg,
     )
     if not atomic:
         grad_features.index_add_(0, index_a, dfa).index_add_(0, index_b, dfb)
