@@ -1,0 +1,156 @@
+"""The INDeeD training loss: mine pairs in the batch, score the six heads with one fused op.
+
+For pairs (a, b) the loss is the mean over pairs of
+
+    orig_a + orig_b + lam * (ident_a + ident_b + disp_a + disp_b)
+
+where each term is the summed-over-classes BCE of one head (see docs/SPEC.md). With
+lam = 0 it is the baseline: plain BCE on the original features, no pairs mined.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import _checks, ops, reference
+from .pairs import STRATEGIES, mine_pairs
+
+BLOCKS = ("identical", "disparate")
+SELF_PAIR_OPTIONS = ("zero_target", "skip")
+
+
+class LossOutput(NamedTuple):
+    """loss: scalar with grad. orig, ident, disp: detached means over pairs of orig_a + orig_b,
+    ident_a + ident_b and disp_a + disp_b as they enter the loss (so loss = orig + lam *
+    (ident + disp)); 0 for a block left out. num_partial: int64 count of real (non-self) pairs."""
+
+    loss: torch.Tensor
+    orig: torch.Tensor
+    ident: torch.Tensor
+    disp: torch.Tensor
+    num_partial: torch.Tensor
+
+
+class INDeeDLoss(nn.Module):
+    """INDeeD loss over a batch of pooled features and multi-label targets.
+
+    lam: weight of the identical and disparate heads; 0 gives the baseline (BCE on the
+        original features, mean over samples of the sum over classes, no pairs).
+    norm, eps: the identical map's normalisation ("minmax" or "l2") and its clamp.
+    blocks: the head groups that enter the loss besides the originals; ("identical",)
+        and ("disparate",) are the paper's ablations (its Tables 4 and 5).
+    self_pair_disparate: what a self-pair (a, a) contributes, for a sample with no valid
+        partner in the batch. Its disparate target ya * (1 - ya) is empty (all zeros for
+        0/1 labels). "zero_target" keeps the disparate terms: they push the classifier's
+        scores of the disparate features (1 - m) * fa towards "no class". "skip" drops
+        them (they still count in the mean over pairs). Either way the self-pair keeps its
+        original and identical terms (the identical target of (a, a) is ya itself). The
+        paper uses the default pair (Xa, Xa) without saying which; "zero_target" is the
+        plain reading of its formulas.
+    strategy: pair mining, "any" or "matching" (see indeed_ext.pairs.mine_pairs).
+    backend: passed to indeed_ext.ops.six_head_bce ("auto", "cpu", "cuda", "triton", "reference").
+    """
+
+    def __init__(
+        self,
+        lam: float = 1.0,
+        norm: str = "minmax",
+        blocks=BLOCKS,
+        self_pair_disparate: str = "zero_target",
+        strategy: str = "any",
+        backend: str = "auto",
+        eps: float = 1e-12,
+    ):
+        super().__init__()
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
+            raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+        _checks.check_norm_eps(norm, eps)
+        if isinstance(blocks, str):
+            raise TypeError(f"blocks must be a tuple of block names such as ({blocks!r},), got the string {blocks!r}")
+        blocks = tuple(blocks)
+        unknown = [b for b in blocks if b not in BLOCKS]
+        if unknown:
+            raise ValueError(f"unknown block {unknown[0]!r} in blocks; expected names from {BLOCKS}")
+        if len(set(blocks)) != len(blocks):
+            raise ValueError(f"blocks has a repeated name: {blocks}")
+        if not blocks and lam > 0:
+            raise ValueError(f"blocks is empty; name at least one of {BLOCKS} (lam=0 trains the baseline)")
+        if self_pair_disparate not in SELF_PAIR_OPTIONS:
+            raise ValueError(
+                f"unknown self_pair_disparate {self_pair_disparate!r}; expected one of {SELF_PAIR_OPTIONS}"
+            )
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown pair strategy {strategy!r}; expected one of {STRATEGIES}")
+        if backend not in ops.BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {ops.BACKENDS}")
+        self.lam, self.norm, self.eps = float(lam), norm, eps
+        self.blocks, self.self_pair_disparate = blocks, self_pair_disparate
+        self.strategy, self.backend = strategy, backend
+
+    def extra_repr(self) -> str:
+        return (
+            f"lam={self.lam}, norm={self.norm!r}, blocks={self.blocks}, "
+            f"self_pair_disparate={self.self_pair_disparate!r}, strategy={self.strategy!r}, backend={self.backend!r}"
+        )
+
+    def forward(self, features: torch.Tensor, targets: torch.Tensor, classifier: nn.Module, generator=None) -> LossOutput:
+        """features (B, n), targets (B, c) in [0, 1] (or bool), classifier: nn.Linear(n, c).
+
+        generator: a torch.Generator on the targets' device for the pair mining (None: global RNG).
+        """
+        weight, bias = _classifier_params(features, targets, classifier)
+        if not targets.is_floating_point():
+            targets = targets.to(torch.float32)
+        if self.lam == 0:
+            return self._baseline(features, targets, weight, bias)
+
+        index_a, index_b, is_partial = mine_pairs(targets, self.strategy, generator)
+        per_head = ops.six_head_bce(
+            features, weight, bias, targets, index_a, index_b,
+            self.norm, self.eps, backend=self.backend, check_indices=False,
+        )  # (P, 6): orig_a, orig_b, ident_a, ident_b, disp_a, disp_b
+        mask = torch.ones_like(per_head)
+        if "identical" not in self.blocks:
+            mask[:, 2:4] = 0
+        if "disparate" not in self.blocks:
+            mask[:, 4:6] = 0
+        elif self.self_pair_disparate == "skip":
+            mask[:, 4:6] *= is_partial[:, None]
+        terms = per_head * mask / per_head.shape[0]
+        orig, ident, disp = terms[:, 0:2].sum(), terms[:, 2:4].sum(), terms[:, 4:6].sum()
+        loss = orig + self.lam * (ident + disp)
+        return LossOutput(loss, orig.detach(), ident.detach(), disp.detach(), is_partial.sum())
+
+    def _baseline(self, features, targets, weight, bias) -> LossOutput:
+        cd = reference.compute_dtype(features.dtype)
+        logits = F.linear(features, weight, bias).to(cd)
+        loss = F.binary_cross_entropy_with_logits(logits, targets.to(cd), reduction="none").sum(1).mean()
+        zero = loss.new_zeros(())
+        return LossOutput(loss, loss.detach(), zero, zero, torch.zeros((), dtype=torch.int64, device=loss.device))
+
+
+def _classifier_params(features, targets, classifier):
+    """The classifier's weight and bias in the features' dtype (as autocast would cast a Linear)."""
+    if features.dim() != 2 or targets.dim() != 2:
+        raise ValueError(
+            f"features must be (B, n) and targets (B, c), got shapes {tuple(features.shape)} and {tuple(targets.shape)}"
+        )
+    if features.shape[0] != targets.shape[0]:
+        raise ValueError(f"features and targets must have the same batch size, got {features.shape[0]} and {targets.shape[0]}")
+    if features.shape[0] == 0:
+        raise ValueError("the batch is empty (B = 0)")
+    weight = getattr(classifier, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise TypeError(f"classifier must be an nn.Linear (a module with a 2-D weight), got {type(classifier).__name__}")
+    n, c = features.shape[1], targets.shape[1]
+    if tuple(weight.shape) != (c, n):
+        raise ValueError(
+            f"classifier maps {weight.shape[1]} features to {weight.shape[0]} classes, "
+            f"but features have n={n} and targets c={c}"
+        )
+    bias = getattr(classifier, "bias", None)
+    return weight.to(features.dtype), None if bias is None else bias.to(features.dtype)

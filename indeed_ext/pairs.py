@@ -1,0 +1,263 @@
+"""Pair mining for INDeeD: for each sample a, a partner b that shares a label with a
+and has a different label set (ya ∩ yb ≠ ∅ and ya ≠ yb, with y = targets > 0.5).
+
+Everything runs on the targets' device with batched tensor ops; the random numbers
+come from ``generator`` (a ``torch.Generator`` on that device) or the global RNG.
+
+How a uniform partner is drawn without a B×B matrix (a B×B overlap matmul and B×B
+random keys cost about 150 ms at B=4096 on a 2-core CPU, the goal is 5 ms):
+
+1. Whether a has any valid partner at all is exact and cheap: every candidate with
+   a's label set also carries each label k of a, so a valid partner exists iff some
+   label k of a has more carriers than a's label set has members.
+2. Each row makes ``_DRAWS`` independent proposals of two kinds and keeps the first
+   one accepted: (i) b uniform among the candidates, accepted when valid; (ii) a slot
+   uniform among a's (label k, carrier of k) slots, accepted when valid and k is the
+   lowest label a and b share, so every valid b has exactly one accepting slot.
+   Conditioned on acceptance, each proposal is uniform over a's valid partners and
+   independent of the others, so the first accepted one is uniform too. Uniform
+   proposals do well when most of the batch is valid (many labels per image), slot
+   proposals when few samples are (rare labels).
+3. The rows that have a valid partner but accepted none of their proposals (none to
+   a few percent for the label statistics we tried) draw exactly: their overlap rows
+   by one matmul, random keys masked to valid partners, argmax. A uniform draw either
+   way, so the result stays uniform and independent across rows.
+
+"matching" builds a maximal randomized matching from the same sampler: in each round
+a fair coin splits the unmatched samples into proposers and acceptors, every proposer
+draws a uniform valid partner among the acceptors, and each acceptor takes one of its
+proposers at random. Samples with no valid partner left among the unmatched ones are
+dropped from later rounds (validity is symmetric), and end paired with themselves.
+Each round matches at least one pair with probability >= 1/2 while a valid pair is
+left, and in practice a constant fraction of the samples, so the number of rounds
+grows like log B.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+STRATEGIES = ("any", "matching")
+
+_DRAWS = 4  # proposals of each kind per row before the exact fallback
+_FALLBACK_ELEMENTS = 1 << 22  # rows x candidates per chunk of the exact fallback
+# (1 << b) - 1 for a label at bit b of its word: the bits of the labels below it.
+_LOW_BITS = torch.tensor([(1 << b) - 1 for b in range(64)], dtype=torch.int64)
+
+
+class _LabelSets:
+    """Binary labels of some samples of a batch: bool (m, c), packed int64 words (m, W).
+
+    ``index`` maps the rows to batch positions; ``set_ids`` number the batch's distinct
+    label sets 0..num_sets-1.
+    """
+
+    def __init__(self, index, labels, words, set_ids, num_sets):
+        self.index, self.labels, self.words = index, labels, words
+        self.set_ids, self.num_sets = set_ids, num_sets
+
+    @classmethod
+    def of_batch(cls, targets: torch.Tensor) -> "_LabelSets":
+        labels = (targets if targets.dtype == torch.bool else targets > 0.5).contiguous()
+        B, c = labels.shape
+        num_words = max(1, -(-c // 64))
+        # Bytes by one small matmul (sums of distinct powers of two below 256 are exact in
+        # float32), then eight bytes per int64 word; label k is bit k % 64 of word k // 64.
+        label = torch.arange(c, device=labels.device)
+        byte_weights = torch.zeros((c, num_words * 8), device=labels.device)
+        byte_weights[label, label // 8] = torch.exp2((label % 8).float())
+        packed = (labels.to(torch.float32) @ byte_weights).to(torch.uint8).view(B, num_words, 8)
+        if sys.byteorder == "big":
+            packed = packed.flip(-1)
+        words = packed.contiguous().view(torch.int64).view(B, num_words)
+        # Label-set id per sample: rows with equal words get equal ids (one 1-D unique per word).
+        distinct, set_ids = torch.unique(words[:, 0], sorted=False, return_inverse=True)
+        for w in range(1, num_words):
+            word_ids = torch.unique(words[:, w], sorted=False, return_inverse=True)[1]
+            distinct, set_ids = torch.unique(set_ids * B + word_ids, sorted=False, return_inverse=True)
+        return cls(torch.arange(B, device=labels.device), labels, words, set_ids, distinct.shape[0])
+
+    def subset(self, index: torch.Tensor) -> "_LabelSets":
+        rows = (self.index, self.labels, self.words, self.set_ids)
+        return _LabelSets(*(t.index_select(0, index) for t in rows), self.num_sets)
+
+
+class _Candidates:
+    """The samples partners are drawn from, with the carriers of each label grouped by label."""
+
+    def __init__(self, sets: _LabelSets):
+        self.sets = sets
+        label, holder = sets.labels.T.nonzero().unbind(1)  # grouped by label
+        self.label_counts = torch.bincount(label, minlength=sets.labels.shape[1])  # (c,)
+        self.carriers = sets.index.index_select(0, holder)  # batch positions
+        self.carrier_start = torch.cumsum(self.label_counts, 0) - self.label_counts
+        self.set_sizes = torch.bincount(sets.set_ids, minlength=sets.num_sets)  # candidates per label set
+
+    def take(self, fraction: torch.Tensor) -> torch.Tensor:
+        """The candidate at a fraction in [0, 1) of the candidate list."""
+        count = self.sets.index.shape[0]
+        return self.sets.index.take((fraction * count).long().clamp_max(count - 1))
+
+
+def _has_valid_partner(rows: _LabelSets, candidates: _Candidates) -> torch.Tensor:
+    """Per row: does some candidate share a label with it and differ in label set?
+
+    Every candidate with the row's label set carries each of the row's labels, so a
+    valid partner exists iff some label of the row has more carriers than that.
+    """
+    same_set = candidates.set_sizes.index_select(0, rows.set_ids)
+    return (rows.labels & (candidates.label_counts > same_set[:, None])).any(1)
+
+
+def _uniform(shape, generator, device) -> torch.Tensor:
+    return torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+
+
+def _propose(rows: _LabelSets, candidates: _Candidates, generator):
+    """_DRAWS uniform and _DRAWS label-slot proposals per row: (proposals (m, 2D), slot labels (m, D))."""
+    device = rows.index.device
+    m = rows.index.shape[0]
+    uniform_proposals = candidates.take(_uniform((m, _DRAWS), generator, device))
+
+    # A row's slots are its (label k, carrier of k) pairs, label by label; a uniform slot
+    # offset finds its label by comparing with the row's running slot counts, kept in a
+    # (rows, most labels of a row) table.
+    entry_row, entry_label = rows.labels.nonzero().unbind(1)
+    labels_per_row = torch.bincount(entry_row, minlength=m)
+    first_entry = torch.cumsum(labels_per_row, 0) - labels_per_row
+    entry_slots = candidates.label_counts.index_select(0, entry_label)
+    num_slots = torch.zeros(m, dtype=torch.int64, device=device).index_add_(0, entry_row, entry_slots)
+    row_base = torch.cumsum(num_slots, 0) - num_slots
+    max_labels = int(labels_per_row.max())
+    slot_ends = torch.full((m, max_labels), torch.iinfo(torch.int64).max, dtype=torch.int64, device=device)
+    entry_column = torch.arange(entry_row.shape[0], device=device) - first_entry.index_select(0, entry_row)
+    slot_ends[entry_row, entry_column] = torch.cumsum(entry_slots, 0) - row_base.index_select(0, entry_row)
+    offset = (_uniform((m, _DRAWS), generator, device) * num_slots[:, None]).long()
+    offset = torch.minimum(offset, (num_slots[:, None] - 1).clamp_min(0))
+    # Rows without slots (masked out by the caller) must still index in range: the clamps.
+    column = (offset[:, :, None] >= slot_ends[:, None, :]).sum(-1).clamp_max(max_labels - 1)
+    label = entry_label.take((first_entry[:, None] + column).clamp_max(entry_label.shape[0] - 1))
+    position = offset - (slot_ends.gather(1, column) - candidates.label_counts.take(label))
+    carrier = (candidates.carrier_start.take(label) + position).clamp(0, candidates.carriers.shape[0] - 1)
+    return torch.cat((uniform_proposals, candidates.carriers.take(carrier)), 1), label
+
+
+def _accept(rows: _LabelSets, batch: _LabelSets, proposals, slot_labels):
+    """(m, 2D) bool: valid partner, and for slot proposals the slot's label is the lowest shared one."""
+    m, num_proposals = proposals.shape
+    words_a = rows.words[:, None, :]  # (m, 1, W)
+    words_b = batch.words.index_select(0, proposals.flatten()).view(m, num_proposals, -1)
+    shared = words_a & words_b
+    differs = (words_a != words_b).any(-1)
+    accept_uniform = (shared[:, :_DRAWS] != 0).any(-1)
+    # Bits of the labels below the slot label: all bits of lower words, the low bits of its word.
+    word_index = torch.arange(words_a.shape[-1], device=proposals.device)
+    label_word = (slot_labels // 64)[..., None]
+    low_bits = _LOW_BITS.to(proposals.device).take(slot_labels % 64)[..., None]
+    below = torch.where(word_index < label_word, -1, torch.where(word_index == label_word, low_bits, 0))
+    accept_slot = ((shared[:, _DRAWS:] & below) == 0).all(-1)
+    return torch.cat((accept_uniform, accept_slot), 1) & differs
+
+
+def _exact_partners(rows: _LabelSets, candidates: _Candidates, generator):
+    """A uniform valid partner per row (each row must have one): masked random keys, argmax."""
+    pool = candidates.sets
+    pool_labels = pool.labels.to(torch.float32)
+    partners = []
+    chunk = max(1, _FALLBACK_ELEMENTS // pool.index.shape[0])
+    for labels, set_ids in zip(rows.labels.split(chunk), rows.set_ids.split(chunk)):
+        overlap = labels.to(torch.float32) @ pool_labels.T
+        valid = (overlap > 0) & (set_ids[:, None] != pool.set_ids[None, :])
+        keys = _uniform(valid.shape, generator, valid.device).masked_fill_(~valid, -1.0)
+        partners.append(pool.index[keys.argmax(1)])
+    return torch.cat(partners)
+
+
+def _draw_partners(batch: _LabelSets, rows: _LabelSets, candidates: _Candidates, generator):
+    """Batch positions of a uniform valid partner among the candidates for each row, or the row itself."""
+    has_valid = _has_valid_partner(rows, candidates)
+    partners = rows.index.clone()
+    if not bool(has_valid.any()):  # from here on, some row has labels and some candidate too
+        return partners
+    proposals, slot_labels = _propose(rows, candidates, generator)
+    accepted = _accept(rows, batch, proposals, slot_labels) & has_valid[:, None]
+    # Any choice among the accepted proposals that depends only on which were accepted
+    # keeps the result uniform; max returns the first one.
+    found, chosen = accepted.to(torch.uint8).max(1, keepdim=True)
+    found = found.squeeze(1).bool()
+    partners = torch.where(found, proposals.gather(1, chosen).squeeze(1), partners)
+    unlucky = (has_valid & ~found).nonzero().squeeze(1)
+    if unlucky.shape[0]:
+        partners[unlucky] = _exact_partners(rows.subset(unlucky), candidates, generator)
+    return partners
+
+
+def _matching(batch: _LabelSets, generator):
+    B = batch.labels.shape[0]
+    device = batch.labels.device
+    active = torch.ones(B, dtype=torch.bool, device=device)  # unmatched and still has a valid partner
+    matched_a, matched_b = [], []
+    while True:
+        active &= _has_valid_partner(batch, _Candidates(batch.subset(active.nonzero().squeeze(1))))
+        if not bool(active.any()):
+            break
+        proposing = _uniform((B,), generator, device) < 0.5
+        proposers = batch.subset((active & proposing).nonzero().squeeze(1))
+        acceptors = _Candidates(batch.subset((active & ~proposing).nonzero().squeeze(1)))
+        partners = _draw_partners(batch, proposers, acceptors, generator)
+        real = partners != proposers.index
+        proposed_by, partners = proposers.index[real], partners[real]
+        # Each acceptor takes the proposer with the highest random rank (ranks are distinct).
+        rank = torch.randperm(partners.shape[0], generator=generator, device=device)
+        best = torch.full((B,), -1, dtype=torch.int64, device=device).scatter_reduce(0, partners, rank, "amax")
+        won = best[partners] == rank
+        matched_a.append(proposed_by[won])
+        matched_b.append(partners[won])
+        active[proposed_by[won]] = False
+        active[partners[won]] = False
+    no_pairs = batch.index.new_empty(0)
+    index_a, index_b = torch.cat([no_pairs] + matched_a), torch.cat([no_pairs] + matched_b)
+    is_matched = torch.zeros(B, dtype=torch.bool, device=device)
+    is_matched[index_a] = True
+    is_matched[index_b] = True
+    leftovers = (~is_matched).nonzero().squeeze(1)
+    index_a, index_b = torch.minimum(index_a, index_b), torch.maximum(index_a, index_b)
+    index_a = torch.cat((index_a, leftovers))
+    index_b = torch.cat((index_b, leftovers))
+    order = torch.argsort(index_a)
+    index_a, index_b = index_a[order], index_b[order]
+    return index_a, index_b, index_a != index_b
+
+
+def mine_pairs(targets: torch.Tensor, strategy: str = "any", generator: torch.Generator | None = None):
+    """Pairs (index_a, index_b, is_partial) for the INDeeD loss.
+
+    targets: (B, c) labels (bool, or float with positives > 0.5) on any device.
+    A valid partner b of a shares a label with a and has a different label set.
+
+    - "any": P = B pairs, index_a = arange(B); each a gets a partner drawn uniformly
+      among its valid partners, independently of the other rows, or itself when it has none.
+    - "matching": disjoint pairs (each sample in exactly one pair), a maximal random
+      matching of the valid-partner graph (see the module docstring); the samples left
+      over are paired with themselves. Pairs are sorted by index_a, and index_a <= index_b.
+
+    is_partial (P,) bool is True for a real partner and False for a self-pair (b = a).
+    generator: a torch.Generator on the targets' device (or None for the global RNG).
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown pair strategy {strategy!r}; expected one of {STRATEGIES}")
+    if not isinstance(targets, torch.Tensor) or targets.dim() != 2:
+        shape = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
+        raise ValueError(f"targets must be a 2-D (B, c) tensor, got {shape}")
+    if generator is not None and generator.device.type != targets.device.type:
+        raise ValueError(
+            f"generator is on {generator.device} but targets are on {targets.device}; "
+            f"pass torch.Generator(device=targets.device)"
+        )
+    with torch.no_grad():
+        batch = _LabelSets.of_batch(targets.detach())
+        if strategy == "matching":
+            return _matching(batch, generator)
+        index_b = _draw_partners(batch, batch, _Candidates(batch), generator)
+        return batch.index, index_b, index_b != batch.index
