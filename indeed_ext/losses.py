@@ -105,9 +105,18 @@ class INDeeDLoss(nn.Module):
         weight, bias = _classifier_params(features, targets, classifier)
         if not targets.is_floating_point():
             targets = targets.to(torch.float32)
+        # The loss runs at the ops' precision (half inputs accumulate in float32), not
+        # autocast's: under autocast the reference's and the baseline's linear layers
+        # would otherwise produce half logits.
+        device_type = features.device.type
+        if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+            with torch.autocast(device_type, enabled=False):
+                return self._loss(features, targets, weight, bias, generator)
+        return self._loss(features, targets, weight, bias, generator)
+
+    def _loss(self, features, targets, weight, bias, generator) -> LossOutput:
         if self.lam == 0:
             return self._baseline(features, targets, weight, bias)
-
         index_a, index_b, is_partial = mine_pairs(targets, self.strategy, generator)
         per_head = ops.six_head_bce(
             features, weight, bias, targets, index_a, index_b,
@@ -126,8 +135,9 @@ class INDeeDLoss(nn.Module):
         return LossOutput(loss, orig.detach(), ident.detach(), disp.detach(), is_partial.sum())
 
     def _baseline(self, features, targets, weight, bias) -> LossOutput:
+        # Logits accumulated and kept in float32 for half inputs, as the fused op's orig heads.
         cd = reference.compute_dtype(features.dtype)
-        logits = F.linear(features, weight, bias).to(cd)
+        logits = F.linear(features.to(cd), weight.to(cd), None if bias is None else bias.to(cd))
         loss = F.binary_cross_entropy_with_logits(logits, targets.to(cd), reduction="none").sum(1).mean()
         zero = loss.new_zeros(())
         return LossOutput(loss, loss.detach(), zero, zero, torch.zeros((), dtype=torch.int64, device=loss.device))

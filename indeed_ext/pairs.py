@@ -4,8 +4,8 @@ and has a different label set (ya ∩ yb ≠ ∅ and ya ≠ yb, with y = targets
 Everything runs on the targets' device with batched tensor ops; the random numbers
 come from ``generator`` (a ``torch.Generator`` on that device) or the global RNG.
 
-How a uniform partner is drawn without a B×B matrix (a B×B overlap matmul and B×B
-random keys cost about 150 ms at B=4096 on a 2-core CPU, the goal is 5 ms):
+How a uniform partner is drawn without a B×B matrix (at B=4096, c=80 a B×B overlap
+matmul and B×B random keys take about 150 ms on a 2-core CPU; this takes about 5 ms):
 
 1. Whether a has any valid partner at all is exact and cheap: every candidate with
    a's label set also carries each label k of a, so a valid partner exists iff some
@@ -47,15 +47,18 @@ _LOW_BITS = torch.tensor([(1 << b) - 1 for b in range(64)], dtype=torch.int64)
 
 
 class _LabelSets:
-    """Binary labels of some samples of a batch: bool (m, c), packed int64 words (m, W).
+    """Binary labels of some samples of a batch.
 
-    ``index`` maps the rows to batch positions; ``set_ids`` number the batch's distinct
-    label sets 0..num_sets-1.
+    labels: bool (m, c). words: the labels packed into int64 words, word-major (W, m):
+    label k is bit k % 64 of words[k // 64]. index: the rows' batch positions. set_ids:
+    the batch's distinct label sets numbered 0..num_sets-1. entries: the (row, label)
+    positions of the positive labels, row-major.
     """
 
     def __init__(self, index, labels, words, set_ids, num_sets):
         self.index, self.labels, self.words = index, labels, words
         self.set_ids, self.num_sets = set_ids, num_sets
+        self._entries = None
 
     @classmethod
     def of_batch(cls, targets: torch.Tensor) -> "_LabelSets":
@@ -63,24 +66,31 @@ class _LabelSets:
         B, c = labels.shape
         num_words = max(1, -(-c // 64))
         # Bytes by one small matmul (sums of distinct powers of two below 256 are exact in
-        # float32), then eight bytes per int64 word; label k is bit k % 64 of word k // 64.
+        # float32), then eight bytes per int64 word.
         label = torch.arange(c, device=labels.device)
         byte_weights = torch.zeros((c, num_words * 8), device=labels.device)
         byte_weights[label, label // 8] = torch.exp2((label % 8).float())
         packed = (labels.to(torch.float32) @ byte_weights).to(torch.uint8).view(B, num_words, 8)
         if sys.byteorder == "big":
             packed = packed.flip(-1)
-        words = packed.contiguous().view(torch.int64).view(B, num_words)
+        words = packed.contiguous().view(torch.int64).view(B, num_words).T.contiguous()
         # Label-set id per sample: rows with equal words get equal ids (one 1-D unique per word).
-        distinct, set_ids = torch.unique(words[:, 0], sorted=False, return_inverse=True)
-        for w in range(1, num_words):
-            word_ids = torch.unique(words[:, w], sorted=False, return_inverse=True)[1]
+        distinct, set_ids = torch.unique(words[0], sorted=False, return_inverse=True)
+        for word in words[1:]:
+            word_ids = torch.unique(word, sorted=False, return_inverse=True)[1]
             distinct, set_ids = torch.unique(set_ids * B + word_ids, sorted=False, return_inverse=True)
         return cls(torch.arange(B, device=labels.device), labels, words, set_ids, distinct.shape[0])
 
     def subset(self, index: torch.Tensor) -> "_LabelSets":
-        rows = (self.index, self.labels, self.words, self.set_ids)
-        return _LabelSets(*(t.index_select(0, index) for t in rows), self.num_sets)
+        rows = (self.index, self.labels, self.set_ids)
+        index_, labels, set_ids = (t.index_select(0, index) for t in rows)
+        return _LabelSets(index_, labels, self.words.index_select(1, index), set_ids, self.num_sets)
+
+    @property
+    def entries(self):
+        if self._entries is None:
+            self._entries = self.labels.nonzero().unbind(1)
+        return self._entries
 
 
 class _Candidates:
@@ -104,10 +114,12 @@ def _has_valid_partner(rows: _LabelSets, candidates: _Candidates) -> torch.Tenso
     """Per row: does some candidate share a label with it and differ in label set?
 
     Every candidate with the row's label set carries each of the row's labels, so a
-    valid partner exists iff some label of the row has more carriers than that.
+    valid partner exists iff the row's most carried label has more carriers than that.
     """
-    same_set = candidates.set_sizes.index_select(0, rows.set_ids)
-    return (rows.labels & (candidates.label_counts > same_set[:, None])).any(1)
+    entry_row, entry_label = rows.entries
+    carried = candidates.label_counts.index_select(0, entry_label)
+    most_carried = torch.zeros_like(rows.set_ids).scatter_reduce_(0, entry_row, carried, "amax")
+    return most_carried > candidates.set_sizes.index_select(0, rows.set_ids)
 
 
 def _uniform(shape, generator, device) -> torch.Tensor:
@@ -123,7 +135,7 @@ def _propose(rows: _LabelSets, candidates: _Candidates, generator):
     # A row's slots are its (label k, carrier of k) pairs, label by label; a uniform slot
     # offset finds its label by comparing with the row's running slot counts, kept in a
     # (rows, most labels of a row) table.
-    entry_row, entry_label = rows.labels.nonzero().unbind(1)
+    entry_row, entry_label = rows.entries
     labels_per_row = torch.bincount(entry_row, minlength=m)
     first_entry = torch.cumsum(labels_per_row, 0) - labels_per_row
     entry_slots = candidates.label_counts.index_select(0, entry_label)
@@ -145,19 +157,22 @@ def _propose(rows: _LabelSets, candidates: _Candidates, generator):
 
 def _accept(rows: _LabelSets, batch: _LabelSets, proposals, slot_labels):
     """(m, 2D) bool: valid partner, and for slot proposals the slot's label is the lowest shared one."""
-    m, num_proposals = proposals.shape
-    words_a = rows.words[:, None, :]  # (m, 1, W)
-    words_b = batch.words.index_select(0, proposals.flatten()).view(m, num_proposals, -1)
-    shared = words_a & words_b
-    differs = (words_a != words_b).any(-1)
-    accept_uniform = (shared[:, :_DRAWS] != 0).any(-1)
-    # Bits of the labels below the slot label: all bits of lower words, the low bits of its word.
-    word_index = torch.arange(words_a.shape[-1], device=proposals.device)
-    label_word = (slot_labels // 64)[..., None]
-    low_bits = _LOW_BITS.to(proposals.device).take(slot_labels % 64)[..., None]
-    below = torch.where(word_index < label_word, -1, torch.where(word_index == label_word, low_bits, 0))
-    accept_slot = ((shared[:, _DRAWS:] & below) == 0).all(-1)
-    return torch.cat((accept_uniform, accept_slot), 1) & differs
+    slot_word = slot_labels // 64
+    low_bits = _LOW_BITS.to(proposals.device).take(slot_labels % 64)  # the slot word's bits below the label
+    m = proposals.shape[0]
+    differs = torch.zeros((m, 2 * _DRAWS), dtype=torch.bool, device=proposals.device)
+    shares = torch.zeros((m, _DRAWS), dtype=torch.bool, device=proposals.device)
+    lower_shared = torch.zeros_like(shares)
+    for w in range(batch.words.shape[0]):  # W = ceil(c / 64) words, one for c <= 64
+        word_a = rows.words[w][:, None]
+        word_b = batch.words[w].take(proposals)
+        shared = word_a & word_b
+        # Labels below the slot label: all of a lower word, the low bits of the slot's word.
+        below = torch.where(slot_word > w, -1, torch.where(slot_word == w, low_bits, 0))
+        differs |= word_a != word_b
+        shares |= shared[:, :_DRAWS] != 0
+        lower_shared |= (shared[:, _DRAWS:] & below) != 0
+    return torch.cat((shares, ~lower_shared), 1) & differs
 
 
 def _exact_partners(rows: _LabelSets, candidates: _Candidates, generator):
@@ -170,7 +185,7 @@ def _exact_partners(rows: _LabelSets, candidates: _Candidates, generator):
         overlap = labels.to(torch.float32) @ pool_labels.T
         valid = (overlap > 0) & (set_ids[:, None] != pool.set_ids[None, :])
         keys = _uniform(valid.shape, generator, valid.device).masked_fill_(~valid, -1.0)
-        partners.append(pool.index[keys.argmax(1)])
+        partners.append(pool.index.take(keys.argmax(1)))
     return torch.cat(partners)
 
 

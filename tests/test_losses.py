@@ -15,7 +15,10 @@ from conftest import assert_close, make_features
 HAS_CPU_KERNEL = torch._C._dispatch_has_kernel_for_dispatch_key("indeed::_six_head_bce_forward", "CPU")
 BACKENDS = [
     "reference",
-    pytest.param("auto", marks=pytest.mark.skipif(not HAS_CPU_KERNEL, reason="no CPU kernel registered for indeed::_six_head_bce_forward")),
+    pytest.param(
+        "auto",
+        marks=pytest.mark.skipif(not HAS_CPU_KERNEL, reason="no CPU kernel registered for indeed::_six_head_bce_forward"),
+    ),
 ]
 
 
@@ -57,8 +60,12 @@ CONFIGS = [
 ]
 
 
+def config_id(config):
+    return f"{config['lam']}-{'+'.join(config['blocks'])}-{config['self_pair_disparate']}"
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c['lam']}-{'+'.join(c['blocks'])}-{c['self_pair_disparate']}")
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
 @pytest.mark.parametrize("norm", ["minmax", "l2"])
 def test_loss_matches_reference_composition(config, norm, backend):
     features, targets, classifier = make_batch()
@@ -67,7 +74,8 @@ def test_loss_matches_reference_composition(config, norm, backend):
     f_ref = features.detach().clone().requires_grad_()
     ref_classifier = nn.Linear(16, 6).double()
     ref_classifier.load_state_dict(classifier.state_dict())
-    expected = expected_loss(f_ref, targets, ref_classifier, config["lam"], config["blocks"], config["self_pair_disparate"], 5, norm)
+    lam, blocks, self_pair = config["lam"], config["blocks"], config["self_pair_disparate"]
+    expected = expected_loss(f_ref, targets, ref_classifier, lam, blocks, self_pair, 5, norm)
     dtype = torch.float64
     for name, got, want in zip(LossOutput._fields, out, expected):
         assert_close(got, want, dtype, what=name)
@@ -126,8 +134,10 @@ def test_self_pair_skip_has_no_gradient_from_self_disparate_heads():
 
 def test_matching_strategy_loss():
     features, targets, classifier = make_batch(B=30)
-    out = INDeeDLoss(strategy="matching", backend="reference")(features, targets, classifier, torch.Generator().manual_seed(3))
-    expected = expected_loss(features, targets, classifier, 1.0, ("identical", "disparate"), "zero_target", 3, strategy="matching")
+    loss = INDeeDLoss(strategy="matching", backend="reference")
+    out = loss(features, targets, classifier, torch.Generator().manual_seed(3))
+    blocks = ("identical", "disparate")
+    expected = expected_loss(features, targets, classifier, 1.0, blocks, "zero_target", 3, strategy="matching")
     for name, got, want in zip(LossOutput._fields, out, expected):
         torch.testing.assert_close(got, want.detach() if name != "num_partial" else want, msg=name)
 
@@ -160,6 +170,16 @@ def test_half_features_with_float32_classifier(lam):
         features.detach().float(), targets, classifier, torch.Generator().manual_seed(0)
     )
     torch.testing.assert_close(out.loss, reference_out.loss, atol=0.05, rtol=0.02)
+
+
+@pytest.mark.parametrize("lam", [0.0, 1.0])
+def test_autocast_does_not_lower_the_loss_precision(lam):
+    features, targets, classifier = make_batch(dtype=torch.float32)
+    loss = INDeeDLoss(lam=lam, backend="reference")
+    plain = loss(features, targets, classifier, torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = loss(features, targets, classifier, torch.Generator().manual_seed(0))
+    assert torch.equal(autocast.loss, plain.loss)
 
 
 def test_bool_and_soft_targets():

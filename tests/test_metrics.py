@@ -1,0 +1,144 @@
+"""Metrics against scikit-learn and ASL's formula, tie handling, the confidence map,
+the AP table and the confidence-map PNG."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from indeed_ext.metrics import ap_table_markdown, average_precision, confidence_map, mean_average_precision
+from indeed_ext.viz import save_confidence_map
+
+sklearn_metrics = pytest.importorskip("sklearn.metrics")
+
+
+def asl_average_precision(scores, targets):
+    """ASL's per-class AP (validate.py's average_precision): precision at each positive of
+    the descending sort, averaged over the positives."""
+    order = np.argsort(-scores, kind="stable")
+    hits = targets[order] == 1
+    precision_at_hit = np.cumsum(hits)[hits] / (np.flatnonzero(hits) + 1)
+    return precision_at_hit.mean()
+
+
+def random_problem(N=200, c=7, seed=0, decimals=None):
+    rng = np.random.default_rng(seed)
+    targets = (rng.random((N, c)) < 0.3).astype(np.float32)
+    scores = rng.random((N, c)) + 0.4 * targets  # informative, tie-free
+    if decimals is not None:
+        scores = np.round(scores, decimals)  # many ties
+    return scores, targets
+
+
+def test_matches_sklearn_and_asl_without_ties():
+    scores, targets = random_problem()
+    ap = average_precision(torch.from_numpy(scores), torch.from_numpy(targets))
+    assert ap.dtype == torch.float64 and ap.shape == (7,)
+    for k in range(7):
+        assert ap[k].item() == pytest.approx(sklearn_metrics.average_precision_score(targets[:, k], scores[:, k]), abs=1e-12)
+        assert ap[k].item() == pytest.approx(asl_average_precision(scores[:, k], targets[:, k]), abs=1e-12)
+
+
+def test_ties_are_grouped_like_sklearn():
+    scores, targets = random_problem(decimals=1)
+    ap = average_precision(scores, targets)
+    for k in range(7):
+        assert ap[k].item() == pytest.approx(sklearn_metrics.average_precision_score(targets[:, k], scores[:, k]), abs=1e-12)
+
+
+def test_tied_samples_count_at_once_whatever_their_order():
+    # One positive tied with one negative: precision 1/2 at the tie, in either order.
+    for targets in ([[1.0], [0.0]], [[0.0], [1.0]]):
+        assert average_precision([[0.5], [0.5]], targets).item() == 0.5
+    # Positive ranked first, then a tie of a positive and two negatives.
+    ap = average_precision([[0.9], [0.2], [0.2], [0.2]], [[1.0], [0.0], [1.0], [0.0]]).item()
+    assert ap == pytest.approx((1 + 2 / 4) / 2)
+
+
+def test_known_values_and_classes_without_positives():
+    scores = torch.tensor([[0.9, 0.1, 0.3], [0.8, 0.7, 0.2], [0.1, 0.6, 0.1]])
+    targets = torch.tensor([[1, 0, 0], [0, 1, 0], [1, 1, 0]])
+    ap = average_precision(scores, targets)
+    assert ap[0].item() == pytest.approx((1 / 1 + 2 / 3) / 2)  # positives at ranks 1 and 3
+    assert ap[1].item() == 1.0  # positives at ranks 1 and 2
+    assert math.isnan(ap[2].item())
+    mean, per_class = mean_average_precision(scores, targets)
+    assert mean == pytest.approx(100 * (ap[0].item() + ap[1].item()) / 2)
+    assert per_class[1].item() == 100.0 and math.isnan(per_class[2].item())
+
+
+def test_map_without_any_positive_is_nan():
+    mean, per_class = mean_average_precision(torch.rand(5, 3), torch.zeros(5, 3))
+    assert math.isnan(mean) and torch.isnan(per_class).all()
+
+
+def test_soft_targets_and_inputs_on_other_types():
+    scores, targets = random_problem(N=50, c=3, seed=1)
+    hard = average_precision(scores, targets)
+    soft = average_precision(torch.from_numpy(scores).float(), torch.from_numpy(targets) * 0.8 + 0.1)
+    torch.testing.assert_close(soft, hard, atol=1e-6, rtol=0)  # float32 scores: same order, no new ties
+
+
+def test_average_precision_errors():
+    with pytest.raises(ValueError, match="same shape"):
+        average_precision(torch.rand(4, 3), torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="2-D"):
+        average_precision(torch.rand(4), torch.zeros(4))
+    with pytest.raises(ValueError, match="NaN"):
+        average_precision(torch.tensor([[float("nan")]]), torch.ones(1, 1))
+
+
+def test_confidence_map_toy():
+    scores = torch.tensor([[0.9, 0.2, 0.1], [0.7, 0.4, 0.3], [0.1, 0.8, 0.6]])
+    labels = torch.tensor([0, 0, 1])
+    matrix = confidence_map(scores, labels, 3)
+    assert matrix.shape == (3, 3) and matrix.dtype == torch.float64
+    torch.testing.assert_close(matrix[0], torch.tensor([0.8, 0.3, 0.2], dtype=torch.float64))
+    torch.testing.assert_close(matrix[1], torch.tensor([0.1, 0.8, 0.6], dtype=torch.float64))
+    assert torch.isnan(matrix[2]).all(), "no test image of class 2"
+
+
+def test_confidence_map_errors():
+    with pytest.raises(ValueError, match="num_classes=4 columns"):
+        confidence_map(torch.rand(3, 3), torch.tensor([0, 1, 2]), 4)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        confidence_map(torch.rand(2, 3), torch.tensor([0, 3]), 3)
+    with pytest.raises(ValueError, match="one label per score row"):
+        confidence_map(torch.rand(2, 3), torch.tensor([0]), 3)
+    with pytest.raises(TypeError, match="integer class indices"):
+        confidence_map(torch.rand(2, 3), torch.tensor([0.0, 1.0]), 3)
+
+
+def test_ap_table_markdown():
+    table = ap_table_markdown(
+        {"Baseline": torch.tensor([90.0, 80.0, float("nan")]), "INDeeD (Min-max)": [95.25, 85.0, float("nan")]},
+        ["0", "1", "2"],
+    )
+    assert table.splitlines() == [
+        "| Model | 0 | 1 | 2 | mAP |",
+        "|---|---:|---:|---:|---:|",
+        "| Baseline | 90.0 | 80.0 | n/a | 85.0 |",
+        "| INDeeD (Min-max) | 95.2 | 85.0 | n/a | 90.1 |",
+    ]
+    with pytest.raises(ValueError, match="row 'x' has 2 per-class values for 3 classes"):
+        ap_table_markdown({"x": [1.0, 2.0]}, ["a", "b", "c"])
+
+
+def test_confidence_map_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    matrix = torch.eye(4) * 0.7 + 0.1
+    matrix[3] = float("nan")
+    path = tmp_path / "maps" / "baseline.png"
+    save_confidence_map(matrix, path, class_names=["zero", "one", "two", "three"], title="Baseline")
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert width > 200 and height > 200
+
+
+def test_confidence_map_png_errors(tmp_path):
+    pytest.importorskip("matplotlib")
+    with pytest.raises(ValueError, match="square"):
+        save_confidence_map(torch.rand(2, 3), tmp_path / "x.png")
+    with pytest.raises(ValueError, match="class_names has 2 names for a 3x3 matrix"):
+        save_confidence_map(torch.rand(3, 3), tmp_path / "x.png", class_names=["a", "b"])
