@@ -28,6 +28,7 @@ from .metrics import confidence_map, mean_average_precision
 SCHEDULES = ("halving", "sgdr", "onecycle", "none")
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
+PROGRESS_EVERY = 10  # batches between updates of the progress bar's mean loss
 # Seed streams of one epoch (see derive_seed).
 EPOCH_STREAM, SHUFFLE_STREAM, PAIR_STREAM = 0, 1, 2
 
@@ -91,7 +92,7 @@ def train_one_epoch(
     """One pass over loader; ``scheduler`` (if given) steps after every batch. Returns mean loss terms."""
     model.train()
     classifier = unwrap(model).classifier
-    totals = {"loss": 0.0, "orig": 0.0, "ident": 0.0, "disp": 0.0}
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, orig, ident, disp; summed on the device
     batches = 0
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress)
     for images, targets in bar:
@@ -109,14 +110,13 @@ def train_one_epoch(
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        terms = torch.stack([out.loss.detach().float(), out.orig.float(), out.ident.float(), out.disp.float()]).tolist()
-        for key, value in zip(totals, terms):
-            totals[key] += value
+        totals += torch.stack([out.loss.detach(), out.orig, out.ident, out.disp]).double()
         batches += 1
-        bar.set_postfix(loss=f"{terms[0]:.4f}")
+        if progress and batches % PROGRESS_EVERY == 0:  # reading the loss waits for the device: not every step
+            bar.set_postfix(loss=f"{totals[0].item() / batches:.4f}")
     if batches == 0:
         raise ValueError("the training loader gave no batch: the training set is smaller than one batch")
-    return {key: value / batches for key, value in totals.items()}
+    return dict(zip(("loss", "orig", "ident", "disp"), (totals / batches).tolist()))
 
 
 @torch.no_grad()

@@ -36,7 +36,7 @@ SELF_PAIR_DISPARATE = ("zero_target", "skip")
 NORM_TITLES = {"minmax": "Min-max", "l2": "L2"}
 INIT_STREAM = 3  # seed stream of the model initialisation (engine uses 0-2 per epoch)
 # Settings a resumed run may change; every other one must match the checkpoint.
-RESUME_MAY_CHANGE = ("epochs", "out", "resume", "workers", "device", "compile", "quiet")
+RESUME_MAY_CHANGE = ("epochs", "out", "resume", "workers", "device", "compile", "quiet", "backend")
 PER_RUN = ("method", "norm")  # the run's own method and norm replace the lists given on the command line
 
 
@@ -158,11 +158,15 @@ def train_run(run: dict, args, bundle, device: torch.device, log) -> dict:
     ev = result.evaluation
     return {
         "name": run["name"], "method": run["method"], "norm": run["norm"], "lam": run["lam"], "title": run["title"],
-        "mAP": ev.mAP, "per_class_ap": [None if math.isnan(v) else v for v in ev.per_class_ap],  # JSON has no NaN
+        "mAP": _json_number(ev.mAP), "per_class_ap": [_json_number(v) for v in ev.per_class_ap],
         "class_names": list(bundle.class_names),
         "seed": args.seed, "epochs": args.epochs, "train_time_s": result.train_time_s, "history": result.history,
         "config": config, "_per_class_ap": torch.tensor(ev.per_class_ap), "_confidence": ev.confidence_map,
     }
+
+
+def _json_number(value: float) -> float | None:
+    return None if math.isnan(value) else value  # JSON has no NaN (a class without test images)
 
 
 def write_report(out: str, results: list[dict], class_names) -> str:
@@ -196,9 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         build_backbone(args.backbone, bundle.image_shape[0], args.weights)  # fail before any training on a bad backbone
         if args.train_size < args.batch_size:
             raise ValueError(f"--train-size {args.train_size} is smaller than one batch (--batch-size {args.batch_size})")
+        os.makedirs(args.out, exist_ok=True)
     except (ValueError, OSError, ImportError) as e:
         parser.error(str(e))  # exits with status 2 and the usage line, no traceback
-    os.makedirs(args.out, exist_ok=True)
     log(f"{args.dataset}-{args.labels_per_image}: {len(bundle.train)} training / {len(bundle.test)} test images of shape "
         f"{tuple(bundle.image_shape)}, {len(bundle.class_names)} classes; backbone {args.backbone} on {device}")
     results = []
