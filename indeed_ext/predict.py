@@ -30,7 +30,7 @@ def load_model(checkpoint_path: str) -> tuple[torch.nn.Module, dict]:
     if "model_config" not in state or "model" not in state:
         raise engine.CheckpointError(f"{checkpoint_path}: not an indeed-train checkpoint (no model_config/model)")
     config = state["model_config"]
-    backbone, feature_dim = build_backbone(config["backbone"], config["in_channels"])
+    backbone, feature_dim = build_backbone(config["backbone"], config["in_channels"], object_size=config["object_size"])
     model = INDeeD(backbone, config["num_classes"], feature_dim)
     model.load_state_dict(state["model"])
     return model.export().eval(), config

@@ -58,15 +58,17 @@ def _number(kind, low=None, low_inclusive=True, high=None):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="indeed-train", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p = argparse.ArgumentParser(
+        prog="indeed-train", description=__doc__.split("\n\n")[0], allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", default="ml-digits", choices=sorted(DATASETS), help="composite set (default ml-digits: offline, no files)")
-    data.add_argument("--root", help="folder of the source files (ml-mnist: MNIST/raw/ or the IDX files; ml-cifar10: cifar-10-batches-py/)")
+    data.add_argument("--dataset", default="ml-digits", choices=sorted(DATASETS), help="composite set; ml-digits needs no files")
+    data.add_argument("--root", metavar="PATH", help="folder of the source files (ml-mnist: MNIST/raw/ or the IDX files; ml-cifar10: cifar-10-batches-py/)")
     data.add_argument("--split-test-set", action="store_true", help="build train and test objects from the test files only (disjoint 80/20 split), e.g. for the MNIST t10k files alone")
-    data.add_argument("--labels-per-image", type=_number(int, 1), default=3, help="N objects of N distinct labels per training image (1..min(9, classes))")
-    data.add_argument("--train-size", type=_number(int, 1), default=8000, help="composite training images")
-    data.add_argument("--test-size", type=_number(int, 1), default=2000, help="single-label test images")
-    data.add_argument("--cutout", type=_number(float, 0.0, high=1.0), default=0.0, help="Cutout square side as a fraction of the image (0 = off)")
+    data.add_argument("--labels-per-image", metavar="N", type=_number(int, 1), default=3, help="N objects of N distinct labels per training image (1..min(9, classes))")
+    data.add_argument("--train-size", metavar="IMAGES", type=_number(int, 1), default=8000, help="composite training images")
+    data.add_argument("--test-size", metavar="IMAGES", type=_number(int, 1), default=2000, help="single-label test images")
+    data.add_argument("--cutout", metavar="FRACTION", type=_number(float, 0.0, high=1.0), default=0.0, help="Cutout square side as a fraction of the image (0 = off)")
     data.add_argument("--randaugment", action="store_true", help="RandAugment (torchvision) on training images")
     data.add_argument("--workers", type=_number(int, 0), default=0, help="DataLoader worker processes")
     method = p.add_argument_group("method")
@@ -78,19 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--self-pair-disparate", default="zero_target", choices=SELF_PAIR_DISPARATE, help="disparate heads of self-pairs")
     method.add_argument("--backend", default="auto", choices=BACKENDS, help="INDeeD operator backend")
     model = p.add_argument_group("model and optimisation")
-    model.add_argument("--backbone", default="simple-cnn", help=f"one of {', '.join(BACKBONES)}")
-    model.add_argument("--weights", help="local weights file for the backbone (nothing downloads)")
-    model.add_argument("--epochs", type=_number(int, 1), default=3)
-    model.add_argument("--batch-size", type=_number(int, 1), default=128)
+    model.add_argument("--backbone", metavar="NAME", default="simple-cnn", help=f"one of {', '.join(BACKBONES)}")
+    model.add_argument("--weights", metavar="PATH", help="local weights file for the backbone (nothing downloads)")
+    model.add_argument("--epochs", type=_number(int, 1), default=3, help="training epochs")
+    model.add_argument("--batch-size", type=_number(int, 1), default=128, help="training and test batch size")
     model.add_argument("--lr", type=_number(float, 0.0, low_inclusive=False), default=1e-3, help="Adam learning rate (peak LR for onecycle)")
-    model.add_argument("--weight-decay", type=_number(float, 0.0), default=0.0)
+    model.add_argument("--weight-decay", type=_number(float, 0.0), default=0.0, help="Adam weight decay")
     model.add_argument("--schedule", default="halving", choices=engine.SCHEDULES, help="halving: LR x 0.5 per epoch (the paper's ML-MNIST recipe)")
     model.add_argument("--amp", default="off", choices=tuple(engine.AMP_DTYPES), help="autocast dtype")
     model.add_argument("--compile", action="store_true", help="torch.compile the model")
     run = p.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
-    run.add_argument("--seed", type=_number(int, 0), default=0)
-    run.add_argument("--out", default="runs/latest", help="output folder")
+    run.add_argument("--seed", type=_number(int, 0), default=0, help="seed of the data, the initial weights and every epoch's randomness")
+    run.add_argument("--out", metavar="PATH", default="runs/latest", help="output folder")
     run.add_argument("--resume", action="store_true", help="continue each run from OUT/<run>/checkpoint.pt")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -126,7 +128,7 @@ def train_run(run: dict, args, bundle, device: torch.device, log) -> dict:
     config = vars(args)
     num_classes = len(bundle.class_names)
     torch.manual_seed(engine.derive_seed(args.seed, INIT_STREAM))  # every run starts from the same weights
-    backbone, feature_dim = build_backbone(args.backbone, bundle.image_shape[0], args.weights)
+    backbone, feature_dim = build_backbone(args.backbone, bundle.image_shape[0], args.weights, bundle.object_size)
     model = INDeeD(backbone, num_classes, feature_dim).to(device)
     criterion = INDeeDLoss(
         lam=run["lam"], norm=run["norm"] or "minmax", blocks=tuple(args.blocks), self_pair_disparate=args.self_pair_disparate,
@@ -143,7 +145,8 @@ def train_run(run: dict, args, bundle, device: torch.device, log) -> dict:
         fingerprint["epochs"] = args.epochs
     meta = {
         "model_config": {
-            "backbone": args.backbone, "in_channels": bundle.image_shape[0], "num_classes": num_classes, "feature_dim": feature_dim,
+            "backbone": args.backbone, "in_channels": bundle.image_shape[0], "object_size": bundle.object_size,
+            "num_classes": num_classes, "feature_dim": feature_dim,
             "image_shape": list(bundle.image_shape), "mean": list(bundle.mean), "std": list(bundle.std),
             "class_names": list(bundle.class_names),
         },
@@ -197,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed, split_test_set=args.split_test_set, cutout=args.cutout, randaugment=args.randaugment,
         )
         bundle = build_dataset(args.dataset, options)
-        build_backbone(args.backbone, bundle.image_shape[0], args.weights)  # fail before any training on a bad backbone
+        build_backbone(args.backbone, bundle.image_shape[0], args.weights, bundle.object_size)  # fail before any training on a bad backbone
         if args.train_size < args.batch_size:
             raise ValueError(f"--train-size {args.train_size} is smaller than one batch (--batch-size {args.batch_size})")
         os.makedirs(args.out, exist_ok=True)
