@@ -1,0 +1,272 @@
+"""The training and evaluation loop, seeding and checkpoints.
+
+``fit`` runs epochs of ``train_one_epoch`` + ``evaluate`` and writes a checkpoint after
+each. Every random choice of epoch e is derived from (seed, e): the global torch/numpy/
+python generators (augmentations, dropout), the loader's shuffling generator and the
+pair-mining generator are reseeded at the start of each epoch, so a run resumed from
+the checkpoint of epoch e continues exactly as the uninterrupted run would (on CPU,
+where kernels are deterministic).
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .metrics import confidence_map, mean_average_precision
+
+SCHEDULES = ("halving", "sgdr", "onecycle", "none")
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+PROGRESS_EVERY = 10  # batches between updates of the progress bar's mean loss
+# Seed streams of one epoch (see derive_seed).
+EPOCH_STREAM, SHUFFLE_STREAM, PAIR_STREAM = 0, 1, 2
+
+
+# ----------------------------------------------------------------------------- seeding
+def derive_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed for (seed, *keys), independent across keys (numpy's SeedSequence)."""
+    return int(np.random.SeedSequence((seed, *keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int = 0, device: torch.device | None = None) -> DataLoader:
+    """Training loaders shuffle with their own generator (reseeded per epoch by fit) and drop the last partial batch."""
+    generator = torch.Generator() if train else None
+    pin = device is not None and device.type == "cuda"
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=workers, generator=generator, pin_memory=pin)
+
+
+# ----------------------------------------------------------------------------- optimisation
+def build_scheduler(optimizer: torch.optim.Optimizer, name: str, epochs: int, steps_per_epoch: int):
+    """(scheduler or None, steps per batch?): halving = LR x 0.5 per epoch (the paper's ML-MNIST recipe),
+    sgdr = cosine with warm restarts after 1, 3, 7, ... epochs, onecycle = OneCycleLR (peak = the base LR)."""
+    if name == "halving":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5), False
+    if name == "sgdr":
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=steps_per_epoch, T_mult=2), True
+    if name == "onecycle":
+        max_lr = [group["lr"] for group in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=epochs * steps_per_epoch, pct_start=0.2), True
+    if name == "none":
+        return None, False
+    raise ValueError(f"unknown schedule {name!r}; expected one of {SCHEDULES}")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model under torch.compile / DistributedDataParallel wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
+# ----------------------------------------------------------------------------- one epoch
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None = None,
+    *,
+    device: torch.device,
+    scheduler=None,
+    amp_dtype: torch.dtype | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> dict[str, float]:
+    """One pass over loader; ``scheduler`` (if given) steps after every batch. Returns mean loss terms."""
+    model.train()
+    classifier = unwrap(model).classifier
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, orig, ident, disp; summed on the device
+    batches = 0
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress)
+    for images, targets in bar:
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = criterion(model(images).features, targets, classifier, generator=generator)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(out.loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            out.loss.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        totals += torch.stack([out.loss.detach(), out.orig, out.ident, out.disp]).double()
+        batches += 1
+        if progress and batches % PROGRESS_EVERY == 0:  # reading the loss waits for the device: not every step
+            bar.set_postfix(loss=f"{totals[0].item() / batches:.4f}")
+    if batches == 0:
+        raise ValueError("the training loader gave no batch: the training set is smaller than one batch")
+    return dict(zip(("loss", "orig", "ident", "disp"), (totals / batches).tolist()))
+
+
+@torch.no_grad()
+def predict_scores(model: nn.Module, loader: DataLoader, *, device: torch.device, amp_dtype: torch.dtype | None = None, progress: bool = False):
+    """(sigmoid scores (N, c) float32, targets (N, c)) of a loader of (image, target) items, on the CPU."""
+    model.eval()
+    scores, targets = [], []
+    for images, target in tqdm(loader, desc="eval", leave=False, dynamic_ncols=True, disable=not progress):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images.to(device, non_blocking=True))
+        scores.append(torch.sigmoid(logits.float()).cpu())
+        targets.append(target)
+    return torch.cat(scores), torch.cat(targets)
+
+
+@dataclass
+class Evaluation:
+    mAP: float
+    per_class_ap: list[float]
+    confidence_map: torch.Tensor | None  # (c, c) when every test image has one label, else None
+
+
+def evaluate(model: nn.Module, loader: DataLoader, *, device: torch.device, amp_dtype: torch.dtype | None = None, progress: bool = False) -> Evaluation:
+    scores, targets = predict_scores(model, loader, device=device, amp_dtype=amp_dtype, progress=progress)
+    mAP, per_class = mean_average_precision(scores, targets)
+    single_label = bool((targets.sum(dim=1) == 1).all())
+    conf = confidence_map(scores, targets.argmax(dim=1), targets.shape[1]) if single_label else None
+    return Evaluation(float(mAP), [float(v) for v in per_class], conf)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or cannot continue this run."""
+
+
+def save_checkpoint(path: str, state: dict[str, Any]) -> None:
+    """Writes atomically: a temporary file in the same folder, then os.replace."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+
+
+def check_resumable(checkpoint: dict[str, Any], fingerprint: dict[str, Any], path: str) -> None:
+    """A checkpoint may resume a run only with the settings it was trained with."""
+    saved = checkpoint.get("fingerprint", {})
+    differ = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+    if differ:
+        changes = ", ".join(f"{k}: {saved.get(k)!r} -> {fingerprint.get(k)!r}" for k in differ)
+        raise CheckpointError(f"cannot resume from {path}: settings differ from the checkpoint's ({changes})")
+
+
+# ----------------------------------------------------------------------------- the loop
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    evaluation: Evaluation | None = None
+    train_time_s: float = 0.0
+
+
+def fit(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_loader: DataLoader,
+    test_loader: DataLoader,
+    *,
+    epochs: int,
+    seed: int,
+    device: torch.device,
+    scheduler=None,
+    scheduler_per_batch: bool = False,
+    scaler: torch.amp.GradScaler | None = None,
+    amp_dtype: torch.dtype | None = None,
+    checkpoint_path: str | None = None,
+    resume: bool = False,
+    fingerprint: dict[str, Any] | None = None,
+    checkpoint_extra: dict[str, Any] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    name: str = "",
+) -> FitResult:
+    """Trains for ``epochs`` epochs (continuing from ``checkpoint_path`` when ``resume``), evaluating after each.
+
+    The checkpoint holds the model (unwrapped), optimizer, scheduler and scaler states, the
+    number of finished epochs, the history, ``fingerprint`` (settings a resume must match)
+    and ``checkpoint_extra`` (what indeed-predict needs to rebuild the model).
+    """
+    result, start = FitResult(), 0
+    fingerprint = fingerprint or {}
+    if resume and checkpoint_path and os.path.exists(checkpoint_path):
+        state = load_checkpoint(checkpoint_path)
+        check_resumable(state, fingerprint, checkpoint_path)
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None:
+            scaler.load_state_dict(state["scaler"])
+        start, result.history, result.train_time_s = state["epoch"], state["history"], state["train_time_s"]
+        log(f"[{name}] resumed from {checkpoint_path} after epoch {start}")
+    for epoch in range(start, epochs):
+        seed_everything(derive_seed(seed, epoch, EPOCH_STREAM))
+        if train_loader.generator is not None:
+            train_loader.generator.manual_seed(derive_seed(seed, epoch, SHUFFLE_STREAM))
+        if hasattr(train_loader.sampler, "set_epoch"):  # DistributedSampler
+            train_loader.sampler.set_epoch(epoch)
+        pairs = torch.Generator(device).manual_seed(derive_seed(seed, epoch, PAIR_STREAM))
+        lr = optimizer.param_groups[0]["lr"]
+        began = time.perf_counter()
+        losses = train_one_epoch(
+            model, train_loader, criterion, optimizer, scaler, device=device, scheduler=scheduler if scheduler_per_batch else None,
+            amp_dtype=amp_dtype, generator=pairs, progress=progress, desc=f"{name} epoch {epoch + 1}/{epochs}",
+        )
+        if scheduler is not None and not scheduler_per_batch:
+            scheduler.step()
+        train_time = time.perf_counter() - began
+        result.train_time_s += train_time
+        if not math.isfinite(losses["loss"]):
+            raise FloatingPointError(f"[{name}] the loss is {losses['loss']} in epoch {epoch + 1}; lower the learning rate")
+        result.evaluation = evaluate(model, test_loader, device=device, amp_dtype=amp_dtype)
+        result.history.append({"epoch": epoch + 1, "lr": lr, **losses, "mAP": result.evaluation.mAP, "train_time_s": train_time})
+        log(f"[{name}] epoch {epoch + 1}/{epochs}  loss {losses['loss']:.4f}  lr {lr:.2e}  mAP {result.evaluation.mAP:.2f}  ({train_time:.1f}s)")
+        if checkpoint_path:
+            save_checkpoint(checkpoint_path, {
+                "epoch": epoch + 1,
+                "model": unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": None if scheduler is None else scheduler.state_dict(),
+                "scaler": None if scaler is None else scaler.state_dict(),
+                "history": result.history,
+                "train_time_s": result.train_time_s,
+                "fingerprint": fingerprint,
+                **(checkpoint_extra or {}),
+            })
+    if result.evaluation is None:  # resumed a finished run: nothing trained, evaluate the loaded model
+        result.evaluation = evaluate(model, test_loader, device=device, amp_dtype=amp_dtype)
+    return result

@@ -1,0 +1,103 @@
+"""indeed-predict: per-label probabilities of image files from an indeed-train checkpoint.
+
+    indeed-predict runs/demo/indeed-minmax/checkpoint.pt my_images/ --out predictions.csv
+
+Each image is read with PIL, converted to the training channels (L or RGB), resized to
+the training canvas size (bilinear, aspect ratio not kept) and normalised as in training;
+the exported model (backbone + classifier) gives one sigmoid probability per label.
+The CSV has a header "image,<label 1>,<label 2>,..." and one row per image (sorted names).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+
+import numpy as np
+import torch
+
+from . import engine
+from .backbones import build_backbone
+from .model import INDeeD
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def load_model(checkpoint_path: str) -> tuple[torch.nn.Module, dict]:
+    """(exported eval-mode model, model_config) of an indeed-train checkpoint."""
+    state = engine.load_checkpoint(checkpoint_path)
+    if "model_config" not in state or "model" not in state:
+        raise engine.CheckpointError(f"{checkpoint_path}: not an indeed-train checkpoint (no model_config/model)")
+    config = state["model_config"]
+    backbone, feature_dim = build_backbone(config["backbone"], config["in_channels"])
+    model = INDeeD(backbone, config["num_classes"], feature_dim)
+    model.load_state_dict(state["model"])
+    return model.export().eval(), config
+
+
+def read_image(path: str, config: dict) -> torch.Tensor:
+    """The image as the model's input (C, H, W): channels, size and normalisation of training."""
+    from PIL import Image
+
+    channels, height, width = config["image_shape"]
+    with Image.open(path) as image:
+        image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.BILINEAR)
+        array = np.asarray(image, dtype=np.float32) / 255.0
+    x = torch.from_numpy(array).reshape(height, width, channels).permute(2, 0, 1)
+    mean = torch.tensor(config["mean"]).view(-1, 1, 1)
+    std = torch.tensor(config["std"]).view(-1, 1, 1)
+    return (x - mean) / std
+
+
+def image_files(folder: str) -> list[str]:
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"images folder {folder!r} not found")
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
+    if not names:
+        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {folder!r}")
+    return names
+
+
+@torch.no_grad()
+def predict_folder(model: torch.nn.Module, config: dict, folder: str, batch_size: int = 64, device: str = "cpu") -> tuple[list[str], torch.Tensor]:
+    """(file names, probabilities (N, c)) of the images in folder."""
+    names = image_files(folder)
+    model = model.to(device)
+    probabilities = []
+    for start in range(0, len(names), batch_size):
+        batch = torch.stack([read_image(os.path.join(folder, n), config) for n in names[start : start + batch_size]])
+        probabilities.append(torch.sigmoid(model(batch.to(device)).float()).cpu())
+    return names, torch.cat(probabilities)
+
+
+def write_csv(path: str, names: list[str], probabilities: torch.Tensor, class_names: list[str]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", *class_names])
+        for name, row in zip(names, probabilities.tolist()):
+            writer.writerow([name, *(f"{p:.6f}" for p in row)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="indeed-predict", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("checkpoint", help="OUT/<run>/checkpoint.pt written by indeed-train")
+    parser.add_argument("images", help="folder of image files")
+    parser.add_argument("--out", default="predictions.csv", help="CSV file to write (default predictions.csv)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    try:
+        if not os.path.isfile(args.checkpoint):
+            raise FileNotFoundError(f"checkpoint {args.checkpoint!r} not found")
+        model, config = load_model(args.checkpoint)
+        names, probabilities = predict_folder(model, config, args.images, args.batch_size, args.device)
+    except (ValueError, OSError) as e:  # PIL raises OSError subclasses for unreadable images
+        parser.error(str(e))
+    write_csv(args.out, names, probabilities, config["class_names"])
+    print(f"wrote {len(names)} rows to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

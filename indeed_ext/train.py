@@ -1,0 +1,223 @@
+"""indeed-train: trains Baseline and/or INDeeD on a composite multi-label set and compares them.
+
+    indeed-train --dataset ml-digits --labels-per-image 3 --method both --epochs 8 --out runs/demo
+
+Wires data (indeed_ext.data) -> model (backbones + INDeeD) -> loop (engine) -> metrics,
+and writes OUT/results.json (one object per trained model), OUT/table.md (per-class AP,
+the paper's Table 1 layout), OUT/confidence_<run>.png (paper Fig. 3) and the checkpoints
+OUT/<run>/checkpoint.pt. Flags avoid every prefix of a torchrun option, so the same
+command line works after ``torchrun ... --no-python``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+from . import engine
+from .backbones import BACKBONES, build_backbone
+from .data import DATASETS, DataOptions, build_dataset
+from .losses import INDeeDLoss
+from .metrics import ap_table_markdown
+from .model import INDeeD
+from .ops import BACKENDS
+from .reference import NORMS
+from .viz import save_confidence_map
+
+METHODS = ("baseline", "indeed", "both")
+BLOCKS = ("identical", "disparate")
+STRATEGIES = ("any", "matching")
+SELF_PAIR_DISPARATE = ("zero_target", "skip")
+NORM_TITLES = {"minmax": "Min-max", "l2": "L2"}
+INIT_STREAM = 3  # seed stream of the model initialisation (engine uses 0-2 per epoch)
+# Settings a resumed run may change; every other one must match the checkpoint.
+RESUME_MAY_CHANGE = ("epochs", "out", "resume", "workers", "device", "compile", "quiet", "backend")
+PER_RUN = ("method", "norm")  # the run's own method and norm replace the lists given on the command line
+
+
+def _number(kind, low=None, low_inclusive=True, high=None):
+    """argparse type: kind (int/float) within bounds, with a message that names the bound."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if value != value or (low is not None and (value < low if low_inclusive else value <= low)):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if low_inclusive else '>'} {low}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {text}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="indeed-train", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", default="ml-digits", choices=sorted(DATASETS), help="composite set (default ml-digits: offline, no files)")
+    data.add_argument("--root", help="folder of the source files (ml-mnist: MNIST/raw/ or the IDX files; ml-cifar10: cifar-10-batches-py/)")
+    data.add_argument("--split-test-set", action="store_true", help="build train and test objects from the test files only (disjoint 80/20 split), e.g. for the MNIST t10k files alone")
+    data.add_argument("--labels-per-image", type=_number(int, 1), default=3, help="N objects of N distinct labels per training image (1..min(9, classes))")
+    data.add_argument("--train-size", type=_number(int, 1), default=8000, help="composite training images")
+    data.add_argument("--test-size", type=_number(int, 1), default=2000, help="single-label test images")
+    data.add_argument("--cutout", type=_number(float, 0.0, high=1.0), default=0.0, help="Cutout square side as a fraction of the image (0 = off)")
+    data.add_argument("--randaugment", action="store_true", help="RandAugment (torchvision) on training images")
+    data.add_argument("--workers", type=_number(int, 0), default=0, help="DataLoader worker processes")
+    method = p.add_argument_group("method")
+    method.add_argument("--method", default="both", choices=METHODS, help="both = baseline, then INDeeD")
+    method.add_argument("--norm", nargs="+", default=["minmax"], choices=NORMS, help="identical-map normalisation(s); one INDeeD model each")
+    method.add_argument("--blocks", nargs="+", default=list(BLOCKS), choices=BLOCKS, help="INDeeD heads besides the originals (ablations: one of them)")
+    method.add_argument("--lam", type=_number(float, 0.0), default=1.0, help="weight of the identical and disparate heads")
+    method.add_argument("--strategy", default="any", choices=STRATEGIES, help="pair mining")
+    method.add_argument("--self-pair-disparate", default="zero_target", choices=SELF_PAIR_DISPARATE, help="disparate heads of self-pairs")
+    method.add_argument("--backend", default="auto", choices=BACKENDS, help="INDeeD operator backend")
+    model = p.add_argument_group("model and optimisation")
+    model.add_argument("--backbone", default="simple-cnn", help=f"one of {', '.join(BACKBONES)}")
+    model.add_argument("--weights", help="local weights file for the backbone (nothing downloads)")
+    model.add_argument("--epochs", type=_number(int, 1), default=3)
+    model.add_argument("--batch-size", type=_number(int, 1), default=128)
+    model.add_argument("--lr", type=_number(float, 0.0, low_inclusive=False), default=1e-3, help="Adam learning rate (peak LR for onecycle)")
+    model.add_argument("--weight-decay", type=_number(float, 0.0), default=0.0)
+    model.add_argument("--schedule", default="halving", choices=engine.SCHEDULES, help="halving: LR x 0.5 per epoch (the paper's ML-MNIST recipe)")
+    model.add_argument("--amp", default="off", choices=tuple(engine.AMP_DTYPES), help="autocast dtype")
+    model.add_argument("--compile", action="store_true", help="torch.compile the model")
+    run = p.add_argument_group("run")
+    run.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    run.add_argument("--seed", type=_number(int, 0), default=0)
+    run.add_argument("--out", default="runs/latest", help="output folder")
+    run.add_argument("--resume", action="store_true", help="continue each run from OUT/<run>/checkpoint.pt")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def resolve_device(text: str) -> torch.device:
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"unknown device {text!r}; expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {text} requested but CUDA is not available")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {text!r}; expected auto, cpu, cuda or cuda:N")
+    return device
+
+
+def planned_runs(args) -> list[dict]:
+    """One dict per model to train: name, method, norm, lam and the table row title."""
+    runs = []
+    if args.method in ("baseline", "both"):
+        runs.append({"name": "baseline", "method": "baseline", "norm": None, "lam": 0.0, "title": "Baseline"})
+    if args.method in ("indeed", "both"):
+        for norm in dict.fromkeys(args.norm):
+            runs.append({"name": f"indeed-{norm}", "method": "indeed", "norm": norm, "lam": args.lam, "title": f"INDeeD ({NORM_TITLES[norm]})"})
+    return runs
+
+
+def train_run(run: dict, args, bundle, device: torch.device, log) -> dict:
+    """Trains one model; returns its results.json entry (plus "_"-keys for the table and picture)."""
+    config = vars(args)
+    num_classes = len(bundle.class_names)
+    torch.manual_seed(engine.derive_seed(args.seed, INIT_STREAM))  # every run starts from the same weights
+    backbone, feature_dim = build_backbone(args.backbone, bundle.image_shape[0], args.weights)
+    model = INDeeD(backbone, num_classes, feature_dim).to(device)
+    criterion = INDeeDLoss(
+        lam=run["lam"], norm=run["norm"] or "minmax", blocks=tuple(args.blocks), self_pair_disparate=args.self_pair_disparate,
+        strategy=args.strategy, backend=args.backend,
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    train_loader = engine.make_loader(bundle.train, args.batch_size, train=True, workers=args.workers, device=device)
+    test_loader = engine.make_loader(bundle.test, args.batch_size, train=False, workers=args.workers, device=device)
+    scheduler, per_batch = engine.build_scheduler(optimizer, args.schedule, args.epochs, len(train_loader))
+    amp_dtype = engine.AMP_DTYPES[args.amp]
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    fingerprint = {k: v for k, v in config.items() if k not in RESUME_MAY_CHANGE + PER_RUN} | {"run": run}
+    if args.schedule == "onecycle":  # its steps are laid out over the planned epochs
+        fingerprint["epochs"] = args.epochs
+    meta = {
+        "model_config": {
+            "backbone": args.backbone, "in_channels": bundle.image_shape[0], "num_classes": num_classes, "feature_dim": feature_dim,
+            "image_shape": list(bundle.image_shape), "mean": list(bundle.mean), "std": list(bundle.std),
+            "class_names": list(bundle.class_names),
+        },
+        "run": run,
+    }
+    result = engine.fit(
+        torch.compile(model) if args.compile else model, criterion, optimizer, train_loader, test_loader,
+        epochs=args.epochs, seed=args.seed, device=device, scheduler=scheduler, scheduler_per_batch=per_batch, scaler=scaler,
+        amp_dtype=amp_dtype, checkpoint_path=os.path.join(args.out, run["name"], "checkpoint.pt"), resume=args.resume,
+        fingerprint=fingerprint, checkpoint_extra=meta, progress=not args.quiet, log=log, name=run["name"],
+    )
+    ev = result.evaluation
+    return {
+        "name": run["name"], "method": run["method"], "norm": run["norm"], "lam": run["lam"], "title": run["title"],
+        "mAP": _json_number(ev.mAP), "per_class_ap": [_json_number(v) for v in ev.per_class_ap],
+        "class_names": list(bundle.class_names),
+        "seed": args.seed, "epochs": args.epochs, "train_time_s": result.train_time_s, "history": result.history,
+        "config": config, "_per_class_ap": torch.tensor(ev.per_class_ap), "_confidence": ev.confidence_map,
+    }
+
+
+def _json_number(value: float) -> float | None:
+    return None if math.isnan(value) else value  # JSON has no NaN (a class without test images)
+
+
+def write_report(out: str, results: list[dict], class_names) -> str:
+    """results.json, table.md and the confidence-map PNGs; returns the markdown table."""
+    table = ap_table_markdown({r["title"]: r["_per_class_ap"] for r in results}, list(class_names))
+    for r in results:
+        if r["_confidence"] is not None:
+            save_confidence_map(r["_confidence"], os.path.join(out, f"confidence_{r['name']}.png"), list(class_names), r["title"])
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump([{k: v for k, v in r.items() if not k.startswith("_")} for r in results], f, indent=1)
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(table + "\n")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    log = print
+    try:
+        device = resolve_device(args.device)
+        if args.root is not None and not os.path.isdir(args.root):
+            raise FileNotFoundError(f"--root {args.root!r} is not a folder")
+        if args.weights is not None and not os.path.isfile(args.weights):
+            raise FileNotFoundError(f"--weights {args.weights!r} is not a file")
+        options = DataOptions(
+            root=args.root, labels_per_image=args.labels_per_image, train_size=args.train_size, test_size=args.test_size,
+            seed=args.seed, split_test_set=args.split_test_set, cutout=args.cutout, randaugment=args.randaugment,
+        )
+        bundle = build_dataset(args.dataset, options)
+        build_backbone(args.backbone, bundle.image_shape[0], args.weights)  # fail before any training on a bad backbone
+        if args.train_size < args.batch_size:
+            raise ValueError(f"--train-size {args.train_size} is smaller than one batch (--batch-size {args.batch_size})")
+        os.makedirs(args.out, exist_ok=True)
+    except (ValueError, OSError, ImportError) as e:
+        parser.error(str(e))  # exits with status 2 and the usage line, no traceback
+    log(f"{args.dataset}-{args.labels_per_image}: {len(bundle.train)} training / {len(bundle.test)} test images of shape "
+        f"{tuple(bundle.image_shape)}, {len(bundle.class_names)} classes; backbone {args.backbone} on {device}")
+    results = []
+    began = time.perf_counter()
+    try:
+        for run in planned_runs(args):
+            results.append(train_run(run, args, bundle, device, log))
+    except (engine.CheckpointError, FloatingPointError) as e:  # a checkpoint of other settings, a diverged loss
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 1
+    table = write_report(args.out, results, bundle.class_names)
+    log(f"\nAP per class and mAP (%), {args.dataset}-{args.labels_per_image}, seed {args.seed}, {args.epochs} epochs:\n\n{table}\n")
+    log(f"trained in {time.perf_counter() - began:.1f}s; results in {os.path.join(args.out, 'results.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""indeed-train / indeed-predict end to end on tiny ml-digits, resume, and every bad CLI input."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from indeed_ext import engine, predict, train
+from test_data import write_mnist
+
+# The CPU kernels when the library has them, else the eager reference (same results).
+BACKEND = "auto" if torch._C._dispatch_has_kernel_for_dispatch_key("indeed::_six_head_bce_forward", "CPU") else "reference"
+TINY = ["--dataset", "ml-digits", "--labels-per-image", "3", "--train-size", "64", "--test-size", "40", "--batch-size", "32",
+        "--epochs", "1", "--device", "cpu", "--quiet", "--backend", BACKEND]
+
+
+def run(out, *extra):
+    return train.main([*TINY, "--out", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def both_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("both")
+    assert run(out, "--method", "both", "--norm", "minmax", "l2", "--seed", "3") == 0
+    return out
+
+
+def test_end_to_end_results(both_run):
+    results = json.loads((both_run / "results.json").read_text())
+    assert [(r["method"], r["norm"]) for r in results] == [("baseline", None), ("indeed", "minmax"), ("indeed", "l2")]
+    for r in results:
+        assert 0 <= r["mAP"] <= 100 and len(r["per_class_ap"]) == 10
+        assert r["mAP"] == pytest.approx(np.mean([ap for ap in r["per_class_ap"] if ap is not None]))
+        assert r["seed"] == 3 and r["epochs"] == 1 and r["train_time_s"] > 0
+        assert r["config"]["dataset"] == "ml-digits" and r["config"]["labels_per_image"] == 3
+        assert [h["epoch"] for h in r["history"]] == [1] and r["history"][0]["mAP"] == r["mAP"]
+        assert (both_run / f"confidence_{r['name']}.png").stat().st_size > 0
+        assert engine.load_checkpoint(str(both_run / r["name"] / "checkpoint.pt"))["epoch"] == 1
+    assert results[0]["lam"] == 0.0 and results[1]["lam"] == 1.0
+    table = (both_run / "table.md").read_text()
+    for title in ("Baseline", "INDeeD (Min-max)", "INDeeD (L2)"):
+        assert title in table
+
+
+def test_models_start_from_the_same_weights(tmp_path):
+    """Baseline and INDeeD runs of one seed share the initial weights (the comparison is paired)."""
+    run(tmp_path / "a", "--method", "baseline", "--lr", "1e-12", "--schedule", "none")
+    run(tmp_path / "b", "--method", "indeed", "--lr", "1e-12", "--schedule", "none")
+    a = engine.load_checkpoint(str(tmp_path / "a" / "baseline" / "checkpoint.pt"))["model"]
+    b = engine.load_checkpoint(str(tmp_path / "b" / "indeed-minmax" / "checkpoint.pt"))["model"]
+    conv = "backbone.features.0.weight"
+    torch.testing.assert_close(a[conv], b[conv], atol=1e-9, rtol=0)
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    """2 epochs straight == 1 epoch, then --resume to 2; augmentation, shuffling and pairs included."""
+    common = ["--method", "indeed", "--cutout", "0.3", "--seed", "7"]
+    assert run(tmp_path / "straight", *common, "--epochs", "2") == 0
+    assert run(tmp_path / "split", *common, "--epochs", "1") == 0
+    assert run(tmp_path / "split", *common, "--epochs", "2", "--resume") == 0
+    a = engine.load_checkpoint(str(tmp_path / "straight" / "indeed-minmax" / "checkpoint.pt"))
+    b = engine.load_checkpoint(str(tmp_path / "split" / "indeed-minmax" / "checkpoint.pt"))
+    assert a["epoch"] == b["epoch"] == 2
+    for name, value in a["model"].items():
+        assert torch.equal(value, b["model"][name]), name
+    for state_a, state_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert a["scheduler"] == b["scheduler"]
+    assert [h["mAP"] for h in a["history"]] == [h["mAP"] for h in b["history"]]
+    # Resuming a finished run trains nothing and reports the same result.
+    assert run(tmp_path / "split", *common, "--epochs", "2", "--resume") == 0
+    assert json.loads((tmp_path / "split" / "results.json").read_text())[0]["mAP"] == a["history"][-1]["mAP"]
+
+
+def test_resume_with_other_settings_fails(tmp_path, capsys):
+    assert run(tmp_path, "--method", "baseline") == 0
+    assert run(tmp_path, "--method", "baseline", "--lr", "0.01", "--epochs", "2", "--resume") == 1
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "lr: 0.001 -> 0.01" in err
+
+
+def test_checkpoint_written_atomically(tmp_path):
+    path = tmp_path / "c.pt"
+    engine.save_checkpoint(str(path), {"x": torch.ones(2)})
+    engine.save_checkpoint(str(path), {"x": torch.zeros(2)})
+    assert torch.equal(engine.load_checkpoint(str(path))["x"], torch.zeros(2))
+    assert os.listdir(tmp_path) == ["c.pt"]  # no temporary file left behind
+
+
+def test_required_ml_mnist_command_flags(tmp_path):
+    """The issue's command line, at tiny sizes, on MNIST files in torchvision's layout."""
+    write_mnist(str(tmp_path / "data" / "MNIST" / "raw"), count=40)
+    argv = ["--dataset", "ml-mnist", "--root", str(tmp_path / "data"), "--labels-per-image", "7", "--method", "both",
+            "--norm", "minmax", "--backbone", "simple-cnn", "--epochs", "1", "--batch-size", "16", "--train-size", "32",
+            "--test-size", "20", "--seed", "0", "--device", "cpu", "--out", str(tmp_path / "out"), "--quiet", "--backend", BACKEND]
+    assert train.main(argv) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [(r["method"], r["norm"]) for r in results] == [("baseline", None), ("indeed", "minmax")]
+
+
+def test_predict_matches_the_model(both_run, tmp_path):
+    """PNGs of test canvases through indeed-predict give the model's own probabilities."""
+    from indeed_ext.data import DataOptions, build_dataset
+
+    bundle = build_dataset("ml-digits", DataOptions(test_size=5))
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(5):
+        Image.fromarray(bundle.test.canvas(i)[0].numpy()).save(images / f"canvas{i}.png")
+    checkpoint = both_run / "indeed-minmax" / "checkpoint.pt"
+    assert predict.main([str(checkpoint), str(images), "--out", str(tmp_path / "p.csv")]) == 0
+    rows = list(csv.reader(open(tmp_path / "p.csv")))
+    assert rows[0] == ["image"] + [str(d) for d in range(10)]
+    assert [r[0] for r in rows[1:]] == [f"canvas{i}.png" for i in range(5)]
+    model, _ = predict.load_model(str(checkpoint))
+    with torch.no_grad():
+        expected = torch.sigmoid(model(torch.stack([bundle.test[i][0] for i in range(5)])))
+    torch.testing.assert_close(torch.tensor([[float(v) for v in r[1:]] for r in rows[1:]]), expected, atol=1e-5, rtol=0)
+
+
+def test_predict_bad_input(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        predict.main([str(tmp_path / "none.pt"), str(tmp_path)])
+    assert e.value.code == 2 and "checkpoint" in capsys.readouterr().err
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(SystemExit):
+        predict.main([str(tmp_path / "junk.pt"), str(tmp_path)])
+    assert "not a readable checkpoint" in capsys.readouterr().err
+
+
+BAD_INPUTS = [
+    (["--dataset", "ml-mnist"], "give their folder as root"),
+    (["--dataset", "ml-mnist", "--root", "/nonexistent/folder"], "is not a folder"),
+    (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+    (["--backbone", "alexnet"], "unknown backbone 'alexnet'"),
+    (["--backbone", "timm:no_such_model"], "unknown timm model"),
+    (["--labels-per-image", "0"], "must be >= 1"),
+    (["--labels-per-image", "10"], "between 1 and 9"),
+    (["--labels-per-image", "three"], "expected an integer"),
+    (["--epochs", "0"], "must be >= 1"),
+    (["--batch-size", "-4"], "must be >= 1"),
+    (["--lr", "0"], "must be > 0.0"),
+    (["--lam", "-1"], "must be >= 0.0"),
+    (["--lam", "nan"], "must be >= 0.0"),
+    (["--cutout", "1.5"], "must be <= 1.0"),
+    (["--method", "magic"], "invalid choice: 'magic'"),
+    (["--norm", "l1"], "invalid choice: 'l1'"),
+    (["--blocks", "both"], "invalid choice: 'both'"),
+    (["--schedule", "cosine"], "invalid choice: 'cosine'"),
+    (["--strategy", "all"], "invalid choice: 'all'"),
+    (["--backend", "tpu"], "invalid choice: 'tpu'"),
+    (["--amp", "fp8"], "invalid choice: 'fp8'"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "cuda:99"], "cuda"),
+    (["--weights", "/nonexistent/w.pt"], "is not a file"),
+    (["--train-size", "16"], "smaller than one batch"),
+    (["--n", "3"], "unrecognized arguments"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_cli_input(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, *extra)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_missing_timm_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm now raises ImportError
+    with pytest.raises(SystemExit):
+        run(tmp_path, "--backbone", "timm:resnet18")
+    assert "needs timm" in capsys.readouterr().err
+
+
+def test_bad_weights_file(tmp_path, capsys):
+    torch.save({"conv.weight": torch.ones(1)}, tmp_path / "w.pt")
+    with pytest.raises(SystemExit):
+        run(tmp_path, "--weights", str(tmp_path / "w.pt"))
+    assert "weights do not fit the model" in capsys.readouterr().err
+
+
+def test_no_flag_is_a_prefix_of_a_torchrun_option():
+    from torch.distributed.run import get_args_parser
+
+    torchrun = [s for a in get_args_parser()._actions for s in a.option_strings if s not in ("-h", "--help")]
+    ours = [s for a in train.build_parser()._actions for s in a.option_strings if s not in ("-h", "--help")]
+    clashes = [(mine, theirs) for mine in ours for theirs in torchrun if theirs.startswith(mine)]
+    assert not clashes
+
+
+def test_module_entry_point_exit_status():
+    """python -m indeed_ext.train: bad input exits 2 with a message and no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "indeed_ext.train", "--labels-per-image", "12", "--quiet"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "between 1 and 9" in proc.stderr and "Traceback" not in proc.stderr
