@@ -8,7 +8,8 @@ One step = forward, loss, backward and Adam step, on a fixed synthetic batch (no
 loading). Methods, each with its own copy of the same initial model:
   baseline          BCE on the original logits (INDeeDLoss(lam=0))
   indeed-reference  INDeeD with the eager reference head (backend="reference")
-  indeed-fused      INDeeD with the fused head (backend="auto": CUDA/Triton/CPU kernels)
+  indeed-fused      INDeeD with the fused head (--fused, default "auto": the CUDA kernels when
+                    built, else Triton, on a GPU; the CPU kernels on the CPU)
 Models: the simple CNN on ML-MNIST-7 shapes (1x84x84 canvases, 10 classes, 7 labels per
 image, B=256, float32) and ResNet-50 at 224x224 (80 classes as COCO, about 3 labels per
 image, B=128, bfloat16 autocast and channels_last on a GPU). --small: B=8 simple CNN and
@@ -37,10 +38,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's indeed_ext, uninstalled too
 
 from indeed_ext.backbones import build_backbone  # noqa: E402
+from indeed_ext import ops, reference  # noqa: E402
 from indeed_ext.losses import INDeeDLoss  # noqa: E402
 from indeed_ext.model import INDeeD  # noqa: E402
 
-METHODS = {"baseline": dict(lam=0.0), "indeed-reference": dict(backend="reference"), "indeed-fused": dict(backend="auto")}
+METHODS = ("baseline", "indeed-reference", "indeed-fused")
 
 
 @dataclass(frozen=True)
@@ -85,9 +87,10 @@ def make_batch(case: Case, device: torch.device):
 class Step:
     """One method's model, loss and optimizer; calling it runs one training step."""
 
-    def __init__(self, case: Case, method: str, device: torch.device):
+    def __init__(self, case: Case, method: str, device: torch.device, fused: str):
         self.model = make_model(case, device).train()
-        self.criterion = INDeeDLoss(**METHODS[method])
+        options = {"baseline": dict(lam=0.0), "indeed-reference": dict(backend="reference"), "indeed-fused": dict(backend=fused)}
+        self.criterion = INDeeDLoss(**options[method])
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
         self.generator = torch.Generator(device).manual_seed(2)
         self.device = device
@@ -119,9 +122,9 @@ def time_steps(step: Step, batch, count: int, device: torch.device) -> list[floa
     return times
 
 
-def bench_case(case: Case, device: torch.device, warmup: int, rounds: int, steps: int) -> dict:
+def bench_case(case: Case, device: torch.device, fused: str, warmup: int, rounds: int, steps: int) -> dict:
     batch = make_batch(case, device)
-    runners = {method: Step(case, method, device) for method in METHODS}
+    runners = {method: Step(case, method, device, fused) for method in METHODS}
     for runner in runners.values():
         time_steps(runner, batch, warmup, device)
     times: dict[str, list[float]] = {method: [] for method in METHODS}
@@ -149,6 +152,14 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def fused_kernels(fused: str, device: torch.device) -> str:
+    """Which kernels the fused head runs: cpu, cuda, triton (or reference, when nothing else is there)."""
+    namespace = ops.resolve_backend(fused, device, "_six_head_bce_forward")
+    if namespace is reference:
+        return "reference"
+    return device.type if namespace is torch.ops.indeed else "triton"
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -159,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true", help="tiny sizes for a CPU (seconds)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--fused", default="auto", choices=[b for b in ops.BACKENDS if b != "reference"], help="backend of indeed-fused")
     parser.add_argument("--warmup", type=int, help="untimed steps per method (default 10, --small 1)")
     parser.add_argument("--rounds", type=int, help="rounds over the methods (default 5, --small 2)")
     parser.add_argument("--steps", type=int, help="timed steps per method and round (default 10, --small 2)")
@@ -171,12 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds if args.rounds is not None else (2 if args.small else 5)
     steps = args.steps if args.steps is not None else (2 if args.small else 10)
     began = time.perf_counter()
-    results = [bench_case(case, device, warmup, rounds, steps) for case in (SMALL if args.small else FULL)]
+    results = [bench_case(case, device, args.fused, warmup, rounds, steps) for case in (SMALL if args.small else FULL)]
     report = {
-        "device": device_name(device), "torch": torch.__version__, "small": args.small, "warmup": warmup, "rounds": rounds,
-        "steps": steps, "wall_s": time.perf_counter() - began, "results": results,
+        "device": device_name(device), "torch": torch.__version__, "fused_kernels": fused_kernels(args.fused, device),
+        "small": args.small, "warmup": warmup, "rounds": rounds, "steps": steps, "wall_s": time.perf_counter() - began,
+        "results": results,
     }
-    print(f"training-step times on {report['device']} (torch {torch.__version__}), medians of {rounds * steps} steps:\n")
+    print(f"training-step times on {report['device']} (torch {torch.__version__}, fused head: {report['fused_kernels']} kernels), "
+          f"medians of {rounds * steps} steps:\n")
     print(table(results))
     if args.out:
         with open(args.out, "w") as f:

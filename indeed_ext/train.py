@@ -234,7 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(args.out, exist_ok=True)
     except (ValueError, OSError, ImportError) as e:
         parser.error(str(e))  # exits with status 2 and the usage line, no traceback
-    context = distributed.setup(device)
+    try:
+        context = distributed.setup(device)
+    except ValueError as e:  # WORLD_SIZE > 1 without the rest of torchrun's environment
+        parser.error(str(e))
     status = _train_and_report(args, bundle, device, context, parser.prog)
     distributed.teardown(context)  # not after an exception: the process ends, and torchrun stops the others
     return status
