@@ -148,7 +148,8 @@ def table(results: list[dict]) -> str:
     lines = ["| case | method | median ms | min ms | / baseline |", "|---|---|---:|---:|---:|"]
     for r in results:
         for method, m in r["methods"].items():
-            lines.append(f"| {r['case']} (B={r['batch']}, {r['amp']}) | {method} | {m['median_ms']:.2f} | {m['min_ms']:.2f} | {m['ratio_to_baseline']:.3f} |")
+            case = f"{r['case']} (B={r['batch']}, {r['amp']})"
+            lines.append(f"| {case} | {method} | {m['median_ms']:.2f} | {m['min_ms']:.2f} | {m['ratio_to_baseline']:.3f} |")
     return "\n".join(lines)
 
 
