@@ -54,21 +54,22 @@ class Case:
     classes: int
     labels_per_image: int
     amp: bool  # bfloat16 autocast and channels_last (GPU only)
+    object_size: int | None = None  # px; sizes the simple CNN's pooling as the driver does
 
 
 FULL = (
-    Case("simple-cnn ML-MNIST-7", "simple-cnn", 256, (1, 84, 84), 10, 7, amp=False),
+    Case("simple-cnn ML-MNIST-7", "simple-cnn", 256, (1, 84, 84), 10, 7, amp=False, object_size=28),
     Case("resnet50 224 COCO", "resnet50", 128, (3, 224, 224), 80, 3, amp=True),
 )
 SMALL = (
-    Case("simple-cnn ML-MNIST-7 (small)", "simple-cnn", 8, (1, 84, 84), 10, 7, amp=False),
+    Case("simple-cnn ML-MNIST-7 (small)", "simple-cnn", 8, (1, 84, 84), 10, 7, amp=False, object_size=28),
     Case("resnet50 32 COCO (small)", "resnet50", 2, (3, 32, 32), 80, 3, amp=False),
 )
 
 
 def make_model(case: Case, device: torch.device) -> INDeeD:
     torch.manual_seed(0)
-    backbone, dim = build_backbone(case.backbone, case.image[0])
+    backbone, dim = build_backbone(case.backbone, case.image[0], object_size=case.object_size)
     model = INDeeD(backbone, case.classes, dim).to(device)
     return model.to(memory_format=torch.channels_last) if case.amp and device.type == "cuda" else model
 

@@ -65,18 +65,20 @@ def _number(kind, low=None, low_inclusive=True, high=None):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="indeed-train", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p = argparse.ArgumentParser(
+        prog="indeed-train", description=__doc__.split("\n\n")[0], allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", default="ml-digits", choices=sorted(DATASETS), help="composite set (default ml-digits: offline, no files)")
-    data.add_argument("--root", help="folder of the source files (ml-mnist: MNIST/raw/ or the IDX files; ml-cifar10: cifar-10-batches-py/)")
+    data.add_argument("--dataset", default="ml-digits", choices=sorted(DATASETS), help="composite set; ml-digits needs no files")
+    data.add_argument("--root", metavar="PATH", help="folder of the source files (ml-mnist: MNIST/raw/ or the IDX files; ml-cifar10: cifar-10-batches-py/)")
     data.add_argument("--split-test-set", action="store_true", help="build train and test objects from the test files only (disjoint 80/20 split), e.g. for the MNIST t10k files alone")
-    data.add_argument("--labels-per-image", type=_number(int, 1), default=3, help="N objects of N distinct labels per training image (1..min(9, classes))")
-    data.add_argument("--train-size", type=_number(int, 1), default=8000, help="composite training images")
-    data.add_argument("--test-size", type=_number(int, 1), default=2000, help="single-label test images")
+    data.add_argument("--labels-per-image", metavar="N", type=_number(int, 1), default=3, help="N objects of N distinct labels per training image (1..min(9, classes))")
+    data.add_argument("--train-size", metavar="IMAGES", type=_number(int, 1), default=8000, help="composite training images")
+    data.add_argument("--test-size", metavar="IMAGES", type=_number(int, 1), default=2000, help="single-label test images")
     data.add_argument("--train-scheme", default="all", choices=TRAIN_SCHEMES, help="voc2007/coco2014: all training images or the multi-label ones")
     data.add_argument("--test-scheme", default="entire", choices=TEST_SCHEMES, help="voc2007/coco2014: all test images or the single-label ones")
-    data.add_argument("--image-size", type=_number(int, 1), default=224, help="voc2007/coco2014: square side images are resized to")
-    data.add_argument("--cutout", type=_number(float, 0.0, high=1.0), default=0.0, help="Cutout square side as a fraction of the image (0 = off)")
+    data.add_argument("--image-size", metavar="PX", type=_number(int, 1), default=224, help="voc2007/coco2014: square side images are resized to")
+    data.add_argument("--cutout", metavar="FRACTION", type=_number(float, 0.0, high=1.0), default=0.0, help="Cutout square side as a fraction of the image (0 = off)")
     data.add_argument("--randaugment", action="store_true", help="RandAugment (torchvision) on training images")
     data.add_argument("--workers", type=_number(int, 0), default=0, help="DataLoader worker processes")
     method = p.add_argument_group("method")
@@ -88,12 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--self-pair-disparate", default="zero_target", choices=SELF_PAIR_DISPARATE, help="disparate heads of self-pairs")
     method.add_argument("--backend", default="auto", choices=BACKENDS, help="INDeeD operator backend")
     model = p.add_argument_group("model and optimisation")
-    model.add_argument("--backbone", default="simple-cnn", help=f"one of {', '.join(BACKBONES)}")
-    model.add_argument("--weights", help="local weights file for the backbone (nothing downloads)")
-    model.add_argument("--epochs", type=_number(int, 1), default=3)
-    model.add_argument("--batch-size", type=_number(int, 1), default=128)
+    model.add_argument("--backbone", metavar="NAME", default="simple-cnn", help=f"one of {', '.join(BACKBONES)}")
+    model.add_argument("--weights", metavar="PATH", help="local weights file for the backbone (nothing downloads)")
+    model.add_argument("--epochs", type=_number(int, 1), default=3, help="training epochs")
+    model.add_argument("--batch-size", type=_number(int, 1), default=128, help="training and test batch size")
     model.add_argument("--lr", type=_number(float, 0.0, low_inclusive=False), default=1e-3, help="Adam learning rate (peak LR for onecycle)")
-    model.add_argument("--weight-decay", type=_number(float, 0.0), default=0.0)
+    model.add_argument("--weight-decay", type=_number(float, 0.0), default=0.0, help="Adam weight decay")
     model.add_argument("--schedule", default="halving", choices=engine.SCHEDULES, help="halving: LR x 0.5 per epoch (the paper's ML-MNIST recipe)")
     model.add_argument("--amp", default="off", choices=tuple(engine.AMP_DTYPES), help="autocast dtype (fp16 adds a GradScaler)")
     model.add_argument("--channels-last", action="store_true", help="channels_last memory format for model and images (faster convs on GPUs)")
@@ -103,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--global-pairs", action="store_true", help="torchrun: mine pairs over the gathered global batch")
     run = p.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
-    run.add_argument("--seed", type=_number(int, 0), default=0)
-    run.add_argument("--out", default="runs/latest", help="output folder")
+    run.add_argument("--seed", type=_number(int, 0), default=0, help="seed of the data, the initial weights and every epoch's randomness")
+    run.add_argument("--out", metavar="PATH", default="runs/latest", help="output folder")
     run.add_argument("--resume", action="store_true", help="continue each run from OUT/<run>/checkpoint.pt")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -140,7 +142,7 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
     config = vars(args)
     num_classes = len(bundle.class_names)
     torch.manual_seed(engine.derive_seed(args.seed, INIT_STREAM))  # every run starts from the same weights
-    backbone, feature_dim = build_backbone(args.backbone, bundle.image_shape[0], args.weights)
+    backbone, feature_dim = build_backbone(args.backbone, bundle.image_shape[0], args.weights, bundle.object_size)
     memory_format = torch.channels_last if args.channels_last else torch.preserve_format
     model = INDeeD(backbone, num_classes, feature_dim).to(device, memory_format=memory_format)
     ema = ModelEma(model, args.ema) if args.ema else None
@@ -166,7 +168,8 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
         fingerprint["epochs"] = args.epochs
     meta = {
         "model_config": {
-            "backbone": args.backbone, "in_channels": bundle.image_shape[0], "num_classes": num_classes, "feature_dim": feature_dim,
+            "backbone": args.backbone, "in_channels": bundle.image_shape[0], "object_size": bundle.object_size,
+            "num_classes": num_classes, "feature_dim": feature_dim,
             "image_shape": list(bundle.image_shape), "mean": list(bundle.mean), "std": list(bundle.std),
             "class_names": list(bundle.class_names),
         },
@@ -223,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             image_size=args.image_size, train_scheme=args.train_scheme, test_scheme=args.test_scheme,
         )
         bundle = build_dataset(args.dataset, options)
-        build_backbone(args.backbone, bundle.image_shape[0], args.weights)  # fail before any training on a bad backbone
+        build_backbone(args.backbone, bundle.image_shape[0], args.weights, bundle.object_size)  # fail before any training on a bad backbone
         processes = distributed.env_world_size()
         if len(bundle.train) // processes < args.batch_size:
             size = f"--train-size {args.train_size}" if args.dataset not in PHOTO_DATASETS else f"the training set ({len(bundle.train)} images)"

@@ -201,3 +201,39 @@ def test_module_entry_point_exit_status():
     proc = subprocess.run([sys.executable, "-m", "indeed_ext.train", "--labels-per-image", "12", "--quiet"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "between 1 and 9" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_simple_cnn_pooling_covers_one_object():
+    from indeed_ext.backbones import SimpleCNN
+
+    assert [SimpleCNN.pool_for(size) for size in (None, 8, 18, 19, 28, 32, 60)] == [2, 2, 2, 3, 3, 3, 3]
+    torch.manual_seed(0)
+    for pool, field in SimpleCNN.RECEPTIVE_FIELD.items():
+        conv_stack = SimpleCNN(1, pool).features[:-2].eval()  # up to the last conv map, before the global pool
+        x = torch.randn(1, 1, 99, 99, requires_grad=True)
+        out = conv_stack(x)
+        out[0, :, out.shape[2] // 2, out.shape[3] // 2].sum().backward()
+        rows = torch.nonzero(x.grad[0, 0].abs().sum(1)).flatten()
+        assert rows.max() - rows.min() + 1 == field
+
+
+@pytest.mark.parametrize("name, channels, size", [("simple-cnn", 1, 24), ("resnet50", 1, 64), ("vgg16", 3, 32), ("timm:resnet18", 3, 32)])
+def test_backbones_give_pooled_nonnegative_features(name, channels, size):
+    from indeed_ext.backbones import build_backbone
+
+    torch.manual_seed(0)
+    backbone, feature_dim = build_backbone(name, channels)
+    features = backbone.eval()(torch.randn(2, channels, size, size))
+    assert features.shape == (2, feature_dim) and (features >= 0).all()
+
+
+def test_torchvision_weights_from_a_local_file(tmp_path):
+    import torchvision
+
+    from indeed_ext.backbones import build_backbone
+
+    reference = torchvision.models.resnet50(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "resnet50.pth")
+    backbone, _ = build_backbone("resnet50", 3, str(tmp_path / "resnet50.pth"))
+    assert torch.equal(backbone.conv1.weight, reference.conv1.weight)
+    assert isinstance(backbone.fc, torch.nn.Identity)

@@ -57,6 +57,7 @@ class DataBundle:
     image_shape: tuple[int, int, int]  # (C, H, W) of the model input
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    object_size: int | None = None  # side of one object (a grid cell) in px, for sizing a model
 
 
 DATASETS: dict[str, Callable[[DataOptions], DataBundle]] = {}
@@ -84,7 +85,8 @@ def composite_bundle(train_pool: ObjectPool, test_pool: ObjectPool, options: Dat
     train_transform = CanvasTransform(mean, std, options.cutout, options.randaugment)
     train = CompositeMultiLabel(train_pool, options.labels_per_image, options.train_size, (options.seed, TRAIN_STREAM), train_transform)
     test = SingleLabelCanvas(test_pool, options.test_size, (options.seed, TEST_STREAM), CanvasTransform(mean, std))
-    return DataBundle(train, test, train_pool.class_names, train.image_shape, mean, std)
+    object_size = max(train.object_h, train.object_w)
+    return DataBundle(train, test, train_pool.class_names, train.image_shape, mean, std, object_size)
 
 
 def _require_root(name: str, options: DataOptions) -> str:
