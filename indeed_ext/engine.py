@@ -6,6 +6,11 @@ python generators (augmentations, dropout), the loader's shuffling generator and
 pair-mining generator are reseeded at the start of each epoch, so a run resumed from
 the checkpoint of epoch e continues exactly as the uninterrupted run would (on CPU,
 where kernels are deterministic).
+
+Under torchrun (see distributed.py) the same loop runs in every process: the model is
+DDP-wrapped by the caller, the loaders carry DistributedSamplers, reported losses and
+test scores are gathered over the processes, and only rank 0 writes checkpoints. Each
+process draws its augmentations from its own stream; the pair generator is shared.
 """
 from __future__ import annotations
 
@@ -20,10 +25,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from . import distributed
+from .backbones import build_backbone
+from .ema import ModelEma
 from .metrics import confidence_map, mean_average_precision
+from .model import INDeeD
 
 SCHEDULES = ("halving", "sgdr", "onecycle", "none")
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -45,11 +54,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int = 0, device: torch.device | None = None) -> DataLoader:
-    """Training loaders shuffle with their own generator (reseeded per epoch by fit) and drop the last partial batch."""
-    generator = torch.Generator() if train else None
+def make_loader(
+    dataset: Dataset, batch_size: int, *, train: bool, workers: int = 0, device: torch.device | None = None, sampler=None
+) -> DataLoader:
+    """Training loaders shuffle with their own generator (reseeded per epoch by fit) and drop the last partial batch.
+
+    sampler: a DistributedSampler (see distributed.train_sampler/eval_sampler), which then does the shuffling.
+    """
+    shuffle = train and sampler is None
+    generator = torch.Generator() if shuffle else None
     pin = device is not None and device.type == "cuda"
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=workers, generator=generator, pin_memory=pin)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, drop_last=train, num_workers=workers,
+        generator=generator, pin_memory=pin,
+    )
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -88,48 +106,71 @@ def train_one_epoch(
     generator: torch.Generator | None = None,
     progress: bool = True,
     desc: str = "train",
+    ema: ModelEma | None = None,
+    clip_grad: float | None = None,
+    memory_format: torch.memory_format = torch.preserve_format,
 ) -> dict[str, float]:
-    """One pass over loader; ``scheduler`` (if given) steps after every batch. Returns mean loss terms."""
+    """One pass over loader; ``scheduler`` (if given) steps after every batch. Returns mean loss terms
+    (means over the processes too, under torchrun).
+
+    clip_grad: clip the gradients' total norm to this (after unscaling, with a scaler).
+    ema: updated from the (unwrapped) model after every optimizer step.
+    """
     model.train()
     classifier = unwrap(model).classifier
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, orig, ident, disp; summed on the device
     batches = 0
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress)
     for images, targets in bar:
-        images = images.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
         targets = targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = criterion(model(images).features, targets, classifier, generator=generator)
         optimizer.zero_grad(set_to_none=True)
+        (out.loss if scaler is None else scaler.scale(out.loss)).backward()
+        if clip_grad is not None:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         if scaler is not None:
-            scaler.scale(out.loss).backward()
             scaler.step(optimizer)
             scaler.update()
         else:
-            out.loss.backward()
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if ema is not None:
+            ema.update(unwrap(model))
         totals += torch.stack([out.loss.detach(), out.orig, out.ident, out.disp]).double()
         batches += 1
         if progress and batches % PROGRESS_EVERY == 0:  # reading the loss waits for the device: not every step
             bar.set_postfix(loss=f"{totals[0].item() / batches:.4f}")
     if batches == 0:
         raise ValueError("the training loader gave no batch: the training set is smaller than one batch")
-    return dict(zip(("loss", "orig", "ident", "disp"), (totals / batches).tolist()))
+    return dict(zip(("loss", "orig", "ident", "disp"), distributed.mean_over_processes(totals / batches).tolist()))
 
 
 @torch.no_grad()
-def predict_scores(model: nn.Module, loader: DataLoader, *, device: torch.device, amp_dtype: torch.dtype | None = None, progress: bool = False):
-    """(sigmoid scores (N, c) float32, targets (N, c)) of a loader of (image, target) items, on the CPU."""
+def predict_scores(
+    model: nn.Module, loader: DataLoader, *, device: torch.device, amp_dtype: torch.dtype | None = None, progress: bool = False,
+    memory_format: torch.memory_format = torch.preserve_format,
+):
+    """(sigmoid scores (N, c) float32, targets (N, c)) of a loader of (image, target) items, on the CPU.
+
+    With a DistributedSampler each process predicts its shard and every process gets all N rows.
+    """
     model.eval()
     scores, targets = [], []
     for images, target in tqdm(loader, desc="eval", leave=False, dynamic_ncols=True, disable=not progress):
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(images.to(device, non_blocking=True))
+            logits = model(images.to(device, non_blocking=True, memory_format=memory_format))
         scores.append(torch.sigmoid(logits.float()).cpu())
         targets.append(target)
-    return torch.cat(scores), torch.cat(targets)
+    scores, targets = torch.cat(scores), torch.cat(targets)
+    if isinstance(loader.sampler, DistributedSampler):
+        total = len(loader.dataset)
+        scores, targets = distributed.gather_shards(scores, total), distributed.gather_shards(targets, total)
+    return scores, targets
 
 
 @dataclass
@@ -139,8 +180,11 @@ class Evaluation:
     confidence_map: torch.Tensor | None  # (c, c) when every test image has one label, else None
 
 
-def evaluate(model: nn.Module, loader: DataLoader, *, device: torch.device, amp_dtype: torch.dtype | None = None, progress: bool = False) -> Evaluation:
-    scores, targets = predict_scores(model, loader, device=device, amp_dtype=amp_dtype, progress=progress)
+def evaluate(
+    model: nn.Module, loader: DataLoader, *, device: torch.device, amp_dtype: torch.dtype | None = None, progress: bool = False,
+    memory_format: torch.memory_format = torch.preserve_format,
+) -> Evaluation:
+    scores, targets = predict_scores(model, loader, device=device, amp_dtype=amp_dtype, progress=progress, memory_format=memory_format)
     mAP, per_class = mean_average_precision(scores, targets)
     single_label = bool((targets.sum(dim=1) == 1).all())
     conf = confidence_map(scores, targets.argmax(dim=1), targets.shape[1]) if single_label else None
@@ -175,6 +219,24 @@ def load_checkpoint(path: str, map_location="cpu") -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
 
 
+def load_model(checkpoint_path: str, ema: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """(exported eval-mode model, model_config) of an indeed-train checkpoint; ema=True takes the EMA weights.
+
+    model_config holds backbone, in_channels, num_classes, feature_dim, image_shape (C, H, W),
+    mean, std and class_names of the training run.
+    """
+    state = load_checkpoint(checkpoint_path)
+    if "model_config" not in state or "model" not in state:
+        raise CheckpointError(f"{checkpoint_path}: not an indeed-train checkpoint (no model_config/model)")
+    if ema and state.get("ema") is None:
+        raise CheckpointError(f"{checkpoint_path}: holds no EMA weights (the run was trained without --ema)")
+    config = state["model_config"]
+    backbone, feature_dim = build_backbone(config["backbone"], config["in_channels"], object_size=config.get("object_size"))
+    model = INDeeD(backbone, config["num_classes"], feature_dim)
+    model.load_state_dict(state["ema" if ema else "model"])
+    return model.export().eval(), config
+
+
 def check_resumable(checkpoint: dict[str, Any], fingerprint: dict[str, Any], path: str) -> None:
     """A checkpoint may resume a run only with the settings it was trained with."""
     saved = checkpoint.get("fingerprint", {})
@@ -189,6 +251,7 @@ def check_resumable(checkpoint: dict[str, Any], fingerprint: dict[str, Any], pat
 class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     evaluation: Evaluation | None = None
+    evaluation_ema: Evaluation | None = None  # of the EMA weights, when fit had an ema
     train_time_s: float = 0.0
 
 
@@ -213,12 +276,17 @@ def fit(
     progress: bool = True,
     log: Callable[[str], None] = print,
     name: str = "",
+    ema: ModelEma | None = None,
+    clip_grad: float | None = None,
+    memory_format: torch.memory_format = torch.preserve_format,
 ) -> FitResult:
     """Trains for ``epochs`` epochs (continuing from ``checkpoint_path`` when ``resume``), evaluating after each.
 
-    The checkpoint holds the model (unwrapped), optimizer, scheduler and scaler states, the
-    number of finished epochs, the history, ``fingerprint`` (settings a resume must match)
-    and ``checkpoint_extra`` (what indeed-predict needs to rebuild the model).
+    The checkpoint holds the model (unwrapped), optimizer, scheduler, scaler and EMA states,
+    the number of finished epochs, the history, ``fingerprint`` (settings a resume must
+    match) and ``checkpoint_extra`` (what indeed-predict needs to rebuild the model).
+    Under torchrun every process resumes from the checkpoint and rank 0 alone writes it.
+    ema, clip_grad, memory_format: see train_one_epoch; the EMA weights are evaluated too.
     """
     result, start = FitResult(), 0
     fingerprint = fingerprint or {}
@@ -231,10 +299,14 @@ def fit(
             scheduler.load_state_dict(state["scheduler"])
         if scaler is not None:
             scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         start, result.history, result.train_time_s = state["epoch"], state["history"], state["train_time_s"]
         log(f"[{name}] resumed from {checkpoint_path} after epoch {start}")
+    rank = distributed.rank()
     for epoch in range(start, epochs):
-        seed_everything(derive_seed(seed, epoch, EPOCH_STREAM))
+        # Rank 0 draws what a single process draws; the others their own augmentation streams.
+        seed_everything(derive_seed(seed, epoch, EPOCH_STREAM, *([rank] if rank else [])))
         if train_loader.generator is not None:
             train_loader.generator.manual_seed(derive_seed(seed, epoch, SHUFFLE_STREAM))
         if hasattr(train_loader.sampler, "set_epoch"):  # DistributedSampler
@@ -245,6 +317,7 @@ def fit(
         losses = train_one_epoch(
             model, train_loader, criterion, optimizer, scaler, device=device, scheduler=scheduler if scheduler_per_batch else None,
             amp_dtype=amp_dtype, generator=pairs, progress=progress, desc=f"{name} epoch {epoch + 1}/{epochs}",
+            ema=ema, clip_grad=clip_grad, memory_format=memory_format,
         )
         if scheduler is not None and not scheduler_per_batch:
             scheduler.step()
@@ -252,21 +325,30 @@ def fit(
         result.train_time_s += train_time
         if not math.isfinite(losses["loss"]):
             raise FloatingPointError(f"[{name}] the loss is {losses['loss']} in epoch {epoch + 1}; lower the learning rate")
-        result.evaluation = evaluate(model, test_loader, device=device, amp_dtype=amp_dtype)
-        result.history.append({"epoch": epoch + 1, "lr": lr, **losses, "mAP": result.evaluation.mAP, "train_time_s": train_time})
-        log(f"[{name}] epoch {epoch + 1}/{epochs}  loss {losses['loss']:.4f}  lr {lr:.2e}  mAP {result.evaluation.mAP:.2f}  ({train_time:.1f}s)")
-        if checkpoint_path:
+        result.evaluation, result.evaluation_ema = _evaluate_model_and_ema(model, ema, test_loader, device, amp_dtype, memory_format)
+        scores = {"mAP": result.evaluation.mAP} | ({} if ema is None else {"mAP_ema": result.evaluation_ema.mAP})
+        result.history.append({"epoch": epoch + 1, "lr": lr, **losses, **scores, "train_time_s": train_time})
+        shown = "  ".join(f"{key} {value:.2f}" for key, value in scores.items())
+        log(f"[{name}] epoch {epoch + 1}/{epochs}  loss {losses['loss']:.4f}  lr {lr:.2e}  {shown}  ({train_time:.1f}s)")
+        if checkpoint_path and distributed.is_main():
             save_checkpoint(checkpoint_path, {
                 "epoch": epoch + 1,
                 "model": unwrap(model).state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": None if scheduler is None else scheduler.state_dict(),
                 "scaler": None if scaler is None else scaler.state_dict(),
+                "ema": None if ema is None else ema.state_dict(),
                 "history": result.history,
                 "train_time_s": result.train_time_s,
                 "fingerprint": fingerprint,
                 **(checkpoint_extra or {}),
             })
     if result.evaluation is None:  # resumed a finished run: nothing trained, evaluate the loaded model
-        result.evaluation = evaluate(model, test_loader, device=device, amp_dtype=amp_dtype)
+        result.evaluation, result.evaluation_ema = _evaluate_model_and_ema(model, ema, test_loader, device, amp_dtype, memory_format)
     return result
+
+
+def _evaluate_model_and_ema(model, ema, loader, device, amp_dtype, memory_format) -> tuple[Evaluation, Evaluation | None]:
+    """The unwrapped model is evaluated: a DDP forward would synchronise buffers on every batch."""
+    options = dict(device=device, amp_dtype=amp_dtype, memory_format=memory_format)
+    return evaluate(unwrap(model), loader, **options), None if ema is None else evaluate(ema.module, loader, **options)

@@ -17,23 +17,9 @@ import sys
 import numpy as np
 import torch
 
-from . import engine
-from .backbones import build_backbone
-from .model import INDeeD
+from .engine import load_model
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
-
-def load_model(checkpoint_path: str) -> tuple[torch.nn.Module, dict]:
-    """(exported eval-mode model, model_config) of an indeed-train checkpoint."""
-    state = engine.load_checkpoint(checkpoint_path)
-    if "model_config" not in state or "model" not in state:
-        raise engine.CheckpointError(f"{checkpoint_path}: not an indeed-train checkpoint (no model_config/model)")
-    config = state["model_config"]
-    backbone, feature_dim = build_backbone(config["backbone"], config["in_channels"], object_size=config["object_size"])
-    model = INDeeD(backbone, config["num_classes"], feature_dim)
-    model.load_state_dict(state["model"])
-    return model.export().eval(), config
 
 
 def read_image(path: str, config: dict) -> torch.Tensor:

@@ -6,7 +6,12 @@ Wires data (indeed_ext.data) -> model (backbones + INDeeD) -> loop (engine) -> m
 and writes OUT/results.json (one object per trained model), OUT/table.md (per-class AP,
 the paper's Table 1 layout), OUT/confidence_<run>.png (paper Fig. 3) and the checkpoints
 OUT/<run>/checkpoint.pt. Flags avoid every prefix of a torchrun option, so the same
-command line works after ``torchrun ... --no-python``.
+command line works after ``torchrun ... --no-python``:
+
+    torchrun --nproc_per_node 2 --no-python indeed-train ... --device cpu --out OUT
+
+trains with DistributedDataParallel (gloo on the CPU, nccl on GPUs; see distributed.py):
+--batch-size is per process, rank 0 writes the outputs.
 """
 from __future__ import annotations
 
@@ -19,9 +24,11 @@ import time
 
 import torch
 
-from . import engine
+from . import distributed, engine
 from .backbones import BACKBONES, build_backbone
 from .data import DATASETS, DataOptions, build_dataset
+from .data.registry import PHOTO_DATASETS, TEST_SCHEMES, TRAIN_SCHEMES
+from .ema import ModelEma
 from .losses import INDeeDLoss
 from .metrics import ap_table_markdown
 from .model import INDeeD
@@ -36,7 +43,7 @@ SELF_PAIR_DISPARATE = ("zero_target", "skip")
 NORM_TITLES = {"minmax": "Min-max", "l2": "L2"}
 INIT_STREAM = 3  # seed stream of the model initialisation (engine uses 0-2 per epoch)
 # Settings a resumed run may change; every other one must match the checkpoint.
-RESUME_MAY_CHANGE = ("epochs", "out", "resume", "workers", "device", "compile", "quiet", "backend")
+RESUME_MAY_CHANGE = ("epochs", "out", "resume", "workers", "device", "compile", "quiet", "backend", "channels_last")
 PER_RUN = ("method", "norm")  # the run's own method and norm replace the lists given on the command line
 
 
@@ -68,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--labels-per-image", metavar="N", type=_number(int, 1), default=3, help="N objects of N distinct labels per training image (1..min(9, classes))")
     data.add_argument("--train-size", metavar="IMAGES", type=_number(int, 1), default=8000, help="composite training images")
     data.add_argument("--test-size", metavar="IMAGES", type=_number(int, 1), default=2000, help="single-label test images")
+    data.add_argument("--train-scheme", default="all", choices=TRAIN_SCHEMES, help="voc2007/coco2014: all training images or the multi-label ones")
+    data.add_argument("--test-scheme", default="entire", choices=TEST_SCHEMES, help="voc2007/coco2014: all test images or the single-label ones")
+    data.add_argument("--image-size", metavar="PX", type=_number(int, 1), default=224, help="voc2007/coco2014: square side images are resized to")
     data.add_argument("--cutout", metavar="FRACTION", type=_number(float, 0.0, high=1.0), default=0.0, help="Cutout square side as a fraction of the image (0 = off)")
     data.add_argument("--randaugment", action="store_true", help="RandAugment (torchvision) on training images")
     data.add_argument("--workers", type=_number(int, 0), default=0, help="DataLoader worker processes")
@@ -87,8 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--lr", type=_number(float, 0.0, low_inclusive=False), default=1e-3, help="Adam learning rate (peak LR for onecycle)")
     model.add_argument("--weight-decay", type=_number(float, 0.0), default=0.0, help="Adam weight decay")
     model.add_argument("--schedule", default="halving", choices=engine.SCHEDULES, help="halving: LR x 0.5 per epoch (the paper's ML-MNIST recipe)")
-    model.add_argument("--amp", default="off", choices=tuple(engine.AMP_DTYPES), help="autocast dtype")
+    model.add_argument("--amp", default="off", choices=tuple(engine.AMP_DTYPES), help="autocast dtype (fp16 adds a GradScaler)")
+    model.add_argument("--channels-last", action="store_true", help="channels_last memory format for model and images (faster convs on GPUs)")
+    model.add_argument("--ema", type=_number(float, 0.0, low_inclusive=False), metavar="DECAY", help="also evaluate an EMA of the weights (ASL: 0.9997)")
+    model.add_argument("--clip-grad", type=_number(float, 0.0, low_inclusive=False), metavar="NORM", help="clip the gradients' total norm")
     model.add_argument("--compile", action="store_true", help="torch.compile the model")
+    model.add_argument("--global-pairs", action="store_true", help="torchrun: mine pairs over the gathered global batch")
     run = p.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     run.add_argument("--seed", type=_number(int, 0), default=0, help="seed of the data, the initial weights and every epoch's randomness")
@@ -123,24 +137,33 @@ def planned_runs(args) -> list[dict]:
     return runs
 
 
-def train_run(run: dict, args, bundle, device: torch.device, log) -> dict:
+def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool) -> dict:
     """Trains one model; returns its results.json entry (plus "_"-keys for the table and picture)."""
     config = vars(args)
     num_classes = len(bundle.class_names)
     torch.manual_seed(engine.derive_seed(args.seed, INIT_STREAM))  # every run starts from the same weights
     backbone, feature_dim = build_backbone(args.backbone, bundle.image_shape[0], args.weights, bundle.object_size)
-    model = INDeeD(backbone, num_classes, feature_dim).to(device)
+    memory_format = torch.channels_last if args.channels_last else torch.preserve_format
+    model = INDeeD(backbone, num_classes, feature_dim).to(device, memory_format=memory_format)
+    ema = ModelEma(model, args.ema) if args.ema else None
     criterion = INDeeDLoss(
         lam=run["lam"], norm=run["norm"] or "minmax", blocks=tuple(args.blocks), self_pair_disparate=args.self_pair_disparate,
         strategy=args.strategy, backend=args.backend,
     )
+    if args.global_pairs:
+        criterion = distributed.GlobalPairsLoss(criterion)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    train_loader = engine.make_loader(bundle.train, args.batch_size, train=True, workers=args.workers, device=device)
-    test_loader = engine.make_loader(bundle.test, args.batch_size, train=False, workers=args.workers, device=device)
+    train_loader = engine.make_loader(
+        bundle.train, args.batch_size, train=True, workers=args.workers, device=device, sampler=distributed.train_sampler(bundle.train, args.seed)
+    )
+    test_loader = engine.make_loader(
+        bundle.test, args.batch_size, train=False, workers=args.workers, device=device, sampler=distributed.eval_sampler(bundle.test)
+    )
     scheduler, per_batch = engine.build_scheduler(optimizer, args.schedule, args.epochs, len(train_loader))
     amp_dtype = engine.AMP_DTYPES[args.amp]
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    fingerprint = {k: v for k, v in config.items() if k not in RESUME_MAY_CHANGE + PER_RUN} | {"run": run}
+    fingerprint = {k: v for k, v in config.items() if k not in RESUME_MAY_CHANGE + PER_RUN}
+    fingerprint |= {"run": run, "world_size": distributed.world_size()}  # the global batch and the steps per epoch
     if args.schedule == "onecycle":  # its steps are laid out over the planned epochs
         fingerprint["epochs"] = args.epochs
     meta = {
@@ -152,19 +175,22 @@ def train_run(run: dict, args, bundle, device: torch.device, log) -> dict:
         },
         "run": run,
     }
+    trained = distributed.wrap(model, device)
     result = engine.fit(
-        torch.compile(model) if args.compile else model, criterion, optimizer, train_loader, test_loader,
+        torch.compile(trained) if args.compile else trained, criterion, optimizer, train_loader, test_loader,
         epochs=args.epochs, seed=args.seed, device=device, scheduler=scheduler, scheduler_per_batch=per_batch, scaler=scaler,
         amp_dtype=amp_dtype, checkpoint_path=os.path.join(args.out, run["name"], "checkpoint.pt"), resume=args.resume,
-        fingerprint=fingerprint, checkpoint_extra=meta, progress=not args.quiet, log=log, name=run["name"],
+        fingerprint=fingerprint, checkpoint_extra=meta, progress=progress, log=log, name=run["name"],
+        ema=ema, clip_grad=args.clip_grad, memory_format=memory_format,
     )
-    ev = result.evaluation
+    ev, ev_ema = result.evaluation, result.evaluation_ema
     return {
         "name": run["name"], "method": run["method"], "norm": run["norm"], "lam": run["lam"], "title": run["title"],
         "mAP": _json_number(ev.mAP), "per_class_ap": [_json_number(v) for v in ev.per_class_ap],
+        **({} if ev_ema is None else {"mAP_ema": _json_number(ev_ema.mAP), "per_class_ap_ema": [_json_number(v) for v in ev_ema.per_class_ap]}),
         "class_names": list(bundle.class_names),
-        "seed": args.seed, "epochs": args.epochs, "train_time_s": result.train_time_s, "history": result.history,
-        "config": config, "_per_class_ap": torch.tensor(ev.per_class_ap), "_confidence": ev.confidence_map,
+        "seed": args.seed, "epochs": args.epochs, "world_size": distributed.world_size(), "train_time_s": result.train_time_s,
+        "history": result.history, "config": config, "_per_class_ap": torch.tensor(ev.per_class_ap), "_confidence": ev.confidence_map,
     }
 
 
@@ -188,9 +214,8 @@ def write_report(out: str, results: list[dict], class_names) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    log = print
     try:
-        device = resolve_device(args.device)
+        device = distributed.process_device(resolve_device(args.device))
         if args.root is not None and not os.path.isdir(args.root):
             raise FileNotFoundError(f"--root {args.root!r} is not a folder")
         if args.weights is not None and not os.path.isfile(args.weights):
@@ -198,27 +223,48 @@ def main(argv: list[str] | None = None) -> int:
         options = DataOptions(
             root=args.root, labels_per_image=args.labels_per_image, train_size=args.train_size, test_size=args.test_size,
             seed=args.seed, split_test_set=args.split_test_set, cutout=args.cutout, randaugment=args.randaugment,
+            image_size=args.image_size, train_scheme=args.train_scheme, test_scheme=args.test_scheme,
         )
         bundle = build_dataset(args.dataset, options)
         build_backbone(args.backbone, bundle.image_shape[0], args.weights, bundle.object_size)  # fail before any training on a bad backbone
-        if args.train_size < args.batch_size:
-            raise ValueError(f"--train-size {args.train_size} is smaller than one batch (--batch-size {args.batch_size})")
+        processes = distributed.env_world_size()
+        if len(bundle.train) // processes < args.batch_size:
+            size = f"--train-size {args.train_size}" if args.dataset not in PHOTO_DATASETS else f"the training set ({len(bundle.train)} images)"
+            shared = f" shared by {processes} processes" if processes > 1 else ""
+            raise ValueError(f"{size}{shared} is smaller than one batch (--batch-size {args.batch_size})")
+        if args.ema is not None and args.ema >= 1.0:
+            raise ValueError(f"--ema must be below 1, got {args.ema}")
         os.makedirs(args.out, exist_ok=True)
     except (ValueError, OSError, ImportError) as e:
         parser.error(str(e))  # exits with status 2 and the usage line, no traceback
-    log(f"{args.dataset}-{args.labels_per_image}: {len(bundle.train)} training / {len(bundle.test)} test images of shape "
-        f"{tuple(bundle.image_shape)}, {len(bundle.class_names)} classes; backbone {args.backbone} on {device}")
+    try:
+        context = distributed.setup(device)
+    except ValueError as e:  # WORLD_SIZE > 1 without the rest of torchrun's environment
+        parser.error(str(e))
+    status = _train_and_report(args, bundle, device, context, parser.prog)
+    distributed.teardown(context)  # not after an exception: the process ends, and torchrun stops the others
+    return status
+
+
+def _train_and_report(args, bundle, device: torch.device, context: distributed.Context, prog: str) -> int:
+    """Every planned run; rank 0 logs and writes the report."""
+    log = print if context.is_main else lambda *_: None
+    title = args.dataset if args.dataset in PHOTO_DATASETS else f"{args.dataset}-{args.labels_per_image}"
+    processes = f" x {context.world_size} processes" if context.world_size > 1 else ""
+    log(f"{title}: {len(bundle.train)} training / {len(bundle.test)} test images of shape {tuple(bundle.image_shape)}, "
+        f"{len(bundle.class_names)} classes; backbone {args.backbone} on {device}{processes}")  # fmt: skip
     results = []
     began = time.perf_counter()
     try:
         for run in planned_runs(args):
-            results.append(train_run(run, args, bundle, device, log))
+            results.append(train_run(run, args, bundle, device, log, progress=context.is_main and not args.quiet))
     except (engine.CheckpointError, FloatingPointError) as e:  # a checkpoint of other settings, a diverged loss
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
-    table = write_report(args.out, results, bundle.class_names)
-    log(f"\nAP per class and mAP (%), {args.dataset}-{args.labels_per_image}, seed {args.seed}, {args.epochs} epochs:\n\n{table}\n")
-    log(f"trained in {time.perf_counter() - began:.1f}s; results in {os.path.join(args.out, 'results.json')}")
+    if context.is_main:
+        table = write_report(args.out, results, bundle.class_names)
+        log(f"\nAP per class and mAP (%), {title}, seed {args.seed}, {args.epochs} epochs:\n\n{table}\n")
+        log(f"trained in {time.perf_counter() - began:.1f}s; results in {os.path.join(args.out, 'results.json')}")
     return 0
 
 

@@ -2,6 +2,14 @@
 
 New data sets register a builder with ``@register_dataset("name")``; the driver looks
 them up by the name given to ``--dataset``.
+
+- Composite sets (ml-digits, ml-mnist, ml-cifar10): train_size composite canvases of
+  labels_per_image objects, test_size single-object canvases.
+- Photographs (voc2007, coco2014): the local copy under root, in the train scheme
+  ("all" or "split") and the test scheme ("single" or "entire") of images.SCHEMES,
+  squish-resized to image_size; training images get Cutout (cutout, as a fraction of
+  the side) and RandAugment when asked; ImageNet mean and std. train_size and
+  test_size do not apply.
 """
 from __future__ import annotations
 
@@ -10,12 +18,18 @@ from typing import Callable
 
 from torch.utils.data import Dataset
 
+from .coco import COCO2014
 from .composite import CompositeMultiLabel, SingleLabelCanvas
+from .images import IMAGENET_MEAN, IMAGENET_STD, SCHEME_SUBSET, eval_transform, train_transform
 from .sources import ObjectPool, load_cifar10, load_mnist, load_sklearn_digits, split_pool
 from .transforms import CanvasTransform
+from .voc import VOC2007
 
 # Seed streams: the train and test sets of one run seed draw from independent generators.
 TRAIN_STREAM, TEST_STREAM = 1, 2
+TRAIN_SCHEMES = tuple(scheme for scheme, subset in SCHEME_SUBSET.items() if subset == "train")
+TEST_SCHEMES = tuple(scheme for scheme, subset in SCHEME_SUBSET.items() if subset == "test")
+PHOTO_DATASETS = ("voc2007", "coco2014")  # the real-image sets (the others are composites)
 
 
 @dataclass(frozen=True)
@@ -28,6 +42,9 @@ class DataOptions:
     split_test_set: bool = False  # build both pools from the test files (see sources.split_pool)
     cutout: float = 0.0
     randaugment: bool = False
+    image_size: int = 224  # photographs: the square side they are resized to
+    train_scheme: str = "all"  # photographs: "all" or "split"
+    test_scheme: str = "entire"  # photographs: "single" or "entire"
 
 
 @dataclass(frozen=True)
@@ -102,3 +119,31 @@ def ml_cifar10(options: DataOptions) -> DataBundle:
     """CIFAR-10 images from the python batches; canvases 96x96, normalised with ImageNet statistics."""
     pools = _file_pools(load_cifar10, _require_root("ml-cifar10", options), options.split_test_set)
     return composite_bundle(*pools, options, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+def photo_bundle(dataset_class, options: DataOptions) -> DataBundle:
+    """Train and test sets of a real-image reader (VOC2007, COCO2014) in the options' schemes."""
+    if options.train_scheme not in TRAIN_SCHEMES:
+        raise ValueError(f"unknown training scheme {options.train_scheme!r}; expected one of {TRAIN_SCHEMES}")
+    if options.test_scheme not in TEST_SCHEMES:
+        raise ValueError(f"unknown test scheme {options.test_scheme!r}; expected one of {TEST_SCHEMES}")
+    if options.image_size < 1:
+        raise ValueError(f"image size must be >= 1, got {options.image_size}")
+    size = options.image_size
+    train = dataset_class(options.root, options.train_scheme, train_transform(size, options.cutout, options.randaugment))
+    test = dataset_class(options.root, options.test_scheme, eval_transform(size))
+    return DataBundle(train, test, train.class_names, (3, size, size), IMAGENET_MEAN, IMAGENET_STD)
+
+
+@register_dataset("voc2007")
+def voc2007(options: DataOptions) -> DataBundle:
+    """PASCAL VOC-2007 from ROOT/VOCdevkit/VOC2007 (trainval for training, test for testing); 20 classes."""
+    _require_root("voc2007", options)
+    return photo_bundle(VOC2007, options)
+
+
+@register_dataset("coco2014")
+def coco2014(options: DataOptions) -> DataBundle:
+    """MS-COCO 2014 from ROOT/{train2014,val2014,annotations} (train2014 for training, val2014 for testing); 80 classes."""
+    _require_root("coco2014", options)
+    return photo_bundle(COCO2014, options)
