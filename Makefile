@@ -35,7 +35,7 @@ bench: install
 GPU_PYTHON ?= python3
 bench-gpu:
 	INDEED_CUDA=1 MAX_JOBS=$$(nproc) $(GPU_PYTHON) setup.py build_ext --inplace
-	$(GPU_PYTHON) benchmarks/bench_ops.py --device cuda --preset full --out benchmarks/results
+	$(GPU_PYTHON) benchmarks/bench_ops.py --device cuda --preset full --profile --out benchmarks/results
 
 clean:
 	rm -rf build indeed_ext/*.so $(VENV)/.installed

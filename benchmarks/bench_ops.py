@@ -32,6 +32,7 @@ benchmarks/gpu_check.py runs the same code for its timing step.
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import ctypes
 import datetime
@@ -63,7 +64,7 @@ PRESETS = {
     "small": {"sizes": [256, 1024], "n": [2048], "c": [80], "dtypes": ["float32"]},
     "full": {"sizes": [256, 1024, 4096, 16384], "n": [512, 2048], "c": [20, 80], "dtypes": ["float32", "bfloat16"]},
 }
-DEFAULT_BUDGET_S = {"small": 270.0, "full": 370.0}
+DEFAULT_BUDGET_S = {"small": 270.0, "full": 340.0}
 GOAL_SIZE = {"cpu": 1024, "cuda": 4096}  # the B of the issue's goals, first in the compile order
 COMPILE_SHARE = 0.4  # of the budget kept for torch.compile after the other timings
 CPU_ROUNDS, CPU_MIN_SECONDS, CPU_MAX_ROUNDS, CPU_WARMUP = 5, 1.0, 100, 2
@@ -92,20 +93,27 @@ class Case:
 
 
 def select_cases(ops, modes, sizes, ns, cs, dtypes) -> list[Case]:
-    """The case matrix in run order: the largest n and c first (the headline shape), then the rest."""
+    """The case matrix in run order: the headline shape (the largest n and c) first, then the rest."""
     cases = {
         Case(op, mode, B, n, c if op == "six_head_bce" else None, dtype)
         for op in ops for mode in modes for B in sizes for n in ns for c in cs for dtype in dtypes
     }
-    return sorted(cases, key=lambda k: (-k.n, -(k.c or 0), OPS.index(k.op), k.dtype, k.B, MODES.index(k.mode)))
+    headline = max(ns), max(cs)
+    return sorted(cases, key=lambda k: (not _is_headline(k, headline), -k.n, -(k.c or 0), OPS.index(k.op), k.dtype != "float32",
+                                        k.B, MODES.index(k.mode)))
+
+
+def _is_headline(case: Case, headline: tuple[int, int]) -> bool:
+    return case.n == headline[0] and case.c in (None, headline[1])
 
 
 def compile_order(cases: list[Case], device: str) -> list[Case]:
-    """torch.compile cases, most interesting first: headline shape, fwd+bwd, the goal size, then by B."""
+    """torch.compile cases, most interesting first: the headline shape, fwd+bwd, the goal size, then by B."""
     goal = GOAL_SIZE[device]
+    headline = max(k.n for k in cases), max(k.c or 0 for k in cases)
     ops_first = ("six_head_bce", "decompose", "identical_map")
-    return sorted(cases, key=lambda k: (-k.n, -(k.c or 0), -MODES.index(k.mode), k.B != goal, k.B,
-                                        ops_first.index(k.op), k.dtype))
+    return sorted(cases, key=lambda k: (not _is_headline(k, headline), -MODES.index(k.mode), k.B != goal, k.B,
+                                        -k.n, -(k.c or 0), ops_first.index(k.op), k.dtype != "float32"))
 
 
 def make_inputs(op: str, B: int, n: int, c: int | None, dtype: torch.dtype, device: torch.device) -> dict:
@@ -207,18 +215,24 @@ def available_backends(device: torch.device, wanted: list[str] | None = None) ->
 def make_timer(device: torch.device) -> tuple[Callable[[Callable], float], str]:
     """(seconds per call of fn, median with warm-up excluded; a description of the timer)."""
     if device.type == "cpu":
+        # Like do_bench's L2 flush: the inputs come from memory, not from the last-level cache
+        # (the roofline counts memory traffic), by writing twice the cache before each call.
+        flush = torch.empty(2 * _last_level_cache_bytes(), dtype=torch.uint8)
+
         def measure_cpu(fn) -> float:
             for _ in range(CPU_WARMUP):
                 fn()
             times: list[float] = []
             while len(times) < CPU_ROUNDS or (sum(times) < CPU_MIN_SECONDS and len(times) < CPU_MAX_ROUNDS):
+                flush.zero_()
                 start = time.perf_counter()
                 fn()
                 times.append(time.perf_counter() - start)
             return statistics.median(times)
 
         return measure_cpu, (f"time.perf_counter, median of >= {CPU_ROUNDS} calls (more while under "
-                             f"{CPU_MIN_SECONDS:g} s, at most {CPU_MAX_ROUNDS}) after {CPU_WARMUP} warm-up calls")
+                             f"{CPU_MIN_SECONDS:g} s, at most {CPU_MAX_ROUNDS}) after {CPU_WARMUP} warm-up calls, "
+                             f"{flush.numel() >> 20} MiB written between calls to flush the caches")
     try:
         import triton.testing
 
@@ -241,6 +255,15 @@ def make_timer(device: torch.device) -> tuple[Callable[[Callable], float], str]:
             return statistics.median(times)
 
         return measure_events, "CUDA events, median of 20 calls after one warm-up call (triton not importable)"
+
+
+def _last_level_cache_bytes() -> int:
+    """The largest CPU cache (sysfs), 32 MiB where it cannot be read."""
+    sizes = []
+    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = path.read_text().strip()
+        sizes.append(int(text[:-1]) * {"K": 1 << 10, "M": 1 << 20}[text[-1]] if text[-1] in "KM" else int(text))
+    return max(sizes, default=32 << 20)
 
 
 def _proc_status_bytes(field: str) -> int:
@@ -325,6 +348,7 @@ def run(cases: list[Case], device: torch.device, backend_names: list[str] | None
     backends, notes = available_backends(device, backend_names)
     measure, timer_name = make_timer(device)
     machine = machine_info(device, timer_name)
+    machine["backends"] = list(backends)
     report = {"machine": machine, "rows": [], "notes": notes}
     dtypes = sorted({case.dtype for case in cases})
     machine.update(roofline.measure_machine(device, [getattr(torch, d) for d in dtypes], measure))
@@ -366,7 +390,7 @@ def run(cases: list[Case], device: torch.device, backend_names: list[str] | None
         rows[(case, name)].update(status="skipped", detail=why)
 
     # 1. every backend but torch.compile, one set of inputs per (op, shape, dtype)
-    other_deadline = deadline - (COMPILE_SHARE * budget_s if "compile" in backends else 0.0)
+    other_deadline = deadline - (COMPILE_SHARE * budget_s if "compile" in backends and compile_cases != 0 else 0.0)
     groups: dict[tuple, list[Case]] = {}
     for case in cases:
         groups.setdefault((case.op, case.B, case.n, case.c, case.dtype), []).append(case)
@@ -427,6 +451,91 @@ def derive(row: dict, machine: dict) -> None:
                roofline_pct=100 * seconds / (row["ms"] * 1e-3) if row["ms"] else None)
     if row["backend"] == "cuda":
         row["kernel_mb"] = roofline.cuda_kernel_bytes(*args) / 1e6
+
+
+# ----------------------------------------------------------------------------- where the time goes
+PROFILE_CALLS = 5
+
+
+def profile_cases(cases: list[Case], device: torch.device) -> list[Case]:
+    """The goal cases in the selection: fwd+bwd of six_head_bce and decompose at the goal size, n = 2048, c = 80."""
+    return [k for k in cases if k.mode == "fwd+bwd" and k.op != "identical_map" and k.B == GOAL_SIZE[device.type]
+            and k.n == 2048 and k.c in (None, 80)]
+
+
+def profile(report: dict, cases: list[Case], device: torch.device, out_dir: Path) -> None:
+    """torch.profiler over PROFILE_CALLS calls of each measured (goal case, backend): per call, the
+    device busy time and the number of device activities (kernels, copies, memsets) against the
+    timed median, the aten ops the host dispatched, and the top ops in a table per case and backend,
+    written to out_dir/profile_<device>_<op>_<dtype>_B<B>_<backend>.txt. Adds report["profiles"]."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    on_gpu = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    sort_key = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    timed = {(_case_key(r), r["backend"]): r for r in report["rows"] if r["status"] == "ok"}
+    report["profiles"] = []
+    for case in cases:
+        key = _case_key(new_row(case, "eager", report["machine"]))
+        inputs = make_inputs(case.op, case.B, case.n, case.c, getattr(torch, case.dtype), device)
+        for name, make_impl in available_backends(device, report["machine"]["backends"])[0].items():
+            if (key, name) not in timed:
+                continue
+            try:
+                step = make_step(case.mode, make_impl(case.op), inputs)
+                step()
+                _synchronize(device)
+                with torch_profile(activities=activities) as prof:
+                    for _ in range(PROFILE_CALLS):
+                        step()
+                    _synchronize(device)
+                averages = prof.key_averages()
+                # self time per op name: the device activities' own durations on GPU (annotations
+                # left out: they span other activities), the ops' self CPU time on CPU
+                self_us: collections.Counter = collections.Counter()
+                if on_gpu:
+                    for e in prof.events():
+                        if e.device_type == torch.autograd.DeviceType.CUDA and not getattr(e, "is_user_annotation", False):
+                            self_us[e.name] += e.time_range.elapsed_us()
+                else:
+                    for a in averages:
+                        self_us[a.key] += a.self_cpu_time_total
+                top_name, top_us = self_us.most_common(1)[0] if self_us else ("-", 0.0)
+                total_us = sum(self_us.values())
+                summary = {
+                    "case": case.label, "backend": name, "timed_ms": timed[(key, name)]["ms"],
+                    "device_busy_ms": total_us / PROFILE_CALLS / 1e3 if on_gpu else None,
+                    "device_activities": sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+                                             and not getattr(e, "is_user_annotation", False)) / PROFILE_CALLS,
+                    "aten_ops": sum(a.count for a in averages if a.key.startswith("aten::")) / PROFILE_CALLS,
+                    "top_op": top_name, "top_op_share": top_us / max(total_us, 1e-9),
+                }
+                table = averages.table(sort_by=sort_key, row_limit=25)
+            except Exception as e:  # noqa: BLE001 (a failed profile leaves the timings as they are)
+                report["notes"].append(f"profile of {case.label} {name} failed: {type(e).__name__}: {e}")
+                continue
+            report["profiles"].append(summary)
+            path = out_dir / f"profile_{device.type}_{case.op}_{case.dtype}_B{case.B}_{name}.txt"
+            path.write_text(f"{case.label} {name}: torch.profiler over {PROFILE_CALLS} calls\n"
+                            f"{json.dumps(summary, indent=1)}\n\n{table}\n")
+            log(f"profile {case.label} {name}: {path.name}")
+        del inputs
+
+
+def profile_markdown(profiles: list[dict]) -> list[str]:
+    if not profiles:
+        return []
+    lines = ["", "### Where the time goes (torch.profiler, per call)", "",
+             "Device busy: the summed self time of the device activities (kernels, copies, memsets); "
+             "far below the timed median means the host (Python, autograd, dispatch, launches) sets the "
+             "time. aten ops: every level of nesting. Top op: the largest self time (device on GPU, CPU on CPU).",
+             "", "| case | backend | timed ms | device busy ms | device activities | aten ops | top op (share) |",
+             "|---|---|---|---|---|---|---|"]
+    for p in profiles:
+        lines.append(f"| {p['case']} | {p['backend']} | {p['timed_ms']:.3f} | {_fmt(p['device_busy_ms'], '.3f')} | "
+                     f"{p['device_activities']:.0f} | {p['aten_ops']:.0f} | {p['top_op'][:60]} ({100 * p['top_op_share']:.0f}%) |")
+    return lines
 
 
 # ----------------------------------------------------------------------------- results
@@ -525,6 +634,7 @@ def markdown(report: dict) -> str:
             cells += [_fmt(per[b]["roofline_pct"], ".1f") for b in backends]
             cells += [_fmt(per[b]["peak_mb"], ".1f") for b in backends]
             lines.append("| " + " | ".join(cells) + " |")
+    lines += profile_markdown(report.get("profiles", []))
     goal_rows = goals(rows)
     if goal_rows:
         lines += ["", "### Goals", "", "| goal | value | met |", "|---|---|---|"]
@@ -538,7 +648,9 @@ def markdown(report: dict) -> str:
         for r in problems:
             skipped.setdefault((r["backend"], r["status"], r["detail"]), []).append(
                 f"{r['op']} {r['mode']} {r['dtype']} n={r['n']}" + (f" c={r['c']}" if r["c"] else "") + f" B={r['B']}")
-        lines += [f"- {backend} {status}, {detail}: {'; '.join(which)}" for (backend, status, detail), which in skipped.items()]
+        lines += [f"- {backend} {status}, {detail}: " + ("; ".join(which) if len(which) <= 8 else
+                  f"{len(which)} cases (the CSV lists them), among them {'; '.join(which[:3])}")
+                  for (backend, status, detail), which in skipped.items()]
         lines += [f"- {r['op']} {r['mode']} {r['dtype']} B={r['B']} {r['backend']}: forward differs from eager by "
                   f"{r['rel_err']:.2e} (relative to the largest value)" for r in wrong]
     return "\n".join(lines) + "\n"
@@ -654,8 +766,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--c", nargs="+", type=int, help="class counts of six_head_bce (default: the preset's)")
     p.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16", "float16", "float64"))
     p.add_argument("--backends", nargs="+", help="a subset of eager compile cpu cuda triton (default: all available)")
-    p.add_argument("--budget", type=float, help="seconds for the whole run (default: small 270, full 370)")
+    p.add_argument("--budget", type=float, help="seconds for the whole run (default: small 270, full 340)")
     p.add_argument("--compile-cases", type=int, help="at most this many torch.compile cases")
+    p.add_argument("--profile", action="store_true",
+                   help="after the timings, torch.profiler of the goal cases (fwd+bwd, n = 2048, c = 80, "
+                        "B = 1024 on CPU, 4096 on GPU) on every backend")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's, one per core)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     return p
@@ -682,6 +797,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     report = run(cases, device, args.backends, budget, args.compile_cases,
                  on_update=lambda r: (args.out / f"{stem}.json").write_text(json.dumps(r, indent=1)))
+    if args.profile:
+        profile(report, profile_cases(cases, device), device, args.out)
     paths = write_outputs(report, args.out, stem)
     print("\n" + paths[2].read_text(), flush=True)
     log(f"done in {time.monotonic() - start:.0f} s: " + ", ".join(str(p) for p in paths))
