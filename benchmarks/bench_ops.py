@@ -585,6 +585,10 @@ def machine_lines(machine: dict) -> list[str]:
         load = "/".join(f"{x:.2f}" for x in machine["load_average_start"])
         end = "/".join(f"{x:.2f}" for x in machine.get("load_average_end", ()))
         lines.append(f"- Load average (1/5/15 min) at start {load}" + (f", at end {end}" if end else ""))
+        if machine["threads"] > 1 and machine["load_average_start"][0] >= 1.5:  # this run itself adds about 1
+            lines.append("- The machine was shared: with other runnable threads on the cores, each parallel region "
+                         "of a multi-threaded call can wait for a descheduled thread, which hits ops with many "
+                         "regions (eager) hardest. Compare ratios within one run, or rerun with --threads 1.")
     if machine.get("allow_tf32") is not None:
         lines.append(f"- TF32 matmul: {machine['allow_tf32']}")
     gemm = ", ".join(f"{d} {r / 1e12:.3g} TFLOP/s" for d, r in machine["gemm_flops_per_s"].items())
