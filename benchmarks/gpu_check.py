@@ -210,9 +210,8 @@ def memcheck_case() -> None:
 def bench_main(json_path: Path, seconds: float) -> None:
     """The timings of benchmarks/bench_ops.py for this check's cases; JSON with its markdown and goals."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_ops  # first: it sets the OpenMP environment before torch loads
     import torch
-
-    import bench_ops
 
     def save(report: dict) -> None:
         report = {**report, "markdown": bench_ops.markdown(report), "goals": bench_ops.goals(report["rows"])}
