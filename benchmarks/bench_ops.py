@@ -15,18 +15,22 @@ full = B in {256, 1024, 4096, 16384}, n in {512, 2048}, c in {20, 80}, float32 a
 --ops/--modes/--sizes/--n/--c/--dtypes/--backends narrow or change a preset.
 
 Timer: CPU, time.perf_counter around each call, warm-up calls excluded, the median of at
-least 5 calls (more while under a second); GPU, triton.testing.do_bench (median, L2 flushed,
-warm-up excluded), or CUDA events without triton. Peak memory: torch.cuda.max_memory_allocated
-above what was allocated before the call (GPU); the peak RSS (VmHWM, reset through
-/proc/self/clear_refs after malloc_trim) above the RSS before the call (CPU).
-Roofline: benchmarks/roofline.py, against the copy bandwidth and GEMM rate measured at the
-start of the same run.
+least 5 calls (more while under a second), twice the last-level cache written between calls
+(as do_bench flushes the L2), OMP_WAIT_POLICY=PASSIVE unless the environment sets it (below);
+GPU, triton.testing.do_bench (median, L2 flushed, warm-up excluded), or CUDA events without
+triton. Peak memory: torch.cuda.max_memory_allocated above what was allocated before the call
+(GPU); the peak RSS (VmHWM, reset through /proc/self/clear_refs after malloc_trim) above the
+RSS before the call (CPU). Roofline: benchmarks/roofline.py, against the copy bandwidth and
+GEMM rate measured at the start of the same run. --profile: torch.profiler of the goal cases
+(device busy time against the timed median, device activities and aten ops per call, the top
+ops), the evidence for benchmarks/NOTES.md.
 
 Time budget (--budget): the timings without torch.compile come first, headline shapes
 first; torch.compile cases follow, most interesting first (fwd+bwd, the goal size, then the
 other sizes), while the budget lasts (--compile-cases caps their number). What the budget
-cut is listed in the outputs as skipped. Writes ops_<device>.{json,csv,md} and one plot per
-op, ops_<device>_<op>.png (speed-up over eager against B, per backend), into --out.
+cut is listed in the outputs as skipped. Writes ops_<device>.{json,csv,md}, one plot per op,
+ops_<device>_<op>.png (speed-up over eager against B, per backend), and with --profile
+profile_<device>_<case>_<backend>.txt into --out.
 benchmarks/gpu_check.py runs the same code for its timing step.
 """
 from __future__ import annotations
@@ -105,8 +109,8 @@ def select_cases(ops, modes, sizes, ns, cs, dtypes) -> list[Case]:
         for op in ops for mode in modes for B in sizes for n in ns for c in cs for dtype in dtypes
     }
     headline = max(ns), max(cs)
-    return sorted(cases, key=lambda k: (not _is_headline(k, headline), -k.n, -(k.c or 0), OPS.index(k.op), k.dtype != "float32",
-                                        k.B, MODES.index(k.mode)))
+    return sorted(cases, key=lambda k: (not _is_headline(k, headline), -k.n, -(k.c or 0), OPS.index(k.op),
+                                        k.dtype != "float32", k.B, MODES.index(k.mode)))
 
 
 def _is_headline(case: Case, headline: tuple[int, int]) -> bool:
@@ -200,7 +204,7 @@ def available_backends(device: torch.device, wanted: list[str] | None = None) ->
         else:
             notes.append("cuda backend left out: indeed_ext was built without CUDA kernels (INDEED_CUDA)")
         try:
-            from indeed_ext.triton import _common
+            from indeed_ext.triton import _common, ops  # noqa: F401  (ops registers torch.ops.indeed_triton)
 
             if _common.INTERPRETING:
                 notes.append("triton backend left out: TRITON_INTERPRET is set (interpreter timings mean nothing)")
@@ -387,14 +391,31 @@ def run(cases: list[Case], device: torch.device, backend_names: list[str] | None
                 row["rel_err"] = forward_error(impl, inputs["args"], expected)
             row["status"] = "ok"
         except Exception as e:  # noqa: BLE001 (recorded; the other cases still run)
-            row["status"], row["detail"] = "error", f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-            _synchronize(device)
+            fail(row, e)
         derive(row, machine)
         log(f"{case.label} {name}: " + (f"{row['ms']:.3f} ms" if row["status"] == "ok" else row["detail"]))
         updated()
 
     def skip(case: Case, name: str, why: str) -> None:
         rows[(case, name)].update(status="skipped", detail=why)
+
+    def fail(row: dict, error: Exception) -> None:
+        first_line = str(error).splitlines()[0][:200] if str(error) else ""
+        row["status"], row["detail"] = "error", f"{type(error).__name__}: {first_line}"
+        try:
+            _synchronize(device)
+        except Exception:  # noqa: BLE001 (a sticky CUDA error: it is in the row already)
+            pass
+
+    def inputs_or_fail(cases_needing: list[Case], names: list[str], *args) -> dict | None:
+        try:
+            return make_inputs(*args)
+        except Exception as e:  # noqa: BLE001 (e.g. out of memory, or a CUDA error left by an earlier case)
+            for case in cases_needing:
+                for name in names:
+                    fail(rows[(case, name)], e)
+            updated()
+            return None
 
     # 1. every backend but torch.compile, one set of inputs per (op, shape, dtype)
     other_deadline = deadline - (COMPILE_SHARE * budget_s if "compile" in backends and compile_cases != 0 else 0.0)
@@ -408,14 +429,19 @@ def run(cases: list[Case], device: torch.device, backend_names: list[str] | None
                 for name in names:
                     skip(case, name, "time budget")
             continue
-        inputs = make_inputs(op, B, n, c, getattr(torch, dtype), device)
-        with torch.no_grad():
-            out = getattr(reference, op)(*inputs["args"], NORM)
-        expected = out if isinstance(out, tuple) else (out,)
+        inputs = inputs_or_fail(group, names, op, B, n, c, getattr(torch, dtype), device)
+        if inputs is None:
+            continue
+        try:
+            with torch.no_grad():
+                out = getattr(reference, op)(*inputs["args"], NORM)
+            expected = out if isinstance(out, tuple) else (out,)
+        except Exception:  # noqa: BLE001 (eager's own row records the error; no accuracy check then)
+            expected = None
         for case in group:
             for name in names:
                 time_one(case, name, inputs, expected)
-        del inputs, expected, out
+        del inputs, expected
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -429,7 +455,10 @@ def run(cases: list[Case], device: torch.device, backend_names: list[str] | None
             elif time.monotonic() + expected_s > deadline:
                 skip(case, "compile", "time budget (compiling is the slow part)")
             else:
-                inputs = make_inputs(case.op, case.B, case.n, case.c, getattr(torch, case.dtype), device)
+                inputs = inputs_or_fail([case], ["compile"], case.op, case.B, case.n, case.c,
+                                        getattr(torch, case.dtype), device)
+                if inputs is None:
+                    continue
                 time_one(case, "compile", inputs, None)
                 first_calls.append(rows[(case, "compile")].get("first_call_s") or 0.0)
                 del inputs
@@ -453,7 +482,8 @@ def derive(row: dict, machine: dict) -> None:
     dtype = getattr(torch, row["dtype"])
     args = (row["op"], row["mode"], row["B"], row["n"], row["c"] or 0, dtype)
     work = roofline.minimum_work(*args)
-    seconds, bound = roofline.roofline_seconds(work, machine["copy_bytes_per_s"], roofline.gemm_rate_for(machine, dtype))
+    gemm_rate = roofline.gemm_rate_for(machine, dtype)
+    seconds, bound = roofline.roofline_seconds(work, machine["copy_bytes_per_s"], gemm_rate)
     row.update(min_mb=work.bytes / 1e6, gflop=work.flops / 1e9, roofline_us=seconds * 1e6, bound=bound,
                roofline_pct=100 * seconds / (row["ms"] * 1e-3) if row["ms"] else None)
     if row["backend"] == "cuda":
@@ -484,7 +514,7 @@ def profile(report: dict, cases: list[Case], device: torch.device, out_dir: Path
     timed = {(_case_key(r), r["backend"]): r for r in report["rows"] if r["status"] == "ok"}
     report["profiles"] = []
     for case in cases:
-        key = _case_key(new_row(case, "eager", report["machine"]))
+        key = _case_key(asdict(case))
         inputs = make_inputs(case.op, case.B, case.n, case.c, getattr(torch, case.dtype), device)
         for name, make_impl in available_backends(device, report["machine"]["backends"])[0].items():
             if (key, name) not in timed:
@@ -561,7 +591,8 @@ def speedups(rows: list[dict]) -> None:
     for row in rows:
         for base in REFERENCE_BACKENDS:
             base_ms = ms.get((_case_key(row), base))
-            row[f"speedup_vs_{base}"] = base_ms / row["ms"] if base_ms and row["ms"] and row["backend"] != base else None
+            comparable = base_ms and row["ms"] and row["backend"] != base
+            row[f"speedup_vs_{base}"] = base_ms / row["ms"] if comparable else None
 
 
 def ordered(rows: list[dict]) -> list[dict]:
@@ -688,7 +719,8 @@ def goals(rows: list[dict]) -> list[dict]:
                     "met": None if value is None else met(value)})
 
     for row in ordered(rows):
-        if row["mode"] != "fwd+bwd" or row["n"] != 2048 or row["c"] not in (None, 80) or row["backend"] in REFERENCE_BACKENDS:
+        if (row["mode"] != "fwd+bwd" or row["n"] != 2048 or row["c"] not in (None, 80)
+                or row["backend"] in REFERENCE_BACKENDS):
             continue
         device = "cpu" if row["backend"] == "cpu" else "cuda"
         name = f"{row['op']} fwd+bwd {row['dtype']} B={row['B']} {row['backend']}"
