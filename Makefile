@@ -1,4 +1,5 @@
-# make install | test | bench | demo | cmake-build. Everything runs in .venv, made here.
+# make install | test | bench | bench-gpu | demo | cmake-build. Everything runs in .venv, made here,
+# except bench-gpu, which uses the GPU machine's own Python (GPU_PYTHON).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,7 @@ export MAX_JOBS ?= 2
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
 
-.PHONY: install test bench demo cmake-build clean
+.PHONY: install test bench bench-gpu demo cmake-build clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,18 @@ test: install
 demo: install
 	$(PY) -m indeed_ext.train --dataset ml-digits --labels-per-image 3 --method both --norm minmax \
 	  --backbone simple-cnn --epochs 5 --train-size 8000 --test-size 2000 --seed 0 --device cpu --out runs/demo
+
+# Timings of every op on the CPU backends, small sizes (benchmarks/bench_ops.py --preset small,
+# under 5 minutes on 2 cores): benchmarks/results/ops_cpu.{md,csv,json} and one plot per op.
+bench: install
+	$(PY) benchmarks/bench_ops.py --device cpu --preset small --out benchmarks/results
+
+# The full matrix on a CUDA GPU (under 8 minutes on an H100): builds the CUDA kernels in place with
+# the Python that has torch and triton there, then benchmarks/results/ops_cuda.*.
+GPU_PYTHON ?= python3
+bench-gpu:
+	INDEED_CUDA=1 MAX_JOBS=$$(nproc) $(GPU_PYTHON) setup.py build_ext --inplace
+	$(GPU_PYTHON) benchmarks/bench_ops.py --device cuda --preset full --profile --out benchmarks/results
 
 clean:
 	rm -rf build indeed_ext/*.so $(VENV)/.installed

@@ -1,14 +1,16 @@
-"""Shared by the benchmarks: medians recorded per (group, implementation), printed as ratios."""
+"""pytest-benchmark runs of benchmarks/bench_ops.py: medians per (case, backend), printed as ratios."""
 import pytest
 
-# {group: {implementation: median seconds}}, filled by the benchmark tests of this session.
+REFERENCE_BACKENDS = ("eager", "compile")
+
+# {case: {backend: median seconds}}, filled by the benchmark tests of this session.
 MEDIANS: dict[str, dict[str, float]] = {}
 
 
 @pytest.fixture
 def record_median():
-    def record(benchmark, group, impl):
-        MEDIANS.setdefault(group, {})[impl] = benchmark.stats.stats.median
+    def record(benchmark, group, backend):
+        MEDIANS.setdefault(group, {})[backend] = benchmark.stats.stats.median
 
     return record
 
@@ -18,9 +20,8 @@ def pytest_terminal_summary(terminalreporter):
         return
     terminalreporter.section("speed-ups (ratios of medians, this run)")
     for group, medians in MEDIANS.items():
-        times = ", ".join(f"{impl} {t * 1e3:.1f} ms" for impl, t in medians.items())
+        times = ", ".join(f"{backend} {t * 1e3:.2f} ms" for backend, t in medians.items())
         terminalreporter.write_line(f"{group}: {times}")
-        ours = [impl for impl in medians if impl.startswith("ours")]
-        for impl in ours:
-            for base in (b for b in medians if not b.startswith("ours")):
-                terminalreporter.write_line(f"    {base} / {impl} = {medians[base] / medians[impl]:.2f}x")
+        for ours in (b for b in medians if b not in REFERENCE_BACKENDS):
+            for base in (b for b in REFERENCE_BACKENDS if b in medians):
+                terminalreporter.write_line(f"    {base} / {ours} = {medians[base] / medians[ours]:.2f}x")

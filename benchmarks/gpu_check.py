@@ -8,10 +8,11 @@ Steps, each in a subprocess with a time limit; a failing step does not stop the 
   tests     pytest tests/test_cuda_ops.py tests/test_triton_ops.py (those present), INDEED_EXPECT_CUDA=1
   memcheck  compute-sanitizer --tool memcheck on forward + backward of every op at small sizes, with
             PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that out-of-bounds accesses reach allocation ends
-  bench     forward + backward median times of six_head_bce and decompose for the eager reference,
-            torch.compile(reference), the CUDA kernels and the Triton kernels (if indeed_ext.triton.ops
-            imports); B = P in {256, 4096, 16384}, n = 2048, c = 80, float32 and bfloat16; the measured
-            device-to-device copy bandwidth and each case's time against the bytes its kernels move.
+  bench     benchmarks/bench_ops.py on forward + backward of six_head_bce and decompose: the eager
+            reference, torch.compile(reference), the CUDA kernels and the Triton kernels (if
+            indeed_ext.triton imports); B = P in {256, 4096, 16384}, n = 2048, c = 80, float32 and
+            bfloat16; the copy bandwidth and GEMM rate measured in the same run, each case's roofline
+            and peak memory, and the issues' goals.
 Writes OUT_DIR/results.json, OUT_DIR/results.md and one log per step. Uses only the standard library,
 torch and (optionally) triton. Sized to finish in under 8 minutes on one H100: the timings without
 torch.compile come first, then torch.compile per shape in order of interest (B = 4096, 256, 16384)
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
 import json
 import os
 import re
@@ -38,11 +38,9 @@ BUDGET_S = 470.0  # all steps together, under 8 minutes
 STEP_LIMITS_S = {"build": 240.0, "tests": 150.0, "memcheck": 120.0}
 BENCH_MIN_S = 60.0  # kept for the timings whatever the earlier steps took
 SIZES = (256, 4096, 16384)
-COMPILE_ORDER = (4096, 256, 16384)
 N_FEATURES, N_CLASSES = 2048, 80
 DTYPES = ("float32", "bfloat16")
 OPS = ("six_head_bce", "decompose")
-IMPLS = ("eager", "compile", "cuda", "triton")
 
 START = time.monotonic()
 
@@ -209,276 +207,36 @@ def memcheck_case() -> None:
 
 
 # ----------------------------------------------------------------------------- child: timings
-def bytes_moved(op: str, rows: int, elem: int, acc: int) -> int:
-    """The bytes the CUDA kernels move for forward + backward (models in csrc/cuda/*.cu headers)."""
-    n = N_FEATURES
-    if op == "decompose":  # forward reads fa, fb, writes 4 outputs; backward reads 6 rows, writes 2
-        return 14 * rows * n * elem
-    B = P = rows
-    forward = (B + 4 * P) * n * elem
-    backward = (B + 10 * P) * n * elem + 3 * B * n * acc + (B * n * (acc + elem) if acc != elem else 0)
-    return forward + backward
-
-
 def bench_main(json_path: Path, seconds: float) -> None:
-    sys.path.insert(0, str(ROOT))
-    deadline = time.monotonic() + seconds
+    """The timings of benchmarks/bench_ops.py for this check's cases; JSON with its markdown and goals."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_ops  # first: it sets the OpenMP environment before torch loads
     import torch
 
-    import indeed_ext
-    from indeed_ext import reference
+    def save(report: dict) -> None:
+        report = {**report, "markdown": bench_ops.markdown(report), "goals": bench_ops.goals(report["rows"])}
+        json_path.write_text(json.dumps(report, indent=1))
 
-    for limit in ("recompile_limit", "cache_size_limit"):  # one static compile per (op, dtype, size)
-        if hasattr(torch._dynamo.config, limit):
-            setattr(torch._dynamo.config, limit, 64)
-    notes: list[str] = []
-    try:
-        import triton.testing
-
-        def measure(fn) -> float:
-            return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
-
-        timer_name = "triton.testing.do_bench, median, L2 flushed between runs"
-    except ImportError:
-        def measure(fn) -> float:
-            times = []
-            for _ in range(20):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            return sorted(times)[len(times) // 2]
-
-        timer_name = "CUDA events, median of 20 (triton not importable)"
-    try:
-        from indeed_ext.triton import ops as _triton_ops  # noqa: F401
-
-        have_triton = True
-    except Exception as e:  # noqa: BLE001 (any import failure means: no Triton column)
-        have_triton = False
-        notes.append(f"triton column skipped: indeed_ext.triton.ops does not import ({type(e).__name__}: {e})")
-
-    props = torch.cuda.get_device_properties(0)
-    result = {
-        "device": props.name,
-        "capability": f"{props.major}.{props.minor}",
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "triton": None,
-        "timer": timer_name,
-        "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "shape": {"n": N_FEATURES, "c": N_CLASSES},
-        "cases": [],
-        "notes": notes,
-    }
-    try:
-        import triton
-
-        result["triton"] = triton.__version__
-    except ImportError:
-        pass
-
-    def save() -> None:
-        json_path.write_text(json.dumps(result, indent=2))
-
-    x = torch.empty(2**28, dtype=torch.float32, device="cuda")  # 1 GiB
-    y = torch.empty_like(x)
-    copy_ms = measure(lambda: y.copy_(x))
-    result["copy_bandwidth_GBps"] = 2 * x.nbytes / (copy_ms * 1e-3) / 1e9
-    del x, y
-    log(f"copy bandwidth {result['copy_bandwidth_GBps']:.0f} GB/s")
-    save()
-
-    compiled = {"six_head_bce": torch.compile(reference.six_head_bce, dynamic=False),
-                "decompose": torch.compile(reference.decompose, dynamic=False)}
-
-    def make_case(op: str, dtype: torch.dtype, rows: int):
-        """(impls, inputs, leaves, grads) for fwd + bwd of op at B = P = rows."""
-        gen = torch.Generator(device="cuda").manual_seed(rows)
-        n, c = N_FEATURES, N_CLASSES
-        if op == "decompose":
-            fa = torch.randn(rows, n, device="cuda", generator=gen).relu_().to(dtype).requires_grad_()
-            fb = torch.randn(rows, n, device="cuda", generator=gen).relu_().to(dtype).requires_grad_()
-            grads = [torch.randn(rows, n, device="cuda", generator=gen).to(dtype) for _ in range(4)]
-            impls = {"eager": reference.decompose, "compile": compiled[op],
-                     "cuda": lambda a, b: indeed_ext.decompose(a, b, backend="cuda"),
-                     "triton": lambda a, b: indeed_ext.decompose(a, b, backend="triton")}
-            return impls, (fa, fb), (fa, fb), grads
-        features = torch.randn(rows, n, device="cuda", generator=gen).relu_().to(dtype).requires_grad_()
-        weight = (torch.randn(c, n, device="cuda", generator=gen) / n**0.5).to(dtype).requires_grad_()
-        bias = (torch.randn(c, device="cuda", generator=gen) * 0.1).to(dtype).requires_grad_()
-        targets = (torch.rand(rows, c, device="cuda", generator=gen) < 0.3).float()
-        index_a = torch.randint(0, rows, (rows,), device="cuda", generator=gen)
-        index_b = torch.randint(0, rows, (rows,), device="cuda", generator=gen)
-        grads = [torch.rand(rows, 6, device="cuda", generator=gen).to(reference.loss_dtype(dtype))]
-
-        def api(backend):
-            return lambda *args: indeed_ext.six_head_bce(*args, backend=backend, check_indices=False)
-
-        impls = {"eager": reference.six_head_bce, "compile": compiled[op], "cuda": api("cuda"), "triton": api("triton")}
-        return impls, (features, weight, bias, targets, index_a, index_b), (features, weight, bias), grads
-
-    def fwd_bwd(impl, inputs, leaves, grads):
-        def run():
-            out = impl(*inputs)
-            outs = out if isinstance(out, tuple) else (out,)
-            torch.autograd.grad(outs, leaves, grads)
-
-        return run
-
-    def forward_error(impl, inputs, expected) -> float:
-        with torch.no_grad():
-            out = impl(*inputs)
-        outs = out if isinstance(out, tuple) else (out,)
-        return max(float((o.double() - e.double()).abs().max() / e.double().abs().max().clamp_min(1e-30))
-                   for o, e in zip(outs, expected))
-
-    def time_impl(case: dict, name: str, impl, inputs, leaves, grads, expected) -> None:
-        try:
-            start = time.monotonic()
-            run = fwd_bwd(impl, inputs, leaves, grads)
-            run()  # compiles, for torch.compile
-            torch.cuda.synchronize()
-            case["first_call_s"][name] = round(time.monotonic() - start, 2)
-            case["ms"][name] = measure(run)
-            if expected is not None and name != "eager":
-                case["forward_rel_err"][name] = forward_error(impl, inputs, expected)
-        except Exception as e:  # noqa: BLE001 (recorded; the other implementations still run)
-            case["errors"][name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-            torch.cuda.synchronize()
-        log(f"{case['op']} {case['dtype']} {case['rows']} {name}: "
-            f"{case['ms'].get(name, case['errors'].get(name))}")
-        save()
-
-    cases = {}
-    for op in OPS:
-        for dtype_name in DTYPES:
-            dtype = getattr(torch, dtype_name)
-            elem, acc = torch.finfo(dtype).bits // 8, 4
-            for rows in SIZES:
-                case = {"op": op, "dtype": dtype_name, "rows": rows, "bytes": bytes_moved(op, rows, elem, acc),
-                        "ms": {}, "first_call_s": {}, "forward_rel_err": {}, "errors": {}, "skipped": {}}
-                cases[(op, dtype_name, rows)] = case
-                result["cases"].append(case)
-                if time.monotonic() > deadline - 10:
-                    case["skipped"] = {name: "time budget" for name in IMPLS}
-                    continue
-                impls, inputs, leaves, grads = make_case(op, dtype, rows)
-                with torch.no_grad():
-                    expected = impls["eager"](*inputs)
-                expected = expected if isinstance(expected, tuple) else (expected,)
-                for name in ("eager", "cuda", "triton"):
-                    if name == "triton" and not have_triton:
-                        case["skipped"][name] = "indeed_ext.triton.ops does not import"
-                        continue
-                    time_impl(case, name, impls[name], inputs, leaves, grads, expected)
-                del impls, inputs, leaves, grads, expected
-                torch.cuda.empty_cache()
-
-    # torch.compile last, per shape, most interesting shapes first, while the budget lasts.
-    for rows in COMPILE_ORDER:
-        for op in OPS:
-            for dtype_name in DTYPES:
-                case = cases[(op, dtype_name, rows)]
-                if "eager" not in case["ms"]:
-                    case["skipped"].setdefault("compile", "eager case did not run")
-                    continue
-                compile_times = [c["first_call_s"]["compile"] for c in cases.values() if "compile" in c["first_call_s"]]
-                if time.monotonic() + 1.5 * max(compile_times, default=30.0) + 5 > deadline:
-                    case["skipped"]["compile"] = "time budget (compile is the slow part)"
-                    log(f"{op} {dtype_name} {rows} compile: skipped, time budget")
-                    save()
-                    continue
-                impls, inputs, leaves, grads = make_case(op, getattr(torch, dtype_name), rows)
-                time_impl(case, "compile", impls["compile"], inputs, leaves, grads, None)
-                del impls, inputs, leaves, grads
-                torch.cuda.empty_cache()
-    save()
+    cases = bench_ops.select_cases(OPS, ["fwd+bwd"], SIZES, [N_FEATURES], [N_CLASSES], DTYPES)
+    save(bench_ops.run(cases, torch.device("cuda"), budget_s=seconds, on_update=save))
 
 
 # ----------------------------------------------------------------------------- report
-def fmt_ms(case: dict, name: str) -> str:
-    if name in case["ms"]:
-        return f"{case['ms'][name]:.3f}"
-    if name in case["errors"]:
-        return "error"
-    return "skipped" if name in case["skipped"] else "-"
-
-
-def ratio(case: dict, num: str, den: str) -> float | None:
-    if num in case["ms"] and den in case["ms"] and case["ms"][den] > 0:
-        return case["ms"][num] / case["ms"][den]
-    return None
-
-
-def goals(bench: dict | None) -> list[dict]:
-    """The issue's goals: six_head_bce at B = 4096 >= 10x eager and >= 2x compile; decompose <= 1.5x copy time."""
-    if not bench:
-        return []
-    out = []
-    for case in bench["cases"]:
-        if case["op"] == "six_head_bce" and case["rows"] == 4096:
-            for base, target in (("eager", 10.0), ("compile", 2.0)):
-                speedup = ratio(case, base, "cuda")
-                out.append({"goal": f"six_head_bce {case['dtype']} B=4096 cuda >= {target:g}x {base}",
-                            "value": None if speedup is None else f"{speedup:.1f}x",
-                            "met": None if speedup is None else speedup >= target})
-        if case["op"] == "decompose" and case["rows"] >= 4096 and "cuda" in case["ms"]:
-            copy_ms = case["bytes"] / (bench["copy_bandwidth_GBps"] * 1e9) * 1e3
-            slowdown = case["ms"]["cuda"] / copy_ms
-            out.append({"goal": f"decompose {case['dtype']} B={case['rows']} cuda <= 1.5x copy time",
-                        "value": f"{slowdown:.2f}x", "met": slowdown <= 1.5})
-    return out
-
-
 def write_report(out_dir: Path, steps: list[dict]) -> None:
     bench = next((s.get("bench") for s in steps if s["name"] == "bench"), None)
-    goal_rows = goals(bench)
     (out_dir / "results.json").write_text(json.dumps(
         {"steps": [{k: v for k, v in s.items() if k not in ("tail", "bench")} for s in steps],
-         "bench": bench, "goals": goal_rows}, indent=2))
+         "bench": bench, "goals": bench["goals"] if bench else []}, indent=2))
     lines = ["# indeed-ext GPU check", ""]
     if bench:
-        lines += [f"{bench['device']} (sm_{bench['capability'].replace('.', '')}), torch {bench['torch']}, "
-                  f"CUDA {bench['cuda']}, triton {bench['triton']}, {bench['date']}", ""]
+        m = bench["machine"]
+        lines += [f"{m['name']} (sm_{m['capability'].replace('.', '')}), torch {m['torch']}, "
+                  f"CUDA {m['cuda']}, triton {m['triton']}, {m['date']}", ""]
     lines += ["| step | status | seconds | detail |", "|---|---|---|---|"]
     lines += [f"| {s['name']} | {s['status']} | {s['seconds']} | {s['detail']} |" for s in steps]
     if bench:
-        bw = bench.get("copy_bandwidth_GBps")
-        bw_text = f"{bw:.0f} GB/s (1 GiB copy, read + write)" if bw else "not measured"
-        lines += ["", f"## Forward + backward, median ms (n = {N_FEATURES}, c = {N_CLASSES}, B = P)", "",
-                  f"Timer: {bench['timer']}. TF32 matmul: {bench['allow_tf32']}. Device-to-device copy bandwidth: {bw_text}.",
-                  "Roofline % = time to move the kernels' bytes at copy bandwidth / measured time.", "",
-                  "| op | dtype | B=P | eager | compile | cuda | triton | cuda vs eager | cuda vs compile "
-                  "| MB moved | cuda roofline % | triton roofline % |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for case in bench["cases"]:
-            def speed(base):
-                r = ratio(case, base, "cuda")
-                return "-" if r is None else f"{r:.1f}x"
-
-            def roof(name):
-                if not bw or name not in case["ms"]:
-                    return "-"
-                return f"{100 * case['bytes'] / (bw * 1e9) / (case['ms'][name] * 1e-3):.0f}"
-
-            lines.append(f"| {case['op']} | {case['dtype']} | {case['rows']} | " + " | ".join(fmt_ms(case, i) for i in IMPLS)
-                         + f" | {speed('eager')} | {speed('compile')} | {case['bytes'] / 1e6:.0f} | {roof('cuda')} | {roof('triton')} |")
-        problems = [(c, k, v) for c in bench["cases"] for d in ("errors", "skipped") for k, v in c[d].items()]
-        errs = [(c, k, v) for c in bench["cases"] for k, v in c["forward_rel_err"].items() if v > 5e-2]
-        if problems or errs or bench["notes"]:
-            lines += ["", "Notes:"]
-            lines += [f"- {n}" for n in bench["notes"]]
-            lines += [f"- {c['op']} {c['dtype']} {c['rows']} {k}: {v}" for c, k, v in problems]
-            lines += [f"- {c['op']} {c['dtype']} {c['rows']} {k}: forward differs from eager by {v:.2e} (relative to max)"
-                      for c, k, v in errs]
-    if goal_rows:
-        lines += ["", "## Goals", "", "| goal | value | met |", "|---|---|---|"]
-        lines += [f"| {g['goal']} | {g['value']} | {'-' if g['met'] is None else ('yes' if g['met'] else 'NO')} |"
-                  for g in goal_rows]
+        lines += ["", f"## Forward + backward (n = {N_FEATURES}, c = {N_CLASSES}, B = P; benchmarks/bench_ops.py)",
+                  "", bench["markdown"]]
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
 
 
