@@ -87,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--norm", nargs="+", default=["minmax"], choices=NORMS, help="identical-map normalisation(s); one INDeeD model each")
     method.add_argument("--blocks", nargs="+", default=list(BLOCKS), choices=BLOCKS, help="INDeeD heads besides the originals (ablations: one of them)")
     method.add_argument("--lam", type=_number(float, 0.0), default=1.0, help="weight of the identical and disparate heads")
-    method.add_argument("--lam-warmup", metavar="EPOCHS", type=_number(int, 0), default=0,
-                        help="ramp λ linearly per step from 0 to --lam over the first EPOCHS epochs (0 = off)")
+    method.add_argument("--lam-warmup", metavar="EPOCHS", type=_number(int, 0), default=2,
+                        help="ramp λ linearly per step from 0 to --lam over the first EPOCHS epochs (0 = off; docs/EXPERIMENTS.md)")
     method.add_argument("--strategy", default="any", choices=STRATEGIES, help="pair mining")
     method.add_argument("--self-pair-disparate", default="zero_target", choices=SELF_PAIR_DISPARATE, help="disparate heads of self-pairs")
     method.add_argument("--backend", default="auto", choices=BACKENDS, help="INDeeD operator backend")

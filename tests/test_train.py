@@ -57,7 +57,7 @@ def test_models_start_from_the_same_weights(tmp_path):
     torch.testing.assert_close(a[conv], b[conv], atol=1e-9, rtol=0)
 
 
-@pytest.mark.parametrize("warmup", [[], ["--lam-warmup", "2"]], ids=["constant-lam", "lam-warmup"])
+@pytest.mark.parametrize("warmup", [["--lam-warmup", "0"], ["--lam-warmup", "2"]], ids=["constant-lam", "lam-warmup"])
 def test_resume_matches_uninterrupted_run(tmp_path, warmup):
     """2 epochs straight == 1 epoch, then --resume to 2; augmentation, shuffling, pairs and the λ ramp included."""
     common = ["--method", "indeed", "--cutout", "0.3", "--seed", "7", *warmup]
@@ -91,7 +91,7 @@ def test_lam_warmup_schedule():
 def test_lam_warmup_changes_training(tmp_path):
     """The ramp reaches the loss: an epoch with λ ramping up from 0 trains other weights than one at constant λ."""
     common = ["--method", "indeed", "--seed", "7"]
-    assert run(tmp_path / "constant", *common) == 0
+    assert run(tmp_path / "constant", *common, "--lam-warmup", "0") == 0
     assert run(tmp_path / "warmup", *common, "--lam-warmup", "1") == 0
     a = engine.load_checkpoint(str(tmp_path / "constant" / "indeed-minmax" / "checkpoint.pt"))
     b = engine.load_checkpoint(str(tmp_path / "warmup" / "indeed-minmax" / "checkpoint.pt"))
