@@ -219,5 +219,13 @@ class GlobalPairsLoss(nn.Module):
         super().__init__()
         self.criterion = criterion
 
+    @property
+    def lam(self) -> float:  # the wrapped loss's λ, which fit's warm-up sets
+        return self.criterion.lam
+
+    @lam.setter
+    def lam(self, value: float) -> None:
+        self.criterion.lam = value
+
     def forward(self, features: torch.Tensor, targets: torch.Tensor, classifier: nn.Module, generator=None):
         return self.criterion(gather_rows(features), gather_rows(targets), classifier, generator=generator)

@@ -14,6 +14,7 @@ process draws its augmentations from its own stream; the pair generator is share
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -86,6 +87,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, name: str, epochs: int, st
     raise ValueError(f"unknown schedule {name!r}; expected one of {SCHEDULES}")
 
 
+def warmed_up_lam(lam: float, warmup_epochs: int, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """λ at batch ``step`` of ``epoch``: a linear ramp per step from 0 (the first batch) to ``lam``
+    over the first ``warmup_epochs`` epochs, then ``lam``. A function of (epoch, step) alone, so
+    a resumed run continues the ramp exactly."""
+    if warmup_epochs <= 0:
+        return lam
+    return lam * min(1.0, (epoch * steps_per_epoch + step) / (warmup_epochs * steps_per_epoch))
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The model under torch.compile / DistributedDataParallel wrappers."""
     model = getattr(model, "_orig_mod", model)
@@ -109,19 +119,23 @@ def train_one_epoch(
     ema: ModelEma | None = None,
     clip_grad: float | None = None,
     memory_format: torch.memory_format = torch.preserve_format,
+    lam_at: Callable[[int], float] | None = None,
 ) -> dict[str, float]:
     """One pass over loader; ``scheduler`` (if given) steps after every batch. Returns mean loss terms
     (means over the processes too, under torchrun).
 
     clip_grad: clip the gradients' total norm to this (after unscaling, with a scaler).
     ema: updated from the (unwrapped) model after every optimizer step.
+    lam_at: λ of batch i (see warmed_up_lam), set as ``criterion.lam`` before the batch; None keeps it.
     """
     model.train()
     classifier = unwrap(model).classifier
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, orig, ident, disp; summed on the device
     batches = 0
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress)
-    for images, targets in bar:
+    for step, (images, targets) in enumerate(bar):
+        if lam_at is not None:
+            criterion.lam = lam_at(step)
         images = images.to(device, non_blocking=True, memory_format=memory_format)
         targets = targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -279,6 +293,7 @@ def fit(
     ema: ModelEma | None = None,
     clip_grad: float | None = None,
     memory_format: torch.memory_format = torch.preserve_format,
+    lam_schedule: Callable[[int, int], float] | None = None,
 ) -> FitResult:
     """Trains for ``epochs`` epochs (continuing from ``checkpoint_path`` when ``resume``), evaluating after each.
 
@@ -287,6 +302,7 @@ def fit(
     match) and ``checkpoint_extra`` (what indeed-predict needs to rebuild the model).
     Under torchrun every process resumes from the checkpoint and rank 0 alone writes it.
     ema, clip_grad, memory_format: see train_one_epoch; the EMA weights are evaluated too.
+    lam_schedule: λ of (epoch, batch) (see warmed_up_lam); None keeps the criterion's λ.
     """
     result, start = FitResult(), 0
     fingerprint = fingerprint or {}
@@ -318,6 +334,7 @@ def fit(
             model, train_loader, criterion, optimizer, scaler, device=device, scheduler=scheduler if scheduler_per_batch else None,
             amp_dtype=amp_dtype, generator=pairs, progress=progress, desc=f"{name} epoch {epoch + 1}/{epochs}",
             ema=ema, clip_grad=clip_grad, memory_format=memory_format,
+            lam_at=None if lam_schedule is None else functools.partial(lam_schedule, epoch),
         )
         if scheduler is not None and not scheduler_per_batch:
             scheduler.step()

@@ -16,6 +16,7 @@ trains with DistributedDataParallel (gloo on the CPU, nccl on GPUs; see distribu
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -86,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--norm", nargs="+", default=["minmax"], choices=NORMS, help="identical-map normalisation(s); one INDeeD model each")
     method.add_argument("--blocks", nargs="+", default=list(BLOCKS), choices=BLOCKS, help="INDeeD heads besides the originals (ablations: one of them)")
     method.add_argument("--lam", type=_number(float, 0.0), default=1.0, help="weight of the identical and disparate heads")
+    method.add_argument("--lam-warmup", metavar="EPOCHS", type=_number(int, 0), default=2,
+                        help="ramp λ linearly per step from 0 to --lam over the first EPOCHS epochs (0 = off; docs/EXPERIMENTS.md)")
     method.add_argument("--strategy", default="any", choices=STRATEGIES, help="pair mining")
     method.add_argument("--self-pair-disparate", default="zero_target", choices=SELF_PAIR_DISPARATE, help="disparate heads of self-pairs")
     method.add_argument("--backend", default="auto", choices=BACKENDS, help="INDeeD operator backend")
@@ -175,6 +178,9 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
         },
         "run": run,
     }
+    lam_schedule = None  # λ per (epoch, step): the warm-up ramp
+    if args.lam_warmup and run["lam"]:
+        lam_schedule = functools.partial(engine.warmed_up_lam, run["lam"], args.lam_warmup, steps_per_epoch=len(train_loader))
     trained = distributed.wrap(model, device)
     result = engine.fit(
         torch.compile(trained) if args.compile else trained, criterion, optimizer, train_loader, test_loader,
@@ -182,6 +188,7 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
         amp_dtype=amp_dtype, checkpoint_path=os.path.join(args.out, run["name"], "checkpoint.pt"), resume=args.resume,
         fingerprint=fingerprint, checkpoint_extra=meta, progress=progress, log=log, name=run["name"],
         ema=ema, clip_grad=args.clip_grad, memory_format=memory_format,
+        lam_schedule=lam_schedule,
     )
     ev, ev_ema = result.evaluation, result.evaluation_ema
     return {

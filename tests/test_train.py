@@ -57,9 +57,10 @@ def test_models_start_from_the_same_weights(tmp_path):
     torch.testing.assert_close(a[conv], b[conv], atol=1e-9, rtol=0)
 
 
-def test_resume_matches_uninterrupted_run(tmp_path):
-    """2 epochs straight == 1 epoch, then --resume to 2; augmentation, shuffling and pairs included."""
-    common = ["--method", "indeed", "--cutout", "0.3", "--seed", "7"]
+@pytest.mark.parametrize("warmup", [["--lam-warmup", "0"], ["--lam-warmup", "2"]], ids=["constant-lam", "lam-warmup"])
+def test_resume_matches_uninterrupted_run(tmp_path, warmup):
+    """2 epochs straight == 1 epoch, then --resume to 2; augmentation, shuffling, pairs and the λ ramp included."""
+    common = ["--method", "indeed", "--cutout", "0.3", "--seed", "7", *warmup]
     assert run(tmp_path / "straight", *common, "--epochs", "2") == 0
     assert run(tmp_path / "split", *common, "--epochs", "1") == 0
     assert run(tmp_path / "split", *common, "--epochs", "2", "--resume") == 0
@@ -75,6 +76,27 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     # Resuming a finished run trains nothing and reports the same result.
     assert run(tmp_path / "split", *common, "--epochs", "2", "--resume") == 0
     assert json.loads((tmp_path / "split" / "results.json").read_text())[0]["mAP"] == a["history"][-1]["mAP"]
+
+
+def test_lam_warmup_schedule():
+    """Linear per step from 0 at the first batch to lam after warmup_epochs epochs, then constant."""
+    lam = engine.warmed_up_lam
+    assert [lam(0.5, 2, epoch, step, 4) for epoch in range(3) for step in range(4)] == pytest.approx(
+        [0.5 * k / 8 for k in range(8)] + [0.5] * 4
+    )
+    assert lam(0.5, 2, 7, 3, 4) == 0.5
+    assert [lam(0.5, 0, epoch, 1, 4) for epoch in range(2)] == [0.5, 0.5]  # 0 = off
+
+
+def test_lam_warmup_changes_training(tmp_path):
+    """The ramp reaches the loss: an epoch with λ ramping up from 0 trains other weights than one at constant λ."""
+    common = ["--method", "indeed", "--seed", "7"]
+    assert run(tmp_path / "constant", *common, "--lam-warmup", "0") == 0
+    assert run(tmp_path / "warmup", *common, "--lam-warmup", "1") == 0
+    a = engine.load_checkpoint(str(tmp_path / "constant" / "indeed-minmax" / "checkpoint.pt"))
+    b = engine.load_checkpoint(str(tmp_path / "warmup" / "indeed-minmax" / "checkpoint.pt"))
+    assert not torch.equal(a["model"]["classifier.weight"], b["model"]["classifier.weight"])
+    assert b["fingerprint"]["lam_warmup"] == 1 and a["fingerprint"]["lam_warmup"] == 0
 
 
 def test_resume_with_other_settings_fails(tmp_path, capsys):
