@@ -80,6 +80,15 @@ def _linear_kernel(
 
 
 @triton.jit
+def _pair_indices(index_a_ptr, index_b_ptr, pairs, P):
+    """Mask and gathered feature rows (a, b) of a block of pairs (int64 positions)."""
+    pair_mask = pairs < P
+    idx_a = tl.load(index_a_ptr + pairs, mask=pair_mask, other=0)
+    idx_b = tl.load(index_b_ptr + pairs, mask=pair_mask, other=0)
+    return pair_mask, idx_a, idx_b
+
+
+@triton.jit
 def _bce_sum(z, y, mask):
     """sum over classes of softplus(z) - y z, softplus in the stable form max(z, 0) + log(1 + exp(-|z|))."""
     bce = tl.maximum(z, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(z))) - y * z
@@ -97,9 +106,7 @@ def _six_head_forward_kernel(
 ):
     """loss partial sums (class blocks, P, 6) and ident_logits (P, 2, c) of a block of pairs and classes."""
     pairs = (tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
-    pair_mask = pairs < P
-    idx_a = tl.load(index_a_ptr + pairs, mask=pair_mask, other=0)
-    idx_b = tl.load(index_b_ptr + pairs, mask=pair_mask, other=0)
+    pair_mask, idx_a, idx_b = _pair_indices(index_a_ptr, index_b_ptr, pairs, P)
     a_rows, b_rows = idx_a * stride_fr, idx_b * stride_fr
     lo, hi, den, unclamped, k_lo, k_hi = row_stats(
         f_ptr, f_ptr, a_rows, b_rows, pair_mask, n, stride_fc, stride_fc, eps, L2, False, BLOCK_P, BLOCK_STATS, ACC
@@ -160,9 +167,7 @@ def _grad_logits_kernel(
     """Ga, Gb, Gia, Gib (P, c), the row statistics of p (P, 6) and partial dbias sums (pair blocks, c)."""
     pid = tl.program_id(0)
     pairs = (pid * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
-    pair_mask = pairs < P
-    idx_a = tl.load(index_a_ptr + pairs, mask=pair_mask, other=0)
-    idx_b = tl.load(index_b_ptr + pairs, mask=pair_mask, other=0)
+    pair_mask, idx_a, idx_b = _pair_indices(index_a_ptr, index_b_ptr, pairs, P)
     lo, hi, den, unclamped, k_lo, k_hi = row_stats(
         f_ptr, f_ptr, idx_a * stride_fr, idx_b * stride_fr, pair_mask, n, stride_fc, stride_fc, eps,
         L2, True, BLOCK_P, BLOCK_K, ACC,
@@ -222,9 +227,8 @@ def _grad_m_kernel(
     """dm = (Gia W) fa + (Gib W) fb of a tile (written, (P, n)) and its partial row sums of dm, dm m."""
     pairs = (tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    pair_mask, col_mask = pairs < P, cols < n
-    idx_a = tl.load(index_a_ptr + pairs, mask=pair_mask, other=0)
-    idx_b = tl.load(index_b_ptr + pairs, mask=pair_mask, other=0)
+    pair_mask, idx_a, idx_b = _pair_indices(index_a_ptr, index_b_ptr, pairs, P)
+    col_mask = cols < n
     d_ia = tl.zeros([BLOCK_P, BLOCK_N], ACC)
     d_ib = tl.zeros([BLOCK_P, BLOCK_N], ACC)
     for start in range(0, c, BLOCK_C):
@@ -259,9 +263,8 @@ def _grad_features_kernel(
     """dfa, dfb of a tile of pairs x features: atomically added to df (ATOMIC) or written to dfa, dfb (P, n)."""
     pairs = (tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    pair_mask, col_mask = pairs < P, cols < n
-    idx_a = tl.load(index_a_ptr + pairs, mask=pair_mask, other=0)
-    idx_b = tl.load(index_b_ptr + pairs, mask=pair_mask, other=0)
+    pair_mask, idx_a, idx_b = _pair_indices(index_a_ptr, index_b_ptr, pairs, P)
+    col_mask = cols < n
     d_fa = tl.zeros([BLOCK_P, BLOCK_N], ACC)
     d_fb = tl.zeros([BLOCK_P, BLOCK_N], ACC)
     d_ia = tl.zeros([BLOCK_P, BLOCK_N], ACC)
@@ -320,9 +323,7 @@ def _grad_weight_kernel(
     acc = tl.zeros([BLOCK_C, BLOCK_N], ACC)
     for start in range(split * BLOCK_P, P, splits * BLOCK_P):
         pairs = (start + tl.arange(0, BLOCK_P)).to(tl.int64)
-        pair_mask = pairs < P
-        idx_a = tl.load(index_a_ptr + pairs, mask=pair_mask, other=0)
-        idx_b = tl.load(index_b_ptr + pairs, mask=pair_mask, other=0)
+        pair_mask, idx_a, idx_b = _pair_indices(index_a_ptr, index_b_ptr, pairs, P)
         lo = tl.load(stats_ptr + pairs * 6 + 0, mask=pair_mask, other=0.0)
         den = tl.load(stats_ptr + pairs * 6 + 2, mask=pair_mask, other=1.0)
         mask = pair_mask[:, None] & col_mask[None, :]
