@@ -254,13 +254,40 @@ def test_public_api_dispatches_to_triton():
 def test_bad_inputs_raise():
     features, weight, bias, targets, index_a, index_b = make_six_head_inputs(4, 3, 8, 5, torch.float32, DEVICE)
     with pytest.raises(IndexError, match="index_b"):
-        ops.six_head_bce(features, weight, bias, targets, index_a, index_b + 4)
+        indeed_ext.six_head_bce(features, weight, bias, targets, index_a, index_b + 4, backend="triton")
+    if DEVICE == "cpu":  # on GPUs the op itself does not read index values (test_out_of_range_indices)
+        with pytest.raises(IndexError, match="index_a"):
+            ops.six_head_bce(features, weight, bias, targets, index_a - 5, index_b)
     with pytest.raises(ValueError, match="norm"):
         ops.six_head_bce(features, weight, bias, targets, index_a, index_b, "l1")
     with pytest.raises(TypeError, match="mixed dtypes"):
         ops.decompose(features, features.double())
     with pytest.raises(ValueError, match="eps"):
         ops.identical_map(features, features, "l2", 0.0)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_out_of_range_indices_give_nan_losses_without_reading_out_of_bounds(norm):
+    # What the kernels do with indices outside [0, B) (on GPUs the op passes them on unread):
+    # those pairs get NaN losses and no gradient, the other pairs are exact.
+    from indeed_ext.triton.six_head_bce import six_head_backward, six_head_forward
+
+    features, weight, bias, targets, index_a, index_b = make_six_head_inputs(5, 19, 21, 6, torch.float64, DEVICE)
+    bad = torch.tensor([0, 7, 18])
+    index_a, index_b = index_a.clone(), index_b.clone()
+    index_a[bad[:2]] = torch.tensor([5, -1])
+    index_b[bad[2]] = 1 << 40
+    good = torch.ones(19, dtype=torch.bool)
+    good[bad] = False
+    loss, logits, ident = six_head_forward(features, weight, bias, targets, index_a, index_b, norm, 1e-12)
+    assert loss[bad].isnan().all() and loss[good].isfinite().all()
+    params = [t.detach().requires_grad_() for t in (features, weight, bias)]
+    expected = reference.six_head_bce(*params, targets, index_a[good], index_b[good], norm, 1e-12)
+    assert_close(loss[good], expected, torch.float64, what="valid pairs' losses")
+    upstream = torch.randn(19, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    got = six_head_backward(upstream, features, weight, bias, targets, index_a, index_b, logits, ident, norm, 1e-12)
+    for g, e in zip(got, torch.autograd.grad(expected, params, upstream[good])):
+        assert_close(g, e, torch.float64, backward=True, what="gradients of the valid pairs only")
 
 
 def test_cpu_tensors_need_the_interpreter():

@@ -113,30 +113,32 @@ def row_stats(fa_ptr, fb_ptr, a_rows, b_rows, row_mask, n, stride_ac, stride_bc,
 
 
 @triton.jit
-def grad_p_coefficients(dm_sum, dm_dot_m, den, unclamped, k_lo, k_hi, L2: tl.constexpr):
-    """Per-row coefficients of dp = dm / den - coef_m * m + t_lo [p = lo] + t_hi [p = hi].
+def grad_p_coefficients(dm_sum, dm_dot_m, unclamped, k_lo, k_hi, L2: tl.constexpr):
+    """Per-row coefficients of den * dp = dm - coef_m * m + u_lo [p = lo] + u_hi [p = hi].
 
     dm_sum = sum_j dm_j and dm_dot_m = sum_j dm_j m_j over the row. A clamped
     denominator is the constant eps, so only the numerator's dependence remains.
+    The row is divided by den once, at the end (grad_p): for a clamped row the
+    numerator then cancels exactly where it should (dm - dm_sum = 0 for n = 1), on
+    GPUs too, whose approximate division would not round two quotients alike.
     """
     s1 = tl.where(unclamped, dm_dot_m, 0.0)
     if L2:
-        coef_m = s1 / den
-        t_lo = tl.zeros_like(den)
-        t_hi = t_lo
+        coef_m = s1
+        u_lo = tl.zeros_like(s1)
+        u_hi = u_lo
     else:
-        coef_m = tl.zeros_like(den)
-        t_lo = (s1 - dm_sum) / den / tl.maximum(k_lo, 1).to(den.dtype)
-        t_hi = -s1 / den / tl.maximum(k_hi, 1).to(den.dtype)
-    return coef_m, t_lo, t_hi
+        coef_m = tl.zeros_like(s1)
+        u_lo = (s1 - dm_sum) / tl.maximum(k_lo, 1).to(s1.dtype)
+        u_hi = -s1 / tl.maximum(k_hi, 1).to(s1.dtype)
+    return coef_m, u_lo, u_hi
 
 
 @triton.jit
-def grad_p(dm, p, m, lo, hi, den, coef_m, t_lo, t_hi, L2: tl.constexpr):
+def grad_p(dm, p, m, lo, hi, den, coef_m, u_lo, u_hi, L2: tl.constexpr):
     """dp of a tile from dm, with the per-row values of row_stats and grad_p_coefficients."""
-    dp = dm / den[:, None]
     if L2:
-        dp -= coef_m[:, None] * m
+        num = dm - coef_m[:, None] * m
     else:
-        dp += tl.where(p == lo[:, None], t_lo[:, None], 0.0) + tl.where(p == hi[:, None], t_hi[:, None], 0.0)
-    return dp
+        num = dm + tl.where(p == lo[:, None], u_lo[:, None], 0.0) + tl.where(p == hi[:, None], u_hi[:, None], 0.0)
+    return num / den[:, None]

@@ -99,7 +99,7 @@ def _pair_backward_kernel(
                                DECOMPOSE, ACC)
         dm_sum += tl.sum(dm, axis=1)
         dm_dot_m += tl.sum(dm * m, axis=1)
-    coef_m, t_lo, t_hi = grad_p_coefficients(dm_sum, dm_dot_m, den, unclamped, k_lo, k_hi, L2)
+    coef_m, u_lo, u_hi = grad_p_coefficients(dm_sum, dm_dot_m, unclamped, k_lo, k_hi, L2)
     for start in range(0, n, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         mask = row_mask[:, None] & (cols[None, :] < n)
@@ -109,7 +109,7 @@ def _pair_backward_kernel(
         m = (p - lo[:, None]) / den[:, None]
         dm, direct_a, direct_b = _load_grads(g_ia_ptr, g_ib_ptr, g_da_ptr, g_db_ptr, g_rows, cols, stride_gc, mask,
                                              a, b, m, DECOMPOSE, ACC)
-        dp = grad_p(dm, p, m, lo, hi, den, coef_m, t_lo, t_hi, L2)
+        dp = grad_p(dm, p, m, lo, hi, den, coef_m, u_lo, u_hi, L2)
         da_out = da_rows[:, None] + cols[None, :] * stride_dac
         db_out = db_rows[:, None] + cols[None, :] * stride_dbc
         tl.store(dfa_ptr + da_out, (direct_a + dp * b).to(dfa_ptr.dtype.element_ty), mask=mask)

@@ -61,8 +61,11 @@ def decompose_backward(grad_ia, grad_ib, grad_da, grad_db, fa, fb, norm, eps):
 
 
 def six_head_bce_forward(features, weight, bias, targets, index_a, index_b, norm, eps):
-    # The kernels gather rows by these indices: check their values here, eagerly (one host sync on GPU).
-    _checks.check_six_head(features, weight, bias, targets, index_a, index_b, check_index_values=True)
+    # Index values are read on the host only for CPU tensors: on GPUs that would be a sync per call.
+    # There the kernels skip pairs with indices outside [0, B) and give them NaN losses, and the
+    # public API (indeed_ext.six_head_bce, check_indices=True) raises IndexError before the call.
+    on_cpu = features.device.type == "cpu"
+    _checks.check_six_head(features, weight, bias, targets, index_a, index_b, check_index_values=on_cpu)
     _checks.check_norm_eps(norm, eps)
     require_runnable(features.device)
     return _six_head.six_head_forward(features, weight, bias, targets, index_a, index_b, norm, eps)
