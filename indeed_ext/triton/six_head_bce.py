@@ -80,12 +80,19 @@ def _linear_kernel(
 
 
 @triton.jit
-def _pair_indices(index_a_ptr, index_b_ptr, pairs, P):
-    """Mask and gathered feature rows (a, b) of a block of pairs (int64 positions)."""
-    pair_mask = pairs < P
-    idx_a = tl.load(index_a_ptr + pairs, mask=pair_mask, other=0)
-    idx_b = tl.load(index_b_ptr + pairs, mask=pair_mask, other=0)
-    return pair_mask, idx_a, idx_b
+def _pair_indices(index_a_ptr, index_b_ptr, pairs, P, B):
+    """Mask and gathered feature rows (a, b) of a block of pairs (int64 positions).
+
+    The mask keeps the pairs below P whose indices lie in [0, B): the kernels never read
+    out of bounds, and the forward writes NaN losses for the others (on GPUs the op does
+    not read index values on the host, which would cost a sync per call; the public API
+    raises IndexError for them unless told the indices are valid).
+    """
+    in_range = pairs < P
+    idx_a = tl.load(index_a_ptr + pairs, mask=in_range, other=0)
+    idx_b = tl.load(index_b_ptr + pairs, mask=in_range, other=0)
+    valid = in_range & (idx_a >= 0) & (idx_a < B) & (idx_b >= 0) & (idx_b < B)
+    return valid, tl.where(valid, idx_a, 0), tl.where(valid, idx_b, 0)
 
 
 @triton.jit
@@ -98,7 +105,7 @@ def _bce_sum(z, y, mask):
 @triton.jit
 def _six_head_forward_kernel(
     f_ptr, w_ptr, bias_ptr, t_ptr, index_a_ptr, index_b_ptr, logits_ptr, ident_ptr, loss_ptr,
-    P, n, c, eps: tl.float64,
+    P, B, n, c, eps: tl.float64,
     stride_fr, stride_fc, stride_wr, stride_wc, stride_tr, stride_tc,
     L2: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_STATS: tl.constexpr,
@@ -106,7 +113,7 @@ def _six_head_forward_kernel(
 ):
     """loss partial sums (class blocks, P, 6) and ident_logits (P, 2, c) of a block of pairs and classes."""
     pairs = (tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
-    pair_mask, idx_a, idx_b = _pair_indices(index_a_ptr, index_b_ptr, pairs, P)
+    pair_mask, idx_a, idx_b = _pair_indices(index_a_ptr, index_b_ptr, pairs, P, B)
     a_rows, b_rows = idx_a * stride_fr, idx_b * stride_fr
     lo, hi, den, unclamped, k_lo, k_hi = row_stats(
         f_ptr, f_ptr, a_rows, b_rows, pair_mask, n, stride_fc, stride_fc, eps, L2, False, BLOCK_P, BLOCK_STATS, ACC
@@ -140,12 +147,14 @@ def _six_head_forward_kernel(
     y_b = load_tile(t_ptr, idx_b * stride_tr, classes, stride_tc, mask, ACC)
     both = y_a * y_b
     out = loss_ptr + (tl.program_id(1) * P + pairs) * 6
-    tl.store(out + 0, _bce_sum(z_oa, y_a, mask), mask=pair_mask)
-    tl.store(out + 1, _bce_sum(z_ob, y_b, mask), mask=pair_mask)
-    tl.store(out + 2, _bce_sum(z_ia, both, mask), mask=pair_mask)
-    tl.store(out + 3, _bce_sum(z_ib, both, mask), mask=pair_mask)
-    tl.store(out + 4, _bce_sum(z_oa - z_ia + beta, y_a - both, mask), mask=pair_mask)
-    tl.store(out + 5, _bce_sum(z_ob - z_ib + beta, y_b - both, mask), mask=pair_mask)
+    in_range = pairs < P
+    bad = tl.where(pair_mask, 0.0, float("nan"))  # NaN losses for indices outside [0, B) (_pair_indices)
+    tl.store(out + 0, _bce_sum(z_oa, y_a, mask) + bad, mask=in_range)
+    tl.store(out + 1, _bce_sum(z_ob, y_b, mask) + bad, mask=in_range)
+    tl.store(out + 2, _bce_sum(z_ia, both, mask) + bad, mask=in_range)
+    tl.store(out + 3, _bce_sum(z_ib, both, mask) + bad, mask=in_range)
+    tl.store(out + 4, _bce_sum(z_oa - z_ia + beta, y_a - both, mask) + bad, mask=in_range)
+    tl.store(out + 5, _bce_sum(z_ob - z_ib + beta, y_b - both, mask) + bad, mask=in_range)
 
 
 @triton.jit
@@ -159,7 +168,7 @@ def _head_error(g_ptr, pairs, pair_mask, mask, z, y, HEAD: tl.constexpr, ACC: tl
 def _grad_logits_kernel(
     g_ptr, f_ptr, bias_ptr, t_ptr, index_a_ptr, index_b_ptr, logits_ptr, ident_ptr,
     ga_ptr, gb_ptr, gia_ptr, gib_ptr, stats_ptr, dbias_ptr,
-    P, n, c, eps: tl.float64,
+    P, B, n, c, eps: tl.float64,
     stride_fr, stride_fc, stride_tr, stride_tc,
     L2: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
@@ -167,7 +176,7 @@ def _grad_logits_kernel(
     """Ga, Gb, Gia, Gib (P, c), the row statistics of p (P, 6) and partial dbias sums (pair blocks, c)."""
     pid = tl.program_id(0)
     pairs = (pid * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
-    pair_mask, idx_a, idx_b = _pair_indices(index_a_ptr, index_b_ptr, pairs, P)
+    pair_mask, idx_a, idx_b = _pair_indices(index_a_ptr, index_b_ptr, pairs, P, B)
     lo, hi, den, unclamped, k_lo, k_hi = row_stats(
         f_ptr, f_ptr, idx_a * stride_fr, idx_b * stride_fr, pair_mask, n, stride_fc, stride_fc, eps,
         L2, True, BLOCK_P, BLOCK_K, ACC,
@@ -219,7 +228,7 @@ def _g_times_w(acc, g_ptr, pairs, pair_mask, classes, class_mask, c, w, DOT: tl.
 @triton.jit
 def _grad_m_kernel(
     f_ptr, w_ptr, index_a_ptr, index_b_ptr, gia_ptr, gib_ptr, stats_ptr, dm_ptr, sums_ptr,
-    P, n, c,
+    P, B, n, c,
     stride_fr, stride_fc, stride_wr, stride_wc,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
     ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
@@ -227,7 +236,7 @@ def _grad_m_kernel(
     """dm = (Gia W) fa + (Gib W) fb of a tile (written, (P, n)) and its partial row sums of dm, dm m."""
     pairs = (tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    pair_mask, idx_a, idx_b = _pair_indices(index_a_ptr, index_b_ptr, pairs, P)
+    pair_mask, idx_a, idx_b = _pair_indices(index_a_ptr, index_b_ptr, pairs, P, B)
     col_mask = cols < n
     d_ia = tl.zeros([BLOCK_P, BLOCK_N], ACC)
     d_ib = tl.zeros([BLOCK_P, BLOCK_N], ACC)
@@ -254,7 +263,7 @@ def _grad_m_kernel(
 def _grad_features_kernel(
     f_ptr, w_ptr, index_a_ptr, index_b_ptr, ga_ptr, gb_ptr, gia_ptr, gib_ptr, stats_ptr, dm_ptr, sums_ptr,
     df_ptr, dfa_ptr, dfb_ptr,
-    P, n, c,
+    P, B, n, c,
     stride_fr, stride_fc, stride_wr, stride_wc, stride_dr, stride_dc,
     L2: tl.constexpr, ATOMIC: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -263,7 +272,7 @@ def _grad_features_kernel(
     """dfa, dfb of a tile of pairs x features: atomically added to df (ATOMIC) or written to dfa, dfb (P, n)."""
     pairs = (tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    pair_mask, idx_a, idx_b = _pair_indices(index_a_ptr, index_b_ptr, pairs, P)
+    pair_mask, idx_a, idx_b = _pair_indices(index_a_ptr, index_b_ptr, pairs, P, B)
     col_mask = cols < n
     d_fa = tl.zeros([BLOCK_P, BLOCK_N], ACC)
     d_fb = tl.zeros([BLOCK_P, BLOCK_N], ACC)
@@ -286,7 +295,7 @@ def _grad_features_kernel(
     k_hi = tl.load(stats + 5, mask=pair_mask, other=1.0)
     dm_sum = tl.load(sums_ptr + pairs * 2, mask=pair_mask, other=0.0)
     dm_dot_m = tl.load(sums_ptr + pairs * 2 + 1, mask=pair_mask, other=0.0)
-    coef_m, t_lo, t_hi = grad_p_coefficients(dm_sum, dm_dot_m, den, unclamped, k_lo, k_hi, L2)
+    coef_m, u_lo, u_hi = grad_p_coefficients(dm_sum, dm_dot_m, unclamped, k_lo, k_hi, L2)
     mask = pair_mask[:, None] & col_mask[None, :]
     a = load_tile(f_ptr, idx_a * stride_fr, cols, stride_fc, mask, ACC)
     b = load_tile(f_ptr, idx_b * stride_fr, cols, stride_fc, mask, ACC)
@@ -295,7 +304,7 @@ def _grad_features_kernel(
     # dm as written by _grad_m_kernel, so that dp's row sums are those of exactly these values
     # (for a clamped row dp = (dm - mean dm) / eps cancels, exactly for n = 1)
     dm = tl.load(dm_ptr + pairs[:, None] * n + cols[None, :], mask=mask, other=0.0)
-    dp = grad_p(dm, p, m, lo, hi, den, coef_m, t_lo, t_hi, L2)
+    dp = grad_p(dm, p, m, lo, hi, den, coef_m, u_lo, u_hi, L2)
     d_fa += d_ia * m + dp * b
     d_fb += d_ib * m + dp * a
     if ATOMIC:
@@ -311,7 +320,7 @@ def _grad_features_kernel(
 @triton.jit
 def _grad_weight_kernel(
     f_ptr, index_a_ptr, index_b_ptr, ga_ptr, gb_ptr, gia_ptr, gib_ptr, stats_ptr, dw_ptr,
-    P, n, c, stride_fr, stride_fc,
+    P, B, n, c, stride_fr, stride_fc,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
     ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -323,7 +332,7 @@ def _grad_weight_kernel(
     acc = tl.zeros([BLOCK_C, BLOCK_N], ACC)
     for start in range(split * BLOCK_P, P, splits * BLOCK_P):
         pairs = (start + tl.arange(0, BLOCK_P)).to(tl.int64)
-        pair_mask, idx_a, idx_b = _pair_indices(index_a_ptr, index_b_ptr, pairs, P)
+        pair_mask, idx_a, idx_b = _pair_indices(index_a_ptr, index_b_ptr, pairs, P, B)
         lo = tl.load(stats_ptr + pairs * 6 + 0, mask=pair_mask, other=0.0)
         den = tl.load(stats_ptr + pairs * 6 + 2, mask=pair_mask, other=1.0)
         mask = pair_mask[:, None] & col_mask[None, :]
@@ -344,17 +353,19 @@ def _grad_weight_kernel(
     tl.store(dw_ptr + out, acc, mask=class_mask[:, None] & col_mask[None, :])
 
 
-# Tiles and warps per kernel on GPUs, sized so that ptxas (sm_90) reports no register
-# spills for float32 (IEEE and TF32 tl.dot) and the half dtypes; float64, a correctness
-# path, halves BLOCK_C. BLOCK_C shrinks to the number of classes (at least 16, tl.dot's
-# minimum). The interpreter pays per block, not per element: it uses 16 everywhere, so
+# Tiles and warps per kernel on GPUs, sized so that ptxas reports no register spills on
+# sm_90 and sm_80 in any dtype, tl.dot precision or norm (tools/triton_compile_check.py
+# compiles every launch without a GPU and CI fails on a spill; the forward kernel spilled
+# 264-552 bytes per thread at c = 80 with BLOCK_P = 32). float64, a correctness path,
+# halves BLOCK_C and BLOCK_P. BLOCK_C shrinks to the number of classes; 16 is tl.dot's
+# minimum. The interpreter pays per block, not per element: it uses 16 everywhere, so
 # that small test shapes still cover several blocks of each dimension.
 _GPU_CONFIGS = {
-    "linear": dict(BLOCK_M=32, BLOCK_C=128, BLOCK_K=64, num_warps=4),
-    "forward": dict(BLOCK_P=32, BLOCK_C=128, BLOCK_K=16, BLOCK_STATS=128, num_warps=8),
-    "grad_logits": dict(BLOCK_P=32, BLOCK_C=32, BLOCK_K=128, num_warps=8),
+    "linear": dict(BLOCK_M=32, BLOCK_C=64, BLOCK_K=32, num_warps=8),
+    "forward": dict(BLOCK_P=16, BLOCK_C=128, BLOCK_K=16, BLOCK_STATS=128, num_warps=8),
+    "grad_logits": dict(BLOCK_P=16, BLOCK_C=32, BLOCK_K=64, num_warps=8),
     "grad_features": dict(BLOCK_P=32, BLOCK_C=32, BLOCK_N=64, num_warps=8),  # also _grad_m_kernel
-    "grad_weight": dict(BLOCK_P=16, BLOCK_C=64, BLOCK_N=64, num_warps=8),
+    "grad_weight": dict(BLOCK_P=16, BLOCK_C=64, BLOCK_N=32, num_warps=8),
 }
 
 
@@ -371,6 +382,8 @@ def _config(kernel: str, features: torch.Tensor, c: int, dot: bool = True, accur
     else:
         fp64 = features.dtype == torch.float64
         config["BLOCK_C"] = min(config["BLOCK_C"] // (2 if fp64 else 1), max(16, triton.next_power_of_2(c)))
+        if fp64 and "BLOCK_P" in config:
+            config["BLOCK_P"] = max(16, config["BLOCK_P"] // 2)
         config["num_stages"] = 1 if fp64 else 2
     config["ACC"] = acc_dtype(features.dtype)
     if dot:
@@ -400,7 +413,7 @@ def six_head_forward(features, weight, bias, targets, index_a, index_b, norm: st
     loss = torch.empty((P, 6) if class_blocks == 1 else (class_blocks, P, 6), dtype=cd, device=dev)
     _six_head_forward_kernel[(triton.cdiv(P, cfg["BLOCK_P"]), class_blocks)](
         features, weight, bias, targets, index_a.contiguous(), index_b.contiguous(), logits, ident_logits, loss,
-        P, n, c, eps, *features.stride(), *weight.stride(), *targets.stride(),
+        P, B, n, c, eps, *features.stride(), *weight.stride(), *targets.stride(),
         L2=norm == "l2", HAS_BIAS=bias is not None, **cfg,
     )
     return (loss if class_blocks == 1 else loss.sum(0)), logits, ident_logits
@@ -441,7 +454,7 @@ def six_head_backward(grad, features, weight, bias, targets, index_a, index_b, l
     dbias = torch.empty((pair_blocks, c), dtype=cd, device=dev)
     _grad_logits_kernel[(pair_blocks,)](
         grad, features, bias, targets, index_a, index_b, logits, ident_logits, ga, gb, gia, gib, stats, dbias,
-        P, n, c, eps, *features.stride(), *targets.stride(), L2=l2, HAS_BIAS=bias is not None, enable_fp_fusion=False, **cfg,
+        P, B, n, c, eps, *features.stride(), *targets.stride(), L2=l2, HAS_BIAS=bias is not None, enable_fp_fusion=False, **cfg,
     )
 
     cfg = _config("grad_features", features, c)
@@ -449,7 +462,7 @@ def six_head_backward(grad, features, weight, bias, targets, index_a, index_b, l
     dm = torch.empty((P, n), dtype=cd, device=dev)
     sums = torch.empty((P, grid[1], 2), dtype=cd, device=dev)
     _grad_m_kernel[grid](
-        features, weight, index_a, index_b, gia, gib, stats, dm, sums, P, n, c,
+        features, weight, index_a, index_b, gia, gib, stats, dm, sums, P, B, n, c,
         *features.stride(), *weight.stride(), enable_fp_fusion=False,
         **_config("grad_features", features, c, accurate=True),
     )
@@ -458,7 +471,7 @@ def six_head_backward(grad, features, weight, bias, targets, index_a, index_b, l
     dfa, dfb = (grad_features, grad_features) if atomic else torch.empty((2, P, n), dtype=cd, device=dev)
     _grad_features_kernel[grid](
         features, weight, index_a, index_b, ga, gb, gia, gib, stats, dm, sums, grad_features, dfa, dfb,
-        P, n, c, *features.stride(), *weight.stride(), *grad_features.stride(), L2=l2, ATOMIC=atomic, enable_fp_fusion=False, **cfg,
+        P, B, n, c, *features.stride(), *weight.stride(), *grad_features.stride(), L2=l2, ATOMIC=atomic, enable_fp_fusion=False, **cfg,
     )
     if not atomic:
         grad_features.index_add_(0, index_a, dfa).index_add_(0, index_b, dfb)
@@ -468,7 +481,7 @@ def six_head_backward(grad, features, weight, bias, targets, index_a, index_b, l
     splits = _weight_splits(dev, tiles[0] * tiles[1], triton.cdiv(P, cfg["BLOCK_P"]))
     grad_weight = torch.empty((splits, c, n), dtype=cd, device=dev)
     _grad_weight_kernel[(*tiles, splits)](
-        features, index_a, index_b, ga, gb, gia, gib, stats, grad_weight, P, n, c, *features.stride(), **cfg,
+        features, index_a, index_b, ga, gb, gia, gib, stats, grad_weight, P, B, n, c, *features.stride(), **cfg,
     )
     return (
         grad_features.to(features.dtype),
