@@ -17,6 +17,7 @@ import importlib.util
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -352,8 +353,13 @@ def test_a_run_stopped_at_its_limit_still_writes_its_xml(tmp_path):
         def test_slow(): time.sleep(60)
         def test_never(): pass
         """))
-    summary = gpu_check.run_pytest("probe", "test_probe.py", tmp_path, 6.0, {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
-                                   cwd=tmp_path)
+    # As gpu_check's main() does: a SIGINT ignored here (a background job) would be ignored by the child
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        summary = gpu_check.run_pytest("probe", "test_probe.py", tmp_path, 6.0,
+                                       {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}, cwd=tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert (tmp_path / "probe.xml").exists() and summary["seconds"] < 6.0
     assert summary["status"] == "timeout"
     assert summary["counts"] == {"passed": 1, "failed": 1}
