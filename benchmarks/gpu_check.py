@@ -5,7 +5,12 @@
 
 Steps, each in a subprocess with a time limit; a failing step does not stop the others:
   build     python setup.py build_ext --inplace with INDEED_CUDA=1 and TORCH_CUDA_ARCH_LIST of the GPU
-  tests     pytest tests/test_cuda_ops.py tests/test_triton_ops.py (those present), INDEED_EXPECT_CUDA=1
+  tests     pytest tests/test_cuda_ops.py and pytest tests/test_triton_ops.py, two processes at the same
+            time, each with its own limit (INDEED_EXPECT_CUDA=1, -v -rfE --tb=short): tests_cuda.log and
+            tests_cuda.xml (JUnit), tests_triton.log and .xml. Near its limit a run gets SIGINT, so pytest
+            still writes its summary and XML, then SIGKILL. The report gives each run's counts, its failed
+            and errored test ids with their messages and its slowest tests; for a run stopped at its limit,
+            how many tests had finished and which one was running (from the XML, else from the -v log)
   memcheck  compute-sanitizer --tool memcheck on forward + backward of every op at small sizes, with
             PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that out-of-bounds accesses reach allocation ends
   bench     benchmarks/bench_ops.py on forward + backward of six_head_bce and decompose: the eager
@@ -14,14 +19,17 @@ Steps, each in a subprocess with a time limit; a failing step does not stop the 
             bfloat16; the copy bandwidth and GEMM rate measured in the same run, each case's roofline
             and peak memory, and the issues' goals.
 Writes OUT_DIR/results.json, OUT_DIR/results.md and one log per step. Uses only the standard library,
-torch and (optionally) triton. Sized to finish in under 8 minutes on one H100: the timings without
-torch.compile come first, then torch.compile per shape in order of interest (B = 4096, 256, 16384)
-while the time budget lasts; the tables mark what was skipped.
+torch and (optionally) triton; tests/test_cuda_build.py tests the parsing of the test results on CPU.
+Sized to finish in under 8 minutes (--budget, 470 s) on one H100: the tests get at most 210 s while
+30 s stay for memcheck and 60 s for the timings; the timings without torch.compile come first, then
+torch.compile per shape in order of interest (B = 4096, 256, 16384) while the budget lasts; the
+tables mark what was skipped.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import json
 import os
 import re
@@ -31,12 +39,21 @@ import subprocess
 import sys
 import threading
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_S = 470.0  # all steps together, under 8 minutes
-STEP_LIMITS_S = {"build": 240.0, "tests": 150.0, "memcheck": 120.0}
+STEP_LIMITS_S = {"build": 240.0, "tests": 210.0, "memcheck": 120.0}
+MEMCHECK_MIN_S = 30.0  # kept for memcheck whatever the tests took
 BENCH_MIN_S = 60.0  # kept for the timings whatever the earlier steps took
+# One pytest process per file, run at the same time; -v puts each test's id and outcome in the log
+# as it finishes, so a killed run still shows how far it got and what failed.
+TEST_RUNS = {"tests_cuda": "tests/test_cuda_ops.py", "tests_triton": "tests/test_triton_ops.py"}
+PYTEST_ARGS = ("-v", "-p", "no:cacheprovider", "-rfE", "--tb=short")
+INTERRUPT_BEFORE_S = 15.0  # SIGINT this long before the kill: pytest still writes its summary and JUnit XML
+LISTED_FAILURES = 20  # per run on stdout and in results.md; results.json has them all
+SLOWEST_LISTED, SLOW_TEST_S = 5, 1.0  # the slowest tests of a run that took at least a second
 SIZES = (256, 4096, 16384)
 N_FEATURES, N_CLASSES = 2048, 80
 DTYPES = ("float32", "bfloat16")
@@ -54,8 +71,12 @@ def remaining() -> float:
 
 
 # ----------------------------------------------------------------------------- steps
-def run_step(name: str, cmd: list[str], out_dir: Path, limit: float, env: dict | None = None) -> dict:
-    """Runs cmd from the repository root, echoing and logging its output; kills it after `limit` s."""
+def run_step(name: str, cmd: list[str], out_dir: Path, limit: float, env: dict | None = None, *,
+             echo: bool = True, interrupt_before_s: float = 0.0, cwd: Path = ROOT) -> dict:
+    """Runs cmd in cwd, logging its output to out_dir/<name>.log (and echoing it); kills it after `limit` s.
+
+    With interrupt_before_s > 0 the command first gets SIGINT that many seconds before the limit:
+    pytest then stops, prints its summary and writes its JUnit XML."""
     limit = max(1.0, limit)
     log(f"{name}: {' '.join(cmd)}  (limit {limit:.0f}s)")
     start = time.monotonic()
@@ -64,33 +85,38 @@ def run_step(name: str, cmd: list[str], out_dir: Path, limit: float, env: dict |
     killed = threading.Event()
     with open(out_dir / f"{name}.log", "w") as log_file:
         try:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(cmd, cwd=cwd, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True, errors="replace", start_new_session=True)
         except OSError as e:
             return {"name": name, "status": "failed", "seconds": 0.0, "detail": f"could not start: {e}", "tail": ""}
 
-        def kill() -> None:
+        def stop(sig: int) -> None:
             killed.set()
             try:
-                os.killpg(proc.pid, signal.SIGKILL)  # the step's own process group
+                os.killpg(proc.pid, sig)  # the step's own process group
             except ProcessLookupError:
                 pass
 
-        timer = threading.Timer(limit, kill)
-        timer.start()
+        timers = [threading.Timer(limit, stop, (signal.SIGKILL,))]
+        if interrupt_before_s > 0:
+            timers.append(threading.Timer(max(0.5, limit - interrupt_before_s), stop, (signal.SIGINT,)))
+        for timer in timers:
+            timer.start()
         for line in proc.stdout:
-            sys.stdout.write(line)
+            if echo:
+                sys.stdout.write(line)
             log_file.write(line)
             tail.append(line)
         rc = proc.wait()
-        timer.cancel()
+        for timer in timers:
+            timer.cancel()
     seconds = time.monotonic() - start
     status = "timeout" if killed.is_set() else ("passed" if rc == 0 else "failed")
     log(f"{name}: {status} (rc {rc}, {seconds:.0f}s)")
     last_line = next((line.strip() for line in reversed(tail) if line.strip()), "")
     detail = "" if status == "passed" else last_line[:200]
-    return {"name": name, "status": status, "rc": rc, "seconds": round(seconds, 1), "detail": detail, "tail": "".join(tail),
-            "log": str(out_dir / f"{name}.log")}
+    return {"name": name, "status": status, "rc": rc, "seconds": round(seconds, 1), "limit": round(limit),
+            "detail": detail, "tail": "".join(tail), "log": str(out_dir / f"{name}.log")}
 
 
 def step_output(result: dict) -> str:
@@ -114,22 +140,36 @@ def step_build(out_dir: Path) -> dict:
     return result
 
 
-def step_tests(out_dir: Path) -> dict:
-    files = [f for f in ("tests/test_cuda_ops.py", "tests/test_triton_ops.py") if (ROOT / f).exists()]
-    missing = sorted({"tests/test_cuda_ops.py", "tests/test_triton_ops.py"} - set(files))
-    if not files:
-        return {"name": "tests", "status": "failed", "seconds": 0.0, "detail": "no test files found", "tail": ""}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files]
+def run_pytest(name: str, test_file: str, out_dir: Path, limit: float, env: dict | None = None,
+               cwd: Path = ROOT) -> dict:
+    """One pytest process on test_file: out_dir/<name>.log and <name>.xml, summarized by summarize_tests."""
+    junit = out_dir / f"{name}.xml"
+    junit.unlink(missing_ok=True)  # a stale XML from an earlier run must not stand in for this one
+    cmd = [sys.executable, "-m", "pytest", *PYTEST_ARGS, f"--junitxml={junit}", test_file]
+    result = run_step(name, cmd, out_dir, limit, env, echo=False, cwd=cwd,
+                      interrupt_before_s=min(INTERRUPT_BEFORE_S, limit / 4))
+    summary = summarize_tests(result, junit.read_text(errors="replace") if junit.exists() else None,
+                              step_output(result))
+    log(f"{name}: {summary['status']}: {summary['detail']}")
+    for failure in summary["failures"][:LISTED_FAILURES]:
+        log(f"  {failure['outcome'].upper()} {failure['id']} - {failure['message']}")
+    return summary
+
+
+def step_tests(out_dir: Path) -> list[dict]:
+    """The CUDA and the Triton tests as two pytest processes at once, each with its own limit."""
     try:
         import pytest  # noqa: F401
     except ImportError:
-        return {"name": "tests", "status": "failed", "seconds": 0.0, "detail": "pytest is not installed", "tail": ""}
-    result = run_step("tests", cmd, out_dir, min(STEP_LIMITS_S["tests"], remaining() - BENCH_MIN_S),
-                      {"INDEED_EXPECT_CUDA": "1"})
-    counts = re.findall(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)", result["tail"])
-    result["detail"] = ", ".join(f"{k} {v}" for k, v in counts[-6:]) or result["detail"]
-    result["detail"] += f"; missing {', '.join(missing)}" if missing else ""
-    return result
+        return [{"name": "tests", "status": "failed", "seconds": 0.0, "detail": "pytest is not installed", "tail": ""}]
+    limit = min(STEP_LIMITS_S["tests"], remaining() - MEMCHECK_MIN_S - BENCH_MIN_S)
+    present = {name: f for name, f in TEST_RUNS.items() if (ROOT / f).exists()}
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(present))) as pool:
+        futures = {name: pool.submit(run_pytest, name, f, out_dir, limit, {"INDEED_EXPECT_CUDA": "1"})
+                   for name, f in present.items()}
+    return [futures[name].result() if name in futures else
+            {"name": name, "status": "failed", "seconds": 0.0, "detail": f"{f} not found", "tail": ""}
+            for name, f in TEST_RUNS.items()]
 
 
 def find_sanitizer() -> str | None:
@@ -170,6 +210,123 @@ def step_bench(out_dir: Path) -> dict:
     if result["bench"] is None and result["status"] == "passed":
         result["status"] = "failed"
     return result
+
+
+# ----------------------------------------------------------------------------- test results
+PROGRESS_LINE = re.compile(r"^(?P<id>\S+::.+?) (?P<outcome>PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
+SUMMARY_LINE = re.compile(r"^(?P<outcome>FAILED|ERROR) (?P<id>.+?)(?: - (?P<message>.*))?$")
+COLLECTED_LINE = re.compile(r"collected (\d+) items?")
+LOG_OUTCOMES = {"PASSED": "passed", "FAILED": "failed", "ERROR": "error", "SKIPPED": "skipped", "XFAIL": "xfailed",
+                "XPASS": "xpassed"}
+COUNT_ORDER = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+
+
+def first_line(text: str | None, width: int = 160) -> str:
+    line = next((line.strip() for line in (text or "").splitlines() if line.strip()), "")
+    return line if len(line) <= width else line[:width - 3] + "..."
+
+
+def junit_test_id(classname: str, name: str) -> str:
+    """pytest's node id of a JUnit testcase: ('tests.test_x.TestY', 'test_z[a]') -> 'tests/test_x.py::TestY::test_z[a]'.
+    Classes are the trailing dotted parts that start with a capital; an empty classname is a collection error."""
+    if not classname:
+        return name.replace(".", "/") + ".py"
+    parts = classname.split(".")
+    n_module = len(parts)
+    while n_module > 1 and parts[n_module - 1][:1].isupper():
+        n_module -= 1
+    return "::".join(["/".join(parts[:n_module]) + ".py", *parts[n_module:], name])
+
+
+def parse_junit(xml_text: str) -> dict:
+    """Counts (as pytest counts them), the failed and errored tests with their messages and the slowest tests."""
+    counts: collections.Counter = collections.Counter()
+    failures, durations = [], []
+    # An interrupted session leaves a nameless <testcase/> behind: not a test
+    cases = [case for case in ET.fromstring(xml_text).iter("testcase") if case.get("name")]
+    for case in cases:
+        test_id = junit_test_id(case.get("classname", ""), case.get("name", ""))
+        durations.append((float(case.get("time") or 0.0), test_id))
+        outcomes = []
+        for tag, outcome in (("failure", "failed"), ("error", "error")):
+            for element in case.findall(tag):
+                outcomes.append(outcome)
+                failures.append({"id": test_id, "outcome": outcome,
+                                 "message": first_line(element.get("message") or element.text)})
+        skipped = case.find("skipped")
+        if skipped is not None:
+            outcomes.append("xfailed" if skipped.get("type") == "pytest.xfail" else "skipped")
+        counts.update(outcomes or ["passed"])
+    slowest = [{"id": test_id, "seconds": round(seconds, 1)}
+               for seconds, test_id in sorted(durations, reverse=True)[:SLOWEST_LISTED] if seconds >= SLOW_TEST_S]
+    return {"counts": dict(counts), "finished": len(cases), "collected": None, "failures": failures,
+            "slowest": slowest, "running": None}
+
+
+def parse_pytest_log(text: str) -> dict:
+    """What the log of `pytest -v -rfE` shows, also when the process was killed mid-run: the per-test
+    outcome lines, the short summary (messages), 'collected N items' and the test that was running."""
+    counts: collections.Counter = collections.Counter()
+    finished: dict[str, None] = {}
+    messages: dict[tuple[str, str], str] = {}
+    running = None
+    in_sections = False  # past the per-test lines: failures, warnings (which name tests too), summary
+    for line in text.splitlines():
+        if line.startswith("=") and "test session starts" not in line:
+            in_sections = True
+        progress = None if in_sections else PROGRESS_LINE.match(line)
+        summary = None if progress else SUMMARY_LINE.match(line)
+        if progress:
+            outcome = LOG_OUTCOMES[progress["outcome"]]
+            counts[outcome] += 1
+            finished[progress["id"]] = None
+            if outcome in ("failed", "error"):
+                messages.setdefault((progress["id"], outcome), "")
+            running = None
+        elif summary:
+            messages[(summary["id"], LOG_OUTCOMES[summary["outcome"]])] = first_line(summary["message"])
+        elif not in_sections and "::" in line.split(" ", 1)[0]:  # a node id with no outcome: stopped mid-run
+            running = line.split(" ", 1)[0]
+    collected = COLLECTED_LINE.search(text)
+    return {"counts": dict(counts), "finished": len(finished), "collected": int(collected[1]) if collected else None,
+            "failures": [{"id": i, "outcome": o, "message": m} for (i, o), m in messages.items()],
+            "slowest": [], "running": running}
+
+
+def format_counts(counts: dict) -> str:
+    return ", ".join(f"{counts[k]} {k}" for k in COUNT_ORDER if counts.get(k)) or "no tests"
+
+
+def summarize_tests(result: dict, junit_text: str | None, log_text: str) -> dict:
+    """The run_step result of one pytest process plus what its JUnit XML (None: not written) and log say:
+    status (passed only if some test passed and none failed), counts, failures, a one-line detail."""
+    from_log = parse_pytest_log(log_text)
+    parsed, source = from_log, "the log (no JUnit XML)"
+    if junit_text:
+        try:
+            parsed, source = parse_junit(junit_text), "JUnit XML"
+        except ET.ParseError as e:
+            source = f"the log (JUnit XML unreadable: {e})"
+    parsed["collected"] = from_log["collected"]
+    parsed["running"] = from_log["running"]
+    counts = parsed["counts"]
+    of = f" of {parsed['collected']}" if parsed["collected"] is not None else ""
+    notes = [f"{format_counts(counts)}{of} (from {source})"]
+    if result["status"] == "timeout":
+        status = "timeout"
+        notes.append(f"stopped at its {result.get('limit', '?')} s limit after {parsed['finished']}{of} tests")
+        if parsed["running"]:
+            notes.append(f"running: {parsed['running']}")
+    elif result["status"] == "passed" and not counts.get("passed"):
+        status = "failed"
+        notes.append("no test passed")
+    else:
+        status = result["status"]
+        if status != "passed" and not parsed["failures"]:
+            notes.append(f"rc {result.get('rc')}: {result['detail']}")
+    return {**{k: v for k, v in result.items() if k != "detail"}, "status": status, "detail": "; ".join(notes),
+            "counts": counts, "finished": parsed["finished"], "collected": parsed["collected"],
+            "failures": parsed["failures"], "slowest": parsed["slowest"], "running": parsed["running"]}
 
 
 # ----------------------------------------------------------------------------- child: memcheck case
@@ -222,6 +379,21 @@ def bench_main(json_path: Path, seconds: float) -> None:
 
 
 # ----------------------------------------------------------------------------- report
+def test_report_lines(steps: list[dict]) -> list[str]:
+    """Markdown: per pytest run its slowest tests and its failed/errored tests (LISTED_FAILURES at most)."""
+    lines = []
+    for step in steps:
+        if "failures" not in step:
+            continue
+        lines += ["", f"## {step['name']}: {step['detail']}", ""]
+        if step["slowest"]:
+            lines.append("Slowest: " + ", ".join(f"`{t['id']}` {t['seconds']:.1f} s" for t in step["slowest"]))
+        lines += [f"- {f['outcome'].upper()} `{f['id']}`: {f['message']}" for f in step["failures"][:LISTED_FAILURES]]
+        if len(step["failures"]) > LISTED_FAILURES:
+            lines.append(f"- ... {len(step['failures']) - LISTED_FAILURES} more in results.json and {step['name']}.xml")
+    return lines
+
+
 def write_report(out_dir: Path, steps: list[dict]) -> None:
     bench = next((s.get("bench") for s in steps if s["name"] == "bench"), None)
     (out_dir / "results.json").write_text(json.dumps(
@@ -234,6 +406,7 @@ def write_report(out_dir: Path, steps: list[dict]) -> None:
                   f"CUDA {m['cuda']}, triton {m['triton']}, {m['date']}", ""]
     lines += ["| step | status | seconds | detail |", "|---|---|---|---|"]
     lines += [f"| {s['name']} | {s['status']} | {s['seconds']} | {s['detail']} |" for s in steps]
+    lines += test_report_lines(steps)
     if bench:
         lines += ["", f"## Forward + backward (n = {N_FEATURES}, c = {N_CLASSES}, B = P; benchmarks/bench_ops.py)",
                   "", bench["markdown"]]
@@ -250,6 +423,9 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for all steps together")
     args = parser.parse_args()
     BUDGET_S = args.budget
+    # Children inherit an ignored SIGINT (a shell's background job): with a handler here, exec resets
+    # it to the default, so the pytest runs can be stopped with SIGINT and still write their XML.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.memcheck_case:
         memcheck_case()
         return 0
@@ -263,7 +439,8 @@ def main() -> int:
     steps = []
     for step in (step_build, step_tests, step_memcheck, step_bench):
         try:
-            steps.append(step(out_dir))
+            result = step(out_dir)
+            steps.extend(result if isinstance(result, list) else [result])
         except Exception as e:  # noqa: BLE001 (a broken step is reported, the next one still runs)
             steps.append({"name": step.__name__.removeprefix("step_"), "status": "failed", "seconds": 0.0,
                           "detail": f"{type(e).__name__}: {e}", "tail": ""})
