@@ -177,7 +177,9 @@ def six_head_bce(
     """Per-pair BCE (P, 6) of the heads orig_a, orig_b, ident_a, ident_b, disp_a, disp_b.
 
     check_indices reads the pair indices to raise IndexError for values outside
-    [0, B) (one host sync on GPU); pass False for indices known to be valid.
+    [0, B) (one host sync on GPU); pass False for indices known to be valid. Unchecked
+    invalid indices never read out of bounds: the CUDA kernels stop with a device-side
+    assertion, the Triton kernels give those pairs NaN losses.
     """
     checking = check_indices and not torch.compiler.is_compiling()
     _checks.check_six_head(features, weight, bias, targets, index_a, index_b, check_index_values=checking)
