@@ -419,12 +419,15 @@ def six_head_forward(features, weight, bias, targets, index_a, index_b, norm: st
     return (loss if class_blocks == 1 else loss.sum(0)), logits, ident_logits
 
 
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def _weight_splits(device: torch.device, tiles: int, pair_blocks: int) -> int:
     """How many programs share the pairs of one dW tile: about two waves of the GPU, at most one per pair block."""
     if INTERPRETING:
         return min(2, pair_blocks)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(pair_blocks, triton.cdiv(2 * sms, tiles)))
+    return max(1, min(pair_blocks, triton.cdiv(2 * _multiprocessors(device), tiles)))
 
 
 def _in_layout_of(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
