@@ -5,9 +5,10 @@
 
 Steps, each in a subprocess with a time limit; a failing step does not stop the others:
   build     python setup.py build_ext --inplace with INDEED_CUDA=1 and TORCH_CUDA_ARCH_LIST of the GPU
-  tests     pytest tests/test_cuda_ops.py and pytest tests/test_triton_ops.py, two processes at the same
-            time, each with its own limit (INDEED_EXPECT_CUDA=1, -v -rfE --tb=short): tests_cuda.log and
-            tests_cuda.xml (JUnit), tests_triton.log and .xml. Near its limit a run gets SIGINT, so pytest
+  tests     pytest tests/test_cuda_ops.py (2 processes) and tests/test_triton_ops.py (6 processes, most
+            of their time is compiling kernels), each process on a contiguous slice of the file's collected
+            tests, all at the same time with one limit (INDEED_EXPECT_CUDA=1, -v -rfE --tb=short): a log and
+            a JUnit XML each (tests_cuda_1of2.log, .xml, ...). Near its limit a run gets SIGINT, so pytest
             still writes its summary and XML, then SIGKILL. The report gives each run's counts, its failed
             and errored test ids with their messages and its slowest tests; for a run stopped at its limit,
             how many tests had finished and which one was running (from the XML, else from the -v log)
@@ -47,9 +48,11 @@ BUDGET_S = 470.0  # all steps together, under 8 minutes
 STEP_LIMITS_S = {"build": 240.0, "tests": 210.0, "memcheck": 120.0}
 MEMCHECK_MIN_S = 30.0  # kept for memcheck whatever the tests took
 BENCH_MIN_S = 60.0  # kept for the timings whatever the earlier steps took
-# One pytest process per file, run at the same time; -v puts each test's id and outcome in the log
-# as it finishes, so a killed run still shows how far it got and what failed.
-TEST_RUNS = {"tests_cuda": "tests/test_cuda_ops.py", "tests_triton": "tests/test_triton_ops.py"}
+# Test files and how many pytest processes share each one (contiguous slices of its collected tests),
+# all run at the same time; -v puts each test's id and outcome in the log as it finishes, so a killed
+# run still shows how far it got and what failed. The Triton tests are split most: their time is
+# mostly compiling kernel variants, one CPU core per process (the GPU is shared and mostly idle).
+TEST_RUNS = {"tests_cuda": ("tests/test_cuda_ops.py", 2), "tests_triton": ("tests/test_triton_ops.py", 6)}
 PYTEST_ARGS = ("-v", "-p", "no:cacheprovider", "-rfE", "--tb=short")
 INTERRUPT_BEFORE_S = 15.0  # SIGINT this long before the kill: pytest still writes its summary and JUnit XML
 LISTED_FAILURES = 20  # per run on stdout and in results.md; results.json has them all
@@ -140,12 +143,12 @@ def step_build(out_dir: Path) -> dict:
     return result
 
 
-def run_pytest(name: str, test_file: str, out_dir: Path, limit: float, env: dict | None = None,
+def run_pytest(name: str, targets: list[str], out_dir: Path, limit: float, env: dict | None = None,
                cwd: Path = ROOT) -> dict:
-    """One pytest process on test_file: out_dir/<name>.log and <name>.xml, summarized by summarize_tests."""
+    """One pytest process on targets (files or test ids): out_dir/<name>.log and <name>.xml, summarized."""
     junit = out_dir / f"{name}.xml"
     junit.unlink(missing_ok=True)  # a stale XML from an earlier run must not stand in for this one
-    cmd = [sys.executable, "-m", "pytest", *PYTEST_ARGS, f"--junitxml={junit}", test_file]
+    cmd = [sys.executable, "-m", "pytest", *PYTEST_ARGS, f"--junitxml={junit}", *targets]
     result = run_step(name, cmd, out_dir, limit, env, echo=False, cwd=cwd,
                       interrupt_before_s=min(INTERRUPT_BEFORE_S, limit / 4))
     summary = summarize_tests(result, junit.read_text(errors="replace") if junit.exists() else None,
@@ -156,20 +159,47 @@ def run_pytest(name: str, test_file: str, out_dir: Path, limit: float, env: dict
     return summary
 
 
+def collect_test_ids(test_file: str, env: dict | None = None, cwd: Path = ROOT) -> list[str]:
+    """The ids pytest collects from test_file (empty if collection fails: the file then runs whole)."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", test_file],
+                          cwd=cwd, env=dict(os.environ, **(env or {})), capture_output=True, text=True, timeout=120)
+    ids = [line.strip() for line in proc.stdout.splitlines() if "::" in line and not line.startswith(" ")]
+    return ids if proc.returncode == 0 else []
+
+
+def split_contiguous(items: list[str], parts: int) -> list[list[str]]:
+    """items in at most `parts` contiguous slices of near-equal length (neighbouring tests share kernels)."""
+    parts = max(1, min(parts, len(items)))
+    size, extra = divmod(len(items), parts)
+    slices, start = [], 0
+    for i in range(parts):
+        end = start + size + (i < extra)
+        slices.append(items[start:end])
+        start = end
+    return slices
+
+
 def step_tests(out_dir: Path) -> list[dict]:
-    """The CUDA and the Triton tests as two pytest processes at once, each with its own limit."""
+    """The CUDA and the Triton tests, each file split over several pytest processes, all at once."""
     try:
         import pytest  # noqa: F401
     except ImportError:
         return [{"name": "tests", "status": "failed", "seconds": 0.0, "detail": "pytest is not installed", "tail": ""}]
+    env = {"INDEED_EXPECT_CUDA": "1"}
+    runs, missing = {}, []
+    for name, (test_file, processes) in TEST_RUNS.items():
+        if not (ROOT / test_file).exists():
+            missing.append({"name": name, "status": "failed", "seconds": 0.0, "detail": f"{test_file} not found",
+                            "tail": ""})
+            continue
+        ids = collect_test_ids(test_file, env) if processes > 1 else []
+        slices = split_contiguous(ids, processes) if ids else [[test_file]]
+        for i, targets in enumerate(slices):
+            runs[name if len(slices) == 1 else f"{name}_{i + 1}of{len(slices)}"] = targets
     limit = min(STEP_LIMITS_S["tests"], remaining() - MEMCHECK_MIN_S - BENCH_MIN_S)
-    present = {name: f for name, f in TEST_RUNS.items() if (ROOT / f).exists()}
-    with concurrent.futures.ThreadPoolExecutor(max(1, len(present))) as pool:
-        futures = {name: pool.submit(run_pytest, name, f, out_dir, limit, {"INDEED_EXPECT_CUDA": "1"})
-                   for name, f in present.items()}
-    return [futures[name].result() if name in futures else
-            {"name": name, "status": "failed", "seconds": 0.0, "detail": f"{f} not found", "tail": ""}
-            for name, f in TEST_RUNS.items()]
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(runs))) as pool:
+        futures = {name: pool.submit(run_pytest, name, targets, out_dir, limit, env) for name, targets in runs.items()}
+    return [futures[name].result() for name in runs] + missing
 
 
 def find_sanitizer() -> str | None:

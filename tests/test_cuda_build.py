@@ -356,7 +356,7 @@ def test_a_run_stopped_at_its_limit_still_writes_its_xml(tmp_path):
     # As gpu_check's main() does: a SIGINT ignored here (a background job) would be ignored by the child
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        summary = gpu_check.run_pytest("probe", "test_probe.py", tmp_path, 6.0,
+        summary = gpu_check.run_pytest("probe", ["test_probe.py"], tmp_path, 6.0,
                                        {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}, cwd=tmp_path)
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -368,8 +368,36 @@ def test_a_run_stopped_at_its_limit_still_writes_its_xml(tmp_path):
     assert "stopped at its 6 s limit after 2 of 4 tests" in summary["detail"]
 
 
+def test_split_contiguous():
+    items = [f"t{i}" for i in range(11)]
+    slices = gpu_check.split_contiguous(items, 4)
+    assert [len(s) for s in slices] == [3, 3, 3, 2] and sum(slices, []) == items
+    assert gpu_check.split_contiguous(items[:2], 6) == [["t0"], ["t1"]]
+    assert gpu_check.split_contiguous(items, 1) == [items]
+
+
+def test_collected_ids_run_in_slices(tmp_path):
+    # what step_tests does with a file: collect its ids, run slices of them as separate processes
+    (tmp_path / "test_probe.py").write_text(textwrap.dedent("""\
+        import pytest
+        @pytest.mark.parametrize("x", [1, 2, 3])
+        def test_param(x): assert x != 3
+        def test_plain(): pass
+    """))
+    env = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    ids = gpu_check.collect_test_ids("test_probe.py", env, cwd=tmp_path)
+    assert ids == ["test_probe.py::test_param[1]", "test_probe.py::test_param[2]", "test_probe.py::test_param[3]",
+                   "test_probe.py::test_plain"]
+    first, second = (gpu_check.run_pytest(f"probe_{i}", part, tmp_path, 60.0, env, cwd=tmp_path)
+                     for i, part in enumerate(gpu_check.split_contiguous(ids, 2)))
+    assert first["counts"] == {"passed": 2} and first["status"] == "passed"
+    assert second["counts"] == {"passed": 1, "failed": 1} and second["status"] == "failed"
+    assert [f["id"] for f in second["failures"]] == ["test_probe.py::test_param[3]"]
+    assert gpu_check.collect_test_ids("missing_file.py", env, cwd=tmp_path) == []
+
+
 def test_help():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--help"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "--budget" in out.stdout and "tests_triton.log" in out.stdout
+    assert "--budget" in out.stdout and "tests_cuda_1of2.log" in out.stdout
