@@ -60,6 +60,15 @@ def load_tile(ptr, row_offsets, cols, stride_col, mask, DTYPE: tl.constexpr):
 
 
 @triton.jit
+def load_pair_tile(fa_ptr, fb_ptr, a_rows, b_rows, cols, stride_ac, stride_bc, mask, lo, den, ACC: tl.constexpr):
+    """(fa, fb, p = fa * fb, m = (p - lo) / den) of a tile, zero inputs where masked; lo, den from row_stats."""
+    a = load_tile(fa_ptr, a_rows, cols, stride_ac, mask, ACC)
+    b = load_tile(fb_ptr, b_rows, cols, stride_bc, mask, ACC)
+    p = a * b
+    return a, b, p, (p - lo[:, None]) / den[:, None]
+
+
+@triton.jit
 def row_stats(fa_ptr, fb_ptr, a_rows, b_rows, row_mask, n, stride_ac, stride_bc, eps,
               L2: tl.constexpr, COUNT_TIES: tl.constexpr,
               BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr):

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRETING, acc_dtype, grad_p, grad_p_coefficients, load_tile, row_stats
+from ._common import INTERPRETING, acc_dtype, grad_p, grad_p_coefficients, load_pair_tile, load_tile, row_stats
 
 
 @triton.jit
@@ -37,9 +37,7 @@ def _pair_forward_kernel(
     for start in range(0, n, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         mask = row_mask[:, None] & (cols[None, :] < n)
-        a = load_tile(fa_ptr, a_rows, cols, stride_ac, mask, ACC)
-        b = load_tile(fb_ptr, b_rows, cols, stride_bc, mask, ACC)
-        m = (a * b - lo[:, None]) / den[:, None]
+        a, b, _, m = load_pair_tile(fa_ptr, fb_ptr, a_rows, b_rows, cols, stride_ac, stride_bc, mask, lo, den, ACC)
         out = out_rows[:, None] + cols[None, :] * stride_oc
         if DECOMPOSE:
             tl.store(ia_ptr + out, (m * a).to(ia_ptr.dtype.element_ty), mask=mask)
@@ -92,9 +90,7 @@ def _pair_backward_kernel(
     for start in range(0, n, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         mask = row_mask[:, None] & (cols[None, :] < n)
-        a = load_tile(fa_ptr, a_rows, cols, stride_ac, mask, ACC)
-        b = load_tile(fb_ptr, b_rows, cols, stride_bc, mask, ACC)
-        m = (a * b - lo[:, None]) / den[:, None]
+        a, b, _, m = load_pair_tile(fa_ptr, fb_ptr, a_rows, b_rows, cols, stride_ac, stride_bc, mask, lo, den, ACC)
         dm, _, _ = _load_grads(g_ia_ptr, g_ib_ptr, g_da_ptr, g_db_ptr, g_rows, cols, stride_gc, mask, a, b, m,
                                DECOMPOSE, ACC)
         dm_sum += tl.sum(dm, axis=1)
@@ -103,10 +99,7 @@ def _pair_backward_kernel(
     for start in range(0, n, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         mask = row_mask[:, None] & (cols[None, :] < n)
-        a = load_tile(fa_ptr, a_rows, cols, stride_ac, mask, ACC)
-        b = load_tile(fb_ptr, b_rows, cols, stride_bc, mask, ACC)
-        p = a * b
-        m = (p - lo[:, None]) / den[:, None]
+        a, b, p, m = load_pair_tile(fa_ptr, fb_ptr, a_rows, b_rows, cols, stride_ac, stride_bc, mask, lo, den, ACC)
         dm, direct_a, direct_b = _load_grads(g_ia_ptr, g_ib_ptr, g_da_ptr, g_db_ptr, g_rows, cols, stride_gc, mask,
                                              a, b, m, DECOMPOSE, ACC)
         dp = grad_p(dm, p, m, lo, hi, den, coef_m, u_lo, u_hi, L2)

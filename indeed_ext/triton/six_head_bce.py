@@ -53,7 +53,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    INTERPRETING, acc_dtype, dot_dtype, dot_precision, grad_p, grad_p_coefficients, load_tile, row_stats,
+    INTERPRETING, acc_dtype, dot_dtype, dot_precision, grad_p, grad_p_coefficients, load_pair_tile, load_tile, row_stats,
 )
 
 
@@ -125,9 +125,7 @@ def _six_head_forward_kernel(
     for start in range(0, n, BLOCK_K):
         k = start + tl.arange(0, BLOCK_K)
         mask = pair_mask[:, None] & (k[None, :] < n)
-        a = load_tile(f_ptr, a_rows, k, stride_fc, mask, ACC)
-        b = load_tile(f_ptr, b_rows, k, stride_fc, mask, ACC)
-        m = (a * b - lo[:, None]) / den[:, None]
+        a, b, _, m = load_pair_tile(f_ptr, f_ptr, a_rows, b_rows, k, stride_fc, stride_fc, mask, lo, den, ACC)
         w_t = load_tile(w_ptr, k * stride_wc, classes, stride_wr, (k[:, None] < n) & class_mask[None, :], DOT)
         acc_a = tl.dot((m * a).to(DOT), w_t, acc_a, input_precision=PRECISION, out_dtype=acc_a.dtype)
         acc_b = tl.dot((m * b).to(DOT), w_t, acc_b, input_precision=PRECISION, out_dtype=acc_b.dtype)
@@ -226,6 +224,37 @@ def _g_times_w(acc, g_ptr, pairs, pair_mask, classes, class_mask, c, w, DOT: tl.
 
 
 @triton.jit
+def _pair_feature_tile(index_a_ptr, index_b_ptr, P, B, n, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A program's block of pairs (axis 0) and of features (axis 1): pairs, cols, their masks, the gathered rows."""
+    pairs = (tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    pair_mask, idx_a, idx_b = _pair_indices(index_a_ptr, index_b_ptr, pairs, P, B)
+    return pairs, cols, pair_mask, cols < n, idx_a, idx_b
+
+
+@triton.jit
+def _g_w_products(w_ptr, ga_ptr, gb_ptr, gia_ptr, gib_ptr, pairs, pair_mask, cols, col_mask, c, stride_wr, stride_wc,
+                  ORIGINAL: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
+                  ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """(Ga W, Gb W, Gia W, Gib W) of a tile of pairs x features in one pass over the classes (one W tile
+    load each); Ga W and Gb W only when ORIGINAL (zeros otherwise, and ga_ptr, gb_ptr are not read)."""
+    d_fa = tl.zeros([BLOCK_P, BLOCK_N], ACC)
+    d_fb = tl.zeros([BLOCK_P, BLOCK_N], ACC)
+    d_ia = tl.zeros([BLOCK_P, BLOCK_N], ACC)
+    d_ib = tl.zeros([BLOCK_P, BLOCK_N], ACC)
+    for start in range(0, c, BLOCK_C):
+        classes = start + tl.arange(0, BLOCK_C)
+        class_mask = classes < c
+        w = load_tile(w_ptr, classes * stride_wr, cols, stride_wc, class_mask[:, None] & col_mask[None, :], DOT)
+        if ORIGINAL:
+            d_fa = _g_times_w(d_fa, ga_ptr, pairs, pair_mask, classes, class_mask, c, w, DOT, PRECISION)
+            d_fb = _g_times_w(d_fb, gb_ptr, pairs, pair_mask, classes, class_mask, c, w, DOT, PRECISION)
+        d_ia = _g_times_w(d_ia, gia_ptr, pairs, pair_mask, classes, class_mask, c, w, DOT, PRECISION)
+        d_ib = _g_times_w(d_ib, gib_ptr, pairs, pair_mask, classes, class_mask, c, w, DOT, PRECISION)
+    return d_fa, d_fb, d_ia, d_ib
+
+
+@triton.jit
 def _grad_m_kernel(
     f_ptr, w_ptr, index_a_ptr, index_b_ptr, gia_ptr, gib_ptr, stats_ptr, dm_ptr, sums_ptr,
     P, B, n, c,
@@ -234,24 +263,16 @@ def _grad_m_kernel(
     ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dm = (Gia W) fa + (Gib W) fb of a tile (written, (P, n)) and its partial row sums of dm, dm m."""
-    pairs = (tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    pair_mask, idx_a, idx_b = _pair_indices(index_a_ptr, index_b_ptr, pairs, P, B)
-    col_mask = cols < n
-    d_ia = tl.zeros([BLOCK_P, BLOCK_N], ACC)
-    d_ib = tl.zeros([BLOCK_P, BLOCK_N], ACC)
-    for start in range(0, c, BLOCK_C):
-        classes = start + tl.arange(0, BLOCK_C)
-        class_mask = classes < c
-        w = load_tile(w_ptr, classes * stride_wr, cols, stride_wc, class_mask[:, None] & col_mask[None, :], DOT)
-        d_ia = _g_times_w(d_ia, gia_ptr, pairs, pair_mask, classes, class_mask, c, w, DOT, PRECISION)
-        d_ib = _g_times_w(d_ib, gib_ptr, pairs, pair_mask, classes, class_mask, c, w, DOT, PRECISION)
+    pairs, cols, pair_mask, col_mask, idx_a, idx_b = _pair_feature_tile(index_a_ptr, index_b_ptr, P, B, n, BLOCK_P,
+                                                                         BLOCK_N)
+    # Ga W and Gb W are not needed here: their buffers stand in for the unused pointers
+    _, _, d_ia, d_ib = _g_w_products(w_ptr, gia_ptr, gib_ptr, gia_ptr, gib_ptr, pairs, pair_mask, cols, col_mask, c,
+                                     stride_wr, stride_wc, False, BLOCK_P, BLOCK_C, BLOCK_N, ACC, DOT, PRECISION)
     lo = tl.load(stats_ptr + pairs * 6 + 0, mask=pair_mask, other=0.0)
     den = tl.load(stats_ptr + pairs * 6 + 2, mask=pair_mask, other=1.0)
     mask = pair_mask[:, None] & col_mask[None, :]
-    a = load_tile(f_ptr, idx_a * stride_fr, cols, stride_fc, mask, ACC)
-    b = load_tile(f_ptr, idx_b * stride_fr, cols, stride_fc, mask, ACC)
-    m = (a * b - lo[:, None]) / den[:, None]
+    a, b, _, m = load_pair_tile(f_ptr, f_ptr, idx_a * stride_fr, idx_b * stride_fr, cols, stride_fc, stride_fc, mask,
+                                lo, den, ACC)
     dm = d_ia * a + d_ib * b
     tl.store(dm_ptr + pairs[:, None] * n + cols[None, :], dm, mask=mask)
     sums = sums_ptr + (pairs * tl.num_programs(1) + tl.program_id(1)) * 2
@@ -270,22 +291,10 @@ def _grad_features_kernel(
     ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dfa, dfb of a tile of pairs x features: atomically added to df (ATOMIC) or written to dfa, dfb (P, n)."""
-    pairs = (tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    pair_mask, idx_a, idx_b = _pair_indices(index_a_ptr, index_b_ptr, pairs, P, B)
-    col_mask = cols < n
-    d_fa = tl.zeros([BLOCK_P, BLOCK_N], ACC)
-    d_fb = tl.zeros([BLOCK_P, BLOCK_N], ACC)
-    d_ia = tl.zeros([BLOCK_P, BLOCK_N], ACC)
-    d_ib = tl.zeros([BLOCK_P, BLOCK_N], ACC)
-    for start in range(0, c, BLOCK_C):
-        classes = start + tl.arange(0, BLOCK_C)
-        class_mask = classes < c
-        w = load_tile(w_ptr, classes * stride_wr, cols, stride_wc, class_mask[:, None] & col_mask[None, :], DOT)
-        d_fa = _g_times_w(d_fa, ga_ptr, pairs, pair_mask, classes, class_mask, c, w, DOT, PRECISION)
-        d_fb = _g_times_w(d_fb, gb_ptr, pairs, pair_mask, classes, class_mask, c, w, DOT, PRECISION)
-        d_ia = _g_times_w(d_ia, gia_ptr, pairs, pair_mask, classes, class_mask, c, w, DOT, PRECISION)
-        d_ib = _g_times_w(d_ib, gib_ptr, pairs, pair_mask, classes, class_mask, c, w, DOT, PRECISION)
+    pairs, cols, pair_mask, col_mask, idx_a, idx_b = _pair_feature_tile(index_a_ptr, index_b_ptr, P, B, n, BLOCK_P,
+                                                                         BLOCK_N)
+    d_fa, d_fb, d_ia, d_ib = _g_w_products(w_ptr, ga_ptr, gb_ptr, gia_ptr, gib_ptr, pairs, pair_mask, cols, col_mask, c,
+                                           stride_wr, stride_wc, True, BLOCK_P, BLOCK_C, BLOCK_N, ACC, DOT, PRECISION)
     stats = stats_ptr + pairs * 6
     lo = tl.load(stats + 0, mask=pair_mask, other=0.0)
     hi = tl.load(stats + 1, mask=pair_mask, other=0.0)
@@ -297,10 +306,8 @@ def _grad_features_kernel(
     dm_dot_m = tl.load(sums_ptr + pairs * 2 + 1, mask=pair_mask, other=0.0)
     coef_m, u_lo, u_hi = grad_p_coefficients(dm_sum, dm_dot_m, unclamped, k_lo, k_hi, L2)
     mask = pair_mask[:, None] & col_mask[None, :]
-    a = load_tile(f_ptr, idx_a * stride_fr, cols, stride_fc, mask, ACC)
-    b = load_tile(f_ptr, idx_b * stride_fr, cols, stride_fc, mask, ACC)
-    p = a * b
-    m = (p - lo[:, None]) / den[:, None]
+    a, b, p, m = load_pair_tile(f_ptr, f_ptr, idx_a * stride_fr, idx_b * stride_fr, cols, stride_fc, stride_fc, mask,
+                                lo, den, ACC)
     # dm as written by _grad_m_kernel, so that dp's row sums are those of exactly these values
     # (for a clamped row dp = (dm - mean dm) / eps cancels, exactly for n = 1)
     dm = tl.load(dm_ptr + pairs[:, None] * n + cols[None, :], mask=mask, other=0.0)
@@ -336,9 +343,8 @@ def _grad_weight_kernel(
         lo = tl.load(stats_ptr + pairs * 6 + 0, mask=pair_mask, other=0.0)
         den = tl.load(stats_ptr + pairs * 6 + 2, mask=pair_mask, other=1.0)
         mask = pair_mask[:, None] & col_mask[None, :]
-        a = load_tile(f_ptr, idx_a * stride_fr, cols, stride_fc, mask, ACC)
-        b = load_tile(f_ptr, idx_b * stride_fr, cols, stride_fc, mask, ACC)
-        m = (a * b - lo[:, None]) / den[:, None]
+        a, b, _, m = load_pair_tile(f_ptr, f_ptr, idx_a * stride_fr, idx_b * stride_fr, cols, stride_fc, stride_fc,
+                                    mask, lo, den, ACC)
         # G^T tiles (classes x pairs) straight from the (P, c) buffers
         g_mask = class_mask[:, None] & pair_mask[None, :]
         acc = tl.dot(load_tile(ga_ptr, classes, pairs, c, g_mask, DOT), a.to(DOT), acc,
