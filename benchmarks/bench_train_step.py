@@ -69,7 +69,7 @@ SMALL = (
 
 def make_model(case: Case, device: torch.device) -> INDeeD:
     torch.manual_seed(0)
-    backbone, dim = build_backbone(case.backbone, case.image[0], object_size=case.object_size)
+    backbone, dim = build_backbone(case.backbone, case.image[0], object_size=case.object_size, image_size=case.image[1:])
     model = INDeeD(backbone, case.classes, dim).to(device)
     return model.to(memory_format=torch.channels_last) if case.amp and device.type == "cuda" else model
 

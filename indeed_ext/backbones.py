@@ -1,15 +1,17 @@
 """Backbones by name: modules that map images (B, C, H, W) to pooled features (B, n).
 
-- ``simple-cnn``: a network in the spirit of the paper's ML-MNIST one (3 conv + 2 FC). The
-  backbone is the conv stack and the first FC (post-ReLU features); the INDeeD classifier
-  is the second FC.
+- ``simple-cnn``: the paper's ML-MNIST network, 3 conv + 2 FC over the flattened last map
+  (sized from the canvas). The backbone is the conv stack and the first FC (post-ReLU
+  features); the INDeeD classifier is the second FC.
+- ``simple-cnn-gap``: 3 conv-BN-ReLU + global average pooling + 1 FC: any input size, and
+  class activation maps (indeed-cam) work on it.
 - ``vgg16``, ``resnet50``: torchvision models without their last Linear (features of
   4096 and 2048, post-ReLU), created with weights=None.
 - ``timm:<name>``: any timm model with ``num_classes=0`` (timm is an optional extra).
 
 Nothing downloads: pretrained weights come only from a local file (``weights=PATH``),
 a state dict of the full torchvision/timm model (its head is dropped) or of the backbone
-itself for simple-cnn. Models expecting RGB get grayscale inputs repeated to 3 channels,
+itself for the simple CNNs. Models expecting RGB get grayscale inputs repeated to 3 channels,
 so pretrained first layers keep their weights.
 """
 from __future__ import annotations
@@ -20,10 +22,44 @@ import torch
 from torch import nn
 
 TORCHVISION_BACKBONES = ("vgg16", "resnet50")
-BACKBONES = ("simple-cnn",) + TORCHVISION_BACKBONES + ("timm:<name>",)
+BACKBONES = ("simple-cnn", "simple-cnn-gap") + TORCHVISION_BACKBONES + ("timm:<name>",)
 
 
 class SimpleCNN(nn.Module):
+    """The paper's ML-MNIST "simple CNN with three convolutional layers and two fully-connected layers".
+
+    Layers: 3 x [conv 3x3 (padding 1) -> ReLU -> max-pool 2] with 32, 64, 64 channels, then
+    flatten -> FC(64 * h/8 * w/8, 256) -> ReLU: the post-ReLU features (256). The second FC
+    is the INDeeD classifier. No batch norm and no global pooling, as the paper describes it
+    (read literally, the way Keras' MNIST CNN is built): the first FC sees every position of
+    the last map, so the network is sized from the canvas (84x84 for ML-MNIST: a 10x10 map,
+    6400 inputs; 24x24 for ml-digits: 3x3, 576; 96x96 for ML-CIFAR-10: 12x12, 9216).
+    """
+
+    WIDTHS = (32, 64, 64)
+    MIN_SIDE = 2 ** len(WIDTHS)  # three pools of 2 need at least 8 px
+
+    def __init__(self, in_channels: int, image_size: tuple[int, int], feature_dim: int = 256):
+        super().__init__()
+        height, width = image_size
+        if min(height, width) < self.MIN_SIDE:
+            raise ValueError(f"simple-cnn needs images of at least {self.MIN_SIDE}x{self.MIN_SIDE} px (three 2x2 pools), got {height}x{width}")
+        layers, channels = [], in_channels
+        for width_ in self.WIDTHS:
+            layers += [nn.Conv2d(channels, width_, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            channels = width_
+            height, width = height // 2, width // 2
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.fc = nn.Sequential(nn.Linear(channels * height * width, feature_dim), nn.ReLU(inplace=True))
+        self.image_size, self.feature_dim = tuple(image_size), feature_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != self.image_size:
+            raise ValueError(f"simple-cnn was built for {self.image_size[0]}x{self.image_size[1]} images, got {x.shape[-2]}x{x.shape[-1]}")
+        return self.fc(self.features(x))
+
+
+class SimpleCNNGap(nn.Module):
     """Three conv(3x3)-BN-ReLU stages with max pooling between them, global average pooling, one FC with ReLU.
 
     ``pool`` (2 or 3) is the max-pool size after the first two convs; it sets the receptive
@@ -125,14 +161,22 @@ def _timm_backbone(name: str, in_channels: int, weights: str | None) -> tuple[nn
     return model, model.num_features
 
 
-def build_backbone(name: str, in_channels: int, weights: str | None = None, object_size: int | None = None) -> tuple[nn.Module, int]:
+def build_backbone(
+    name: str, in_channels: int, weights: str | None = None, object_size: int | None = None, image_size: tuple[int, int] | None = None
+) -> tuple[nn.Module, int]:
     """(backbone, feature_dim) for a backbone name (see BACKBONES) and input channels.
 
     object_size: side in px of the objects to recognise, when known (composite sets: one
-    grid cell); simple-cnn sizes its pooling from it.
+    grid cell); simple-cnn-gap sizes its pooling from it.
+    image_size: (H, W) of the inputs; simple-cnn needs it (its first FC sees the whole map).
     """
-    if name == "simple-cnn":
-        model = SimpleCNN(in_channels, SimpleCNN.pool_for(object_size))
+    if name in ("simple-cnn", "simple-cnn-gap"):
+        if name == "simple-cnn":
+            if image_size is None:
+                raise ValueError("simple-cnn flattens its last conv map: give the input image_size (H, W)")
+            model = SimpleCNN(in_channels, tuple(image_size))
+        else:
+            model = SimpleCNNGap(in_channels, SimpleCNNGap.pool_for(object_size))
         if weights:
             load_weights(model, weights)
         return model, model.feature_dim

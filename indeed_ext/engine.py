@@ -245,7 +245,9 @@ def load_model(checkpoint_path: str, ema: bool = False) -> tuple[nn.Module, dict
     if ema and state.get("ema") is None:
         raise CheckpointError(f"{checkpoint_path}: holds no EMA weights (the run was trained without --ema)")
     config = state["model_config"]
-    backbone, feature_dim = build_backbone(config["backbone"], config["in_channels"], object_size=config.get("object_size"))
+    backbone, feature_dim = build_backbone(
+        config["backbone"], config["in_channels"], object_size=config.get("object_size"), image_size=config["image_shape"][1:]
+    )
     model = INDeeD(backbone, config["num_classes"], feature_dim)
     model.load_state_dict(state["ema" if ema else "model"])
     return model.export().eval(), config

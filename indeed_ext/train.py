@@ -145,7 +145,7 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
     config = vars(args)
     num_classes = len(bundle.class_names)
     torch.manual_seed(engine.derive_seed(args.seed, INIT_STREAM))  # every run starts from the same weights
-    backbone, feature_dim = build_backbone(args.backbone, bundle.image_shape[0], args.weights, bundle.object_size)
+    backbone, feature_dim = build_backbone(args.backbone, bundle.image_shape[0], args.weights, bundle.object_size, bundle.image_shape[1:])
     memory_format = torch.channels_last if args.channels_last else torch.preserve_format
     model = INDeeD(backbone, num_classes, feature_dim).to(device, memory_format=memory_format)
     ema = ModelEma(model, args.ema) if args.ema else None
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             image_size=args.image_size, train_scheme=args.train_scheme, test_scheme=args.test_scheme,
         )
         bundle = build_dataset(args.dataset, options)
-        build_backbone(args.backbone, bundle.image_shape[0], args.weights, bundle.object_size)  # fail before any training on a bad backbone
+        build_backbone(args.backbone, bundle.image_shape[0], args.weights, bundle.object_size, bundle.image_shape[1:])  # fail before any training on a bad backbone
         processes = distributed.env_world_size()
         if len(bundle.train) // processes < args.batch_size:
             size = f"--train-size {args.train_size}" if args.dataset not in PHOTO_DATASETS else f"the training set ({len(bundle.train)} images)"

@@ -225,13 +225,13 @@ def test_module_entry_point_exit_status():
     assert "between 1 and 9" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_simple_cnn_pooling_covers_one_object():
-    from indeed_ext.backbones import SimpleCNN
+def test_simple_cnn_gap_pooling_covers_one_object():
+    from indeed_ext.backbones import SimpleCNNGap
 
-    assert [SimpleCNN.pool_for(size) for size in (None, 8, 18, 19, 28, 32, 60)] == [2, 2, 2, 3, 3, 3, 3]
+    assert [SimpleCNNGap.pool_for(size) for size in (None, 8, 18, 19, 28, 32, 60)] == [2, 2, 2, 3, 3, 3, 3]
     torch.manual_seed(0)
-    for pool, field in SimpleCNN.RECEPTIVE_FIELD.items():
-        conv_stack = SimpleCNN(1, pool).features[:-2].eval()  # up to the last conv map, before the global pool
+    for pool, field in SimpleCNNGap.RECEPTIVE_FIELD.items():
+        conv_stack = SimpleCNNGap(1, pool).features[:-2].eval()  # up to the last conv map, before the global pool
         x = torch.randn(1, 1, 99, 99, requires_grad=True)
         out = conv_stack(x)
         out[0, :, out.shape[2] // 2, out.shape[3] // 2].sum().backward()
@@ -239,14 +239,44 @@ def test_simple_cnn_pooling_covers_one_object():
         assert rows.max() - rows.min() + 1 == field
 
 
-@pytest.mark.parametrize("name, channels, size", [("simple-cnn", 1, 24), ("resnet50", 1, 64), ("vgg16", 3, 32), ("timm:resnet18", 3, 32)])
+@pytest.mark.parametrize(
+    "name, channels, size",
+    [("simple-cnn", 1, 24), ("simple-cnn-gap", 1, 24), ("resnet50", 1, 64), ("vgg16", 3, 32), ("timm:resnet18", 3, 32)],
+)
 def test_backbones_give_pooled_nonnegative_features(name, channels, size):
     from indeed_ext.backbones import build_backbone
 
     torch.manual_seed(0)
-    backbone, feature_dim = build_backbone(name, channels)
+    backbone, feature_dim = build_backbone(name, channels, image_size=(size, size))
     features = backbone.eval()(torch.randn(2, channels, size, size))
     assert features.shape == (2, feature_dim) and (features >= 0).all()
+
+
+# (channels, side) of the composite canvases: 3 x 3 cells of 8 px digits, 28 px MNIST digits, 32 px CIFAR images.
+@pytest.mark.parametrize("channels, side", [(1, 24), (1, 84), (3, 96)], ids=["ml-digits", "ml-mnist", "ml-cifar10"])
+def test_simple_cnn_is_the_papers_network_for_every_canvas(channels, side):
+    """3 x (conv 3x3, ReLU, max-pool 2) of 32/64/64 channels, flatten, FC 256 + ReLU, sized from the canvas."""
+    from indeed_ext.backbones import build_backbone
+
+    backbone, feature_dim = build_backbone("simple-cnn", channels, image_size=(side, side))
+    convs = [m for m in backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    fcs = [m for m in backbone.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_channels, m.out_channels, m.kernel_size) for m in convs] == [(channels, 32, (3, 3)), (32, 64, (3, 3)), (64, 64, (3, 3))]
+    assert [(m.in_features, m.out_features) for m in fcs] == [(64 * (side // 8) ** 2, 256)]
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.AdaptiveAvgPool2d)) for m in backbone.modules())
+    features = backbone(torch.randn(3, channels, side, side))
+    assert feature_dim == 256 and features.shape == (3, 256) and (features >= 0).all()
+    with pytest.raises(ValueError, match=f"built for {side}x{side} images, got {side + 8}x{side + 8}"):
+        backbone(torch.randn(1, channels, side + 8, side + 8))
+
+
+def test_simple_cnn_rejects_tiny_or_unknown_canvases():
+    from indeed_ext.backbones import build_backbone
+
+    with pytest.raises(ValueError, match="at least 8x8"):
+        build_backbone("simple-cnn", 1, image_size=(7, 24))
+    with pytest.raises(ValueError, match="image_size"):
+        build_backbone("simple-cnn", 1)
 
 
 def test_torchvision_weights_from_a_local_file(tmp_path):
