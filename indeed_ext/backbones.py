@@ -3,7 +3,7 @@
 - ``simple-cnn``: the paper's ML-MNIST network, 3 conv + 2 FC over the flattened last map
   (sized from the canvas). The backbone is the conv stack and the first FC (post-ReLU
   features); the INDeeD classifier is the second FC.
-- ``simple-cnn-gap``: 3 conv-BN-ReLU + global average pooling + 1 FC: any input size, and
+- ``simple-cnn-gap``: 3 conv-BN-ReLU, a 1x1 conv + ReLU, global average pooling: any input size, and
   class activation maps (indeed-cam) work on it.
 - ``vgg16``, ``resnet50``: torchvision models without their last Linear (features of
   4096 and 2048, post-ReLU), created with weights=None.
@@ -60,18 +60,17 @@ class SimpleCNN(nn.Module):
 
 
 class SimpleCNNGap(nn.Module):
-    """Three conv(3x3)-BN-ReLU stages with max pooling between them, global average pooling, one FC with ReLU.
+    """Three conv(3x3)-BN-ReLU stages with max pooling between them, a 1x1 conv to the features with ReLU, global average pooling.
 
     ``pool`` (2 or 3) is the max-pool size after the first two convs; it sets the receptive
     field of the last conv, 18 px for 2 and 35 px for 3, which should cover one object:
-    ``for_objects`` picks it (2 for 8 px sklearn digits, 3 for 28 px MNIST digits and 32 px
-    CIFAR images). Measured on 3 epochs (seed 0): ML-MNIST-3 baseline 62.8% mAP with 2 and
-    92.4% with 3, ml-digits-7 98% with 2 and 73% with 3. Global pooling makes any input
-    size work and lets an object learnt in one grid cell be recognised in every other
-    (pooling to the 3x3 grid with a position-wise FC learnt much more slowly). Batch norm:
-    without it the network sits at the label prior for the first epochs on the mostly
-    empty canvases. The last conv map feeds the global average pool, as class activation
-    maps need.
+    ``pool_for`` picks it (2 for 8 px sklearn digits, 3 for 28 px MNIST digits and 32 px
+    CIFAR images). Global pooling makes any input size work and lets an object learnt in one
+    grid cell be recognised in every other. Batch norm: without it the network sits at the
+    label prior for the first epochs on the mostly empty canvases. The features are the
+    spatial mean of the last (post-ReLU) conv map, so class activation maps are exact on it.
+    (Until 2026-12 the features were an FC + ReLU after the pool, the ``simple-cnn`` of the
+    earlier studies in docs/EXPERIMENTS.md.)
     """
 
     RECEPTIVE_FIELD = {2: 18, 3: 35}
@@ -86,8 +85,8 @@ class SimpleCNNGap(nn.Module):
             if i < len(widths) - 1:
                 layers.append(nn.MaxPool2d(pool))
             channels = width
+        layers += [nn.Conv2d(channels, feature_dim, 1), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Sequential(nn.Linear(channels, feature_dim), nn.ReLU(inplace=True))
         self.pool, self.feature_dim = pool, feature_dim
 
     @classmethod
@@ -98,7 +97,7 @@ class SimpleCNNGap(nn.Module):
         return next((p for p, field in cls.RECEPTIVE_FIELD.items() if field >= object_size), max(cls.RECEPTIVE_FIELD))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))
+        return self.features(x)
 
 
 class RepeatChannels(nn.Module):

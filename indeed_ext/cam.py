@@ -68,7 +68,8 @@ def _hook_conv_map(backbone: nn.Module, layer: str | None, captured: list):
         if not pools:
             raise ValueError(
                 "the backbone has no global average pool (AdaptiveAvgPool2d(1) or timm's avg pool); "
-                "CAM needs features that are the spatial mean of a conv map (pass layer= to name that map's module)"
+                "CAM needs features that are the spatial mean of a conv map (pass layer= to name that map's module; "
+                "indeed-train's simple-cnn flattens its map into an FC layer: train with --backbone simple-cnn-gap for CAMs)"
             )
         handle = modules[pools[-1]].register_forward_pre_hook(lambda module, args: captured.append(args[0]))
         return handle, f"the input of {pools[-1]!r}"

@@ -1,11 +1,14 @@
 """indeed-predict: per-label probabilities of image files from an indeed-train checkpoint.
 
     indeed-predict runs/demo/indeed-minmax/checkpoint.pt my_images/ --out predictions.csv
+    indeed-predict runs/demo/indeed-minmax/checkpoint.pt photo.png more_images/ scan.jpg
 
 Each image is read with PIL, converted to the training channels (L or RGB), resized to
 the training canvas size (bilinear, aspect ratio not kept) and normalised as in training;
 the exported model (backbone + classifier) gives one sigmoid probability per label.
-The CSV has a header "image,<label 1>,<label 2>,..." and one row per image (sorted names).
+The CSV has a header "image,<label 1>,<label 2>,..." and one row per image: the inputs in
+the order given, a folder's image files in sorted order (named by file name when the folder
+is the only input, else by their path).
 """
 from __future__ import annotations
 
@@ -45,16 +48,36 @@ def image_files(folder: str) -> list[str]:
     return names
 
 
+def collect_images(inputs: list[str]) -> list[tuple[str, str]]:
+    """(name in the CSV, path) of every image: files as given, folders expanded to their image files."""
+    found = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found += [(name if len(inputs) == 1 else os.path.join(item, name), os.path.join(item, name)) for name in image_files(item)]
+        elif os.path.isfile(item):
+            found.append((item, item))
+        else:
+            raise FileNotFoundError(f"image file or folder {item!r} not found")
+    return found
+
+
+def _read(path: str, config: dict) -> torch.Tensor:
+    try:
+        return read_image(path, config)
+    except OSError as e:  # PIL's UnidentifiedImageError and unreadable files
+        raise ValueError(f"cannot read image {path!r}: {e}") from e
+
+
 @torch.no_grad()
-def predict_folder(model: torch.nn.Module, config: dict, folder: str, batch_size: int = 64, device: str = "cpu") -> tuple[list[str], torch.Tensor]:
-    """(file names, probabilities (N, c)) of the images in folder."""
-    names = image_files(folder)
+def predict_images(model: torch.nn.Module, config: dict, inputs: list[str], batch_size: int = 64, device: str = "cpu") -> tuple[list[str], torch.Tensor]:
+    """(names, probabilities (N, c)) of the image files and folders in inputs (see collect_images)."""
+    images = collect_images(inputs)
     model = model.to(device)
     probabilities = []
-    for start in range(0, len(names), batch_size):
-        batch = torch.stack([read_image(os.path.join(folder, n), config) for n in names[start : start + batch_size]])
+    for start in range(0, len(images), batch_size):
+        batch = torch.stack([_read(path, config) for _, path in images[start : start + batch_size]])
         probabilities.append(torch.sigmoid(model(batch.to(device)).float()).cpu())
-    return names, torch.cat(probabilities)
+    return [name for name, _ in images], torch.cat(probabilities)
 
 
 def write_csv(path: str, names: list[str], probabilities: torch.Tensor, class_names: list[str]) -> None:
@@ -68,7 +91,7 @@ def write_csv(path: str, names: list[str], probabilities: torch.Tensor, class_na
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="indeed-predict", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("checkpoint", help="OUT/<run>/checkpoint.pt written by indeed-train")
-    parser.add_argument("images", help="folder of image files")
+    parser.add_argument("images", nargs="+", help="image files and/or folders of image files")
     parser.add_argument("--out", default="predictions.csv", help="CSV file to write (default predictions.csv)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
@@ -77,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         if not os.path.isfile(args.checkpoint):
             raise FileNotFoundError(f"checkpoint {args.checkpoint!r} not found")
         model, config = load_model(args.checkpoint)
-        names, probabilities = predict_folder(model, config, args.images, args.batch_size, args.device)
+        names, probabilities = predict_images(model, config, args.images, args.batch_size, args.device)
     except (ValueError, OSError) as e:  # PIL raises OSError subclasses for unreadable images
         parser.error(str(e))
     write_csv(args.out, names, probabilities, config["class_names"])

@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=_number(int, 0), default=0, help="seed of the data, the initial weights and every epoch's randomness")
     run.add_argument("--out", metavar="PATH", default="runs/latest", help="output folder")
     run.add_argument("--resume", action="store_true", help="continue each run from OUT/<run>/checkpoint.pt")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--quiet", action="store_true", help="no progress bars (they show only when stderr is a terminal)")
     return p
 
 
@@ -261,10 +261,11 @@ def _train_and_report(args, bundle, device: torch.device, context: distributed.C
     log(f"{title}: {len(bundle.train)} training / {len(bundle.test)} test images of shape {tuple(bundle.image_shape)}, "
         f"{len(bundle.class_names)} classes; backbone {args.backbone} on {device}{processes}")  # fmt: skip
     results = []
+    progress = context.is_main and not args.quiet and sys.stderr.isatty()  # tqdm's bars would litter piped logs
     began = time.perf_counter()
     try:
         for run in planned_runs(args):
-            results.append(train_run(run, args, bundle, device, log, progress=context.is_main and not args.quiet))
+            results.append(train_run(run, args, bundle, device, log, progress=progress))
     except (engine.CheckpointError, FloatingPointError) as e:  # a checkpoint of other settings, a diverged loss
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1

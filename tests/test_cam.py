@@ -149,3 +149,21 @@ def test_cli_errors(tmp_path, fake_engine, capsys):
     assert "horse" in capsys.readouterr().err
     assert main(["ckpt.pt", str(tmp_path / "missing.jpg"), "--labels", "dog"]) == 1
     assert "missing.jpg" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backbone", ["simple-cnn", "simple-cnn-gap"])
+def test_cli_on_checkpoints_of_both_simple_cnns(tmp_path, capsys, backbone):
+    """The flattening simple-cnn has no global pool: a clear error, not a traceback; simple-cnn-gap works."""
+    from indeed_ext import train
+    from indeed_ext.data import DataOptions, build_dataset
+
+    argv = ["--dataset", "ml-digits", "--train-size", "32", "--test-size", "10", "--batch-size", "16", "--epochs", "1",
+            "--method", "baseline", "--backbone", backbone, "--device", "cpu", "--quiet", "--out", str(tmp_path)]  # fmt: skip
+    assert train.main(argv) == 0
+    picture = tmp_path / "canvas.png"
+    Image.fromarray(build_dataset("ml-digits", DataOptions(test_size=1)).test.canvas(0)[0].numpy()).save(picture)
+    status = main([str(tmp_path / "baseline" / "checkpoint.pt"), str(picture), "--labels", "3", "--out", str(tmp_path / "cam.png")])
+    if backbone == "simple-cnn":
+        assert status == 1 and "train with --backbone simple-cnn-gap" in capsys.readouterr().err
+    else:
+        assert status == 0 and (tmp_path / "cam.png").exists()

@@ -145,6 +145,39 @@ def test_predict_matches_the_model(both_run, tmp_path):
     torch.testing.assert_close(torch.tensor([[float(v) for v in r[1:]] for r in rows[1:]]), expected, atol=1e-5, rtol=0)
 
 
+def test_no_progress_bars_in_piped_output(tmp_path):
+    """Without --quiet and with stderr a pipe: the epoch lines, but no tqdm bars."""
+    argv = [a for a in TINY if a != "--quiet"] + ["--method", "baseline", "--out", str(tmp_path)]
+    proc = subprocess.run([sys.executable, "-m", "indeed_ext.train", *argv], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "[baseline] epoch 1/1" in proc.stdout
+    assert "it/s" not in proc.stderr + proc.stdout and "\r" not in proc.stderr
+
+
+def test_predict_takes_files_and_folders(both_run, tmp_path, capsys):
+    from indeed_ext.data import DataOptions, build_dataset
+
+    bundle = build_dataset("ml-digits", DataOptions(test_size=3))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(bundle.test.canvas(i)[0].numpy()).save((folder if i else tmp_path) / f"canvas{i}.png")
+    checkpoint = str(both_run / "baseline" / "checkpoint.pt")
+    single = str(tmp_path / "canvas0.png")
+    assert predict.main([checkpoint, single, str(folder), "--out", str(tmp_path / "p.csv")]) == 0
+    rows = list(csv.reader(open(tmp_path / "p.csv")))
+    assert [r[0] for r in rows[1:]] == [single, str(folder / "canvas1.png"), str(folder / "canvas2.png")]
+    model, _ = predict.load_model(checkpoint)
+    with torch.no_grad():
+        expected = torch.sigmoid(model(torch.stack([bundle.test[i][0] for i in range(3)])))
+    torch.testing.assert_close(torch.tensor([[float(v) for v in r[1:]] for r in rows[1:]]), expected, atol=1e-5, rtol=0)
+    (tmp_path / "notes.txt").write_text("not an image")
+    for bad, message in ((tmp_path / "missing.png", "not found"), (tmp_path / "notes.txt", "cannot read image")):
+        with pytest.raises(SystemExit) as e:
+            predict.main([checkpoint, str(bad), "--out", str(tmp_path / "q.csv")])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_predict_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         predict.main([str(tmp_path / "none.pt"), str(tmp_path)])
