@@ -1,4 +1,4 @@
-# make install | test | bench | bench-gpu | demo | cmake-build. Everything runs in .venv, made here,
+# make install | test | bench | bench-gpu | demo | study | cmake-build. Everything runs in .venv, made here,
 # except bench-gpu, which uses the GPU machine's own Python (GPU_PYTHON).
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,7 +7,7 @@ export MAX_JOBS ?= 2
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
 
-.PHONY: install test bench bench-gpu demo cmake-build clean
+.PHONY: install test bench bench-gpu demo study cmake-build clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,16 @@ test: install
 demo: install
 	$(PY) -m indeed_ext.train --dataset ml-digits --labels-per-image 3 --method both --norm minmax \
 	  --backbone simple-cnn --epochs 5 --train-size 8000 --test-size 2000 --seed 0 --device cpu --out runs/demo
+
+# The paper's Table 1 grid on ML-MNIST (docs/EXPERIMENTS.md): 4 N x 3 runs x 3 seeds, 3 epochs, CPU.
+# Resumable: re-run to continue; finished cells are read back. MNIST: the folder of the IDX files;
+# --split-test-set builds train and test digits from the t10k files alone (all that is here).
+MNIST ?= ../shared/data/mnist
+STUDY_JOBS ?= 2
+study: install
+	$(VENV)/bin/indeed-study --dataset ml-mnist --root $(MNIST) --split-test-set --train-size 8000 --test-size 2000 \
+	  --labels-per-image 2 3 5 7 --runs baseline l2 minmax --seeds 0 1 2 --epochs 3 --device cpu --jobs $(STUDY_JOBS) \
+	  --out docs/studies/ml-mnist-3ep
 
 # Timings of every op on the CPU backends, small sizes (benchmarks/bench_ops.py --preset small,
 # under 5 minutes on 2 cores): benchmarks/results/ops_cpu.{md,csv,json} and one plot per op.
