@@ -34,22 +34,18 @@ from indeed_ext.model import INDeeD  # noqa: E402
 from indeed_ext.pairs import mine_pairs  # noqa: E402
 
 
-def load(spec: str, bundle) -> INDeeD:
-    if spec.startswith("init:"):
-        torch.manual_seed(0)
-        backbone, dim = build_backbone(spec[5:], bundle.image_shape[0], object_size=bundle.object_size, image_size=bundle.image_shape[1:])
-        return INDeeD(backbone, len(bundle.class_names), dim)
-    state = engine.load_checkpoint(spec)
-    config = state["model_config"]
-    backbone, dim = build_backbone(config["backbone"], config["in_channels"], object_size=config.get("object_size"), image_size=config["image_shape"][1:])
-    model = INDeeD(backbone, config["num_classes"], dim)
-    model.load_state_dict(state["model"])
-    return model
+def load(spec: str, bundle) -> torch.nn.Module:
+    """A module with .backbone and .classifier: a checkpoint's exported model, or fresh weights (seed 0)."""
+    if not spec.startswith("init:"):
+        return engine.load_model(spec)[0]
+    torch.manual_seed(0)
+    backbone, dim = build_backbone(spec[5:], bundle.image_shape[0], object_size=bundle.object_size, image_size=bundle.image_shape[1:])
+    return INDeeD(backbone, len(bundle.class_names), dim)
 
 
-def pair_stats(model: INDeeD, images, targets, norm: str, generator) -> dict[str, float]:
+def pair_stats(model: torch.nn.Module, images, targets, norm: str, generator) -> dict[str, float]:
     model.train()
-    features = model(images).features.detach().requires_grad_(True)
+    features = model.backbone(images).detach().requires_grad_(True)
     index_a, index_b, _ = mine_pairs(targets, "any", generator)
     fa, fb = features[index_a], features[index_b]
     p = fa * fb
