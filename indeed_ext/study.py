@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     cell.add_argument("--train-size", type=train._number(int, 1), default=8000)
     cell.add_argument("--test-size", type=train._number(int, 1), default=2000)
     cell.add_argument("--epochs", type=train._number(int, 1), default=3)
-    cell.add_argument("--backbone", default="simple-cnn", help=f"one of {', '.join(BACKBONES)}")
+    cell.add_argument("--backbone", help=f"one of {', '.join(BACKBONES)} (default: indeed-train's)")
     cell.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     cell.add_argument("--train-args", metavar="ARGS", default="", help='any other indeed-train flags, one string (e.g. "--lam 0.5 --schedule none")')
     study = p.add_argument_group("study")
@@ -89,7 +89,9 @@ def parse_run(text: str) -> dict:
 def train_args(args) -> list[str]:
     """The indeed-train flags shared by every cell."""
     shared = ["--dataset", args.dataset, "--train-size", str(args.train_size), "--test-size", str(args.test_size),
-              "--epochs", str(args.epochs), "--backbone", args.backbone, "--device", args.device]  # fmt: skip
+              "--epochs", str(args.epochs), "--device", args.device]  # fmt: skip
+    if args.backbone:
+        shared += ["--backbone", args.backbone]
     if args.root:
         shared += ["--root", args.root]
     if args.split_test_set:
@@ -125,7 +127,7 @@ def read_cell(cell: dict) -> dict | None:
         return None
     with open(results_path) as f:
         (result,) = json.load(f)
-    expected = vars(train.build_parser().parse_args(cell["argv"] + ["--out", cell["folder"]]))
+    expected = vars(train.parse_args(train.build_parser(), cell["argv"] + ["--out", cell["folder"]]))
     differ = sorted(k for k in expected if k not in train.RESUME_MAY_CHANGE and result["config"].get(k) != expected[k])
     if differ:
         changes = ", ".join(f"{k}: {result['config'].get(k)!r} -> {expected[k]!r}" for k in differ)

@@ -303,6 +303,13 @@ def test_simple_cnn_is_the_papers_network_for_every_canvas(channels, side):
         backbone(torch.randn(1, channels, side + 8, side + 8))
 
 
+def test_default_backbone_per_dataset():
+    parser = train.build_parser()
+    assert train.parse_args(parser, ["--dataset", "ml-mnist"]).backbone == "simple-cnn"
+    assert train.parse_args(parser, ["--dataset", "ml-digits"]).backbone == "simple-cnn-gap"
+    assert train.parse_args(parser, ["--dataset", "ml-digits", "--backbone", "simple-cnn"]).backbone == "simple-cnn"
+
+
 def test_simple_cnn_rejects_tiny_or_unknown_canvases():
     from indeed_ext.backbones import build_backbone
 

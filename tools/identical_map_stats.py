@@ -12,7 +12,7 @@ seed 0) go through the backbone in training mode, pairs are mined as in training
 - mass: Σ m ⊙ fa / Σ fa, the share of the features that the identical part keeps;
 - the cosine of the disparate features (1 − m) ⊙ fa with fa: near 1 means the disparate
   head sees almost the original features while its target drops the shared labels;
-- |shared| / |ya|: the identical target's share of a's labels;
+- |shared| / |ya|: the identical target's share of a's labels, and the fraction of self-pairs;
 - gradient norms w.r.t. the features of the original heads and of the identical + disparate
   heads (λ = 1), per batch.
 Prints one table row per checkpoint and norm.
@@ -46,7 +46,7 @@ def load(spec: str, bundle) -> torch.nn.Module:
 def pair_stats(model: torch.nn.Module, images, targets, norm: str, generator) -> dict[str, float]:
     model.train()
     features = model.backbone(images).detach().requires_grad_(True)
-    index_a, index_b, _ = mine_pairs(targets, "any", generator)
+    index_a, index_b, is_partial = mine_pairs(targets, "any", generator)
     fa, fb = features[index_a], features[index_b]
     p = fa * fb
     m = reference.identical_map(fa, fb, norm)
@@ -61,6 +61,7 @@ def pair_stats(model: torch.nn.Module, images, targets, norm: str, generator) ->
         "mass": ((m * fa).sum(1) / fa.sum(1).clamp_min(1e-12)).detach().mean().item(),
         "cos(disp,f)": torch.nn.functional.cosine_similarity(disparate, fa.detach(), dim=1).mean().item(),
         "shared/|ya|": ((ya & yb).sum(1).float() / ya.sum(1).clamp_min(1)).mean().item(),
+        "self-pairs": (~is_partial).float().mean().item(),
         "|grad| orig": grad_orig.norm().item(), "|grad| ident+disp": grad_extra.norm().item(),
     }
 
