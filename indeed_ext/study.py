@@ -178,7 +178,7 @@ def write_report(args, cells: list[dict], finished: dict[str, dict]) -> None:
     with open(os.path.join(args.out, "study.json"), "w") as f:
         json.dump({"settings": settings, "cells": records, "summary": summary, "planned": len(cells)}, f, indent=1)
     with open(os.path.join(args.out, "study.md"), "w") as f:
-        f.write(study_report.markdown(summary, args.runs, settings))
+        f.write(study_report.markdown(summary, args.runs, settings, records))
     if records:
         study_report.save_plots(args.out, records, summary, args.runs)
 

@@ -112,8 +112,9 @@ def _signed(value: float) -> str:
     return "–" if math.isnan(value) else f"{value:+.1f}"
 
 
-def markdown(summary: dict, runs: list[dict], settings: dict) -> str:
-    """study.md: the Table 1 layout (ours and the paper's), then the paired differences."""
+def markdown(summary: dict, runs: list[dict], settings: dict, cells: list[dict] = ()) -> str:
+    """study.md: the Table 1 layout (ours and the paper's), the paired differences, then every cell's mAP."""
+    per_seed = {(c["n"], c["run"], c["seed"]): c["mAP"] for c in cells}
     rows = {(r["n"], r["run"]): r for r in summary["table"]}
     titles = {run["name"]: run_title(run) for run in runs}
     ns = sorted({r["n"] for r in summary["table"]})
@@ -147,6 +148,11 @@ def markdown(summary: dict, runs: list[dict], settings: dict) -> str:
             interval = "–" if math.isnan(d["low"]) else f"[{d['low']:+.1f}, {d['high']:+.1f}]"
             seeds = ", ".join(map(str, d["seeds"]))
             lines.append(f"| {d['n']} | {titles[d['run']]} | {seeds} | {_signed(d['mean'])} | {interval} |")
+    if per_seed:
+        names = [run["name"] for run in runs]
+        lines += ["", "mAP (%) per seed:", "", "| N | seed | " + " | ".join(titles[n] for n in names) + " |", "|---|---|" + "---|" * len(names)]
+        for n, seed in sorted({(n, seed) for n, _, seed in per_seed}):
+            lines.append(f"| {n} | {seed} | " + " | ".join(_number(per_seed.get((n, name, seed))) for name in names) + " |")
     lines += ["", "Plots: `map_vs_n.png` (mean ± std over seeds, the paper dashed), `map_per_epoch.png` (mean over seeds).", ""]
     return "\n".join(lines)
 

@@ -88,6 +88,7 @@ def test_tiny_grid_end_to_end(tiny_study):
     assert len(summary["differences"]) == 2
     text = (out / "study.md").read_text()
     assert "| N | Baseline | paper | INDeeD (Min-max) | paper |" in text and "95 % interval" in text
+    assert f"| 3 | 1 | {finals[3, 'baseline', 1]:.1f} | {finals[3, 'minmax', 1]:.1f} |" in text
     for png in ("map_vs_n.png", "map_per_epoch.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
