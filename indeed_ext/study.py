@@ -118,8 +118,8 @@ def planned_cells(args) -> list[dict]:
 def read_cell(cell: dict) -> dict | None:
     """The finished cell's record (final and per-epoch mAP), or None when it has not finished.
 
-    A cell trained with other settings (its results.json's config, defaults included) is an
-    error: its results would be mixed in. A stopped cell's checkpoint is checked the same
+    A cell trained with other settings (its results.json's config, defaults included; for a
+    baseline cell, the INDeeD-only ones aside) is an error: its results would be mixed in. A stopped cell's checkpoint is checked the same
     way by indeed-train --resume.
     """
     results_path = os.path.join(cell["folder"], "results.json")
@@ -128,7 +128,8 @@ def read_cell(cell: dict) -> dict | None:
     with open(results_path) as f:
         (result,) = json.load(f)
     expected = vars(train.parse_args(train.build_parser(), cell["argv"] + ["--out", cell["folder"]]))
-    differ = sorted(k for k in expected if k not in train.RESUME_MAY_CHANGE and result["config"].get(k) != expected[k])
+    ignored = train.RESUME_MAY_CHANGE + (train.INDEED_ONLY if expected["method"] == "baseline" else ())
+    differ = sorted(k for k in expected if k not in ignored and result["config"].get(k) != expected[k])
     if differ:
         changes = ", ".join(f"{k}: {result['config'].get(k)!r} -> {expected[k]!r}" for k in differ)
         raise ValueError(f"{cell['folder']} was trained with other settings ({changes}); re-run with those or choose another --out")

@@ -99,6 +99,15 @@ def test_lam_warmup_changes_training(tmp_path):
     assert b["fingerprint"]["lam_warmup"] == 1 and a["fingerprint"]["lam_warmup"] == 0
 
 
+def test_a_baseline_resumes_whatever_the_indeed_settings(tmp_path, capsys):
+    """λ, its warm-up and the pair settings do not touch a baseline: its checkpoint resumes under others; INDeeD's does not."""
+    assert run(tmp_path, "--method", "both", "--lam-warmup", "2") == 0
+    assert run(tmp_path, "--method", "baseline", "--lam", "0.5", "--lam-warmup", "0", "--strategy", "matching", "--epochs", "2", "--resume") == 0
+    assert "[baseline] resumed from" in capsys.readouterr().out
+    assert run(tmp_path, "--method", "indeed", "--lam-warmup", "0", "--epochs", "2", "--resume") == 1
+    assert "lam_warmup: 2 -> 0" in capsys.readouterr().err
+
+
 def test_resume_with_other_settings_fails(tmp_path, capsys):
     assert run(tmp_path, "--method", "baseline") == 0
     assert run(tmp_path, "--method", "baseline", "--lr", "0.01", "--epochs", "2", "--resume") == 1
