@@ -255,9 +255,10 @@ def load_model(checkpoint_path: str, ema: bool = False) -> tuple[nn.Module, dict
 
 def check_resumable(checkpoint: dict[str, Any], fingerprint: dict[str, Any], path: str) -> None:
     """A checkpoint may resume a run only with the settings it was trained with (those in ``fingerprint``:
-    a setting the run does not depend on, such as λ for a baseline, may differ)."""
+    a setting the run does not depend on, such as λ for a baseline, may differ; one added to indeed-train
+    after the checkpoint was written is not compared, so a new flag must default to the old behaviour)."""
     saved = checkpoint.get("fingerprint", {})
-    differ = sorted(k for k in fingerprint if saved.get(k) != fingerprint[k])
+    differ = sorted(k for k in fingerprint if k in saved and saved[k] != fingerprint[k])
     if differ:
         changes = ", ".join(f"{k}: {saved.get(k)!r} -> {fingerprint.get(k)!r}" for k in differ)
         raise CheckpointError(f"cannot resume from {path}: settings differ from the checkpoint's ({changes})")

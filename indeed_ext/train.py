@@ -26,7 +26,7 @@ import time
 import torch
 
 from . import distributed, engine
-from .backbones import BACKBONES, build_backbone
+from .backbones import BACKBONES, INITS, build_backbone, initialize
 from .data import DATASETS, DataOptions, build_dataset
 from .data.registry import PHOTO_DATASETS, TEST_SCHEMES, TRAIN_SCHEMES
 from .ema import ModelEma
@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = p.add_argument_group("model and optimisation")
     model.add_argument("--backbone", metavar="NAME", help=f"one of {', '.join(BACKBONES)} (default: {DEFAULT_BACKBONE} or, per data set, {DATASET_BACKBONES})")
     model.add_argument("--weights", metavar="PATH", help="local weights file for the backbone (nothing downloads)")
+    model.add_argument("--init", default="torch", choices=INITS, help="from-scratch backbone weights: PyTorch's defaults or He's (kaiming) normal")
     model.add_argument("--epochs", type=_number(int, 1), default=3, help="training epochs")
     model.add_argument("--batch-size", type=_number(int, 1), default=128, help="training and test batch size")
     model.add_argument("--lr", type=_number(float, 0.0, low_inclusive=False), default=1e-3, help="Adam learning rate (peak LR for onecycle)")
@@ -160,6 +161,7 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
     num_classes = len(bundle.class_names)
     torch.manual_seed(engine.derive_seed(args.seed, INIT_STREAM))  # every run starts from the same weights
     backbone, feature_dim = build_backbone(args.backbone, bundle.image_shape[0], args.weights, bundle.object_size, bundle.image_shape[1:])
+    initialize(backbone, args.init)
     memory_format = torch.channels_last if args.channels_last else torch.preserve_format
     model = INDeeD(backbone, num_classes, feature_dim).to(device, memory_format=memory_format)
     ema = ModelEma(model, args.ema) if args.ema else None
@@ -242,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             raise FileNotFoundError(f"--root {args.root!r} is not a folder")
         if args.weights is not None and not os.path.isfile(args.weights):
             raise FileNotFoundError(f"--weights {args.weights!r} is not a file")
+        if args.weights is not None and args.init != "torch":
+            raise ValueError(f"--init {args.init} would overwrite the --weights; use one of them")
         options = DataOptions(
             root=args.root, labels_per_image=args.labels_per_image, train_size=args.train_size, test_size=args.test_size,
             seed=args.seed, split_test_set=args.split_test_set, cutout=args.cutout, randaugment=args.randaugment,

@@ -319,6 +319,37 @@ def test_default_backbone_per_dataset():
     assert train.parse_args(parser, ["--dataset", "ml-digits", "--backbone", "simple-cnn"]).backbone == "simple-cnn"
 
 
+def test_kaiming_init_draws_he_normal_weights_and_zero_biases():
+    from indeed_ext.backbones import build_backbone, initialize
+
+    torch.manual_seed(0)
+    backbone, _ = build_backbone("simple-cnn", 1, image_size=(84, 84))
+    initialize(backbone, "torch")
+    conv = backbone.features[3]  # the 32 -> 64 conv: fan_in 288
+    assert conv.weight.std().item() == pytest.approx((1 / (3 * 288)) ** 0.5, rel=0.1) and conv.bias.abs().max() > 0
+    initialize(backbone, "kaiming")
+    assert conv.weight.std().item() == pytest.approx((2 / 288) ** 0.5, rel=0.1) and conv.bias.abs().max() == 0
+    with pytest.raises(ValueError, match="unknown init 'xavier'"):
+        initialize(backbone, "xavier")
+
+
+def test_init_flag_trains_and_refuses_weights(tmp_path, capsys):
+    assert run(tmp_path, "--method", "baseline", "--init", "kaiming") == 0
+    (result,) = json.loads((tmp_path / "results.json").read_text())
+    assert result["config"]["init"] == "kaiming"
+    (tmp_path / "w.pt").write_bytes(b"")
+    with pytest.raises(SystemExit):
+        run(tmp_path / "b", "--init", "kaiming", "--weights", str(tmp_path / "w.pt"))
+    assert "would overwrite the --weights" in capsys.readouterr().err
+
+
+def test_a_setting_added_after_a_checkpoint_compares_as_recorded(tmp_path):
+    """A checkpoint written before a flag existed has no entry for it: the check skips it."""
+    engine.check_resumable({"fingerprint": {"lr": 0.001}}, {"lr": 0.001, "init": "torch"}, "c.pt")
+    with pytest.raises(engine.CheckpointError, match="lr: 0.001 -> 0.01"):
+        engine.check_resumable({"fingerprint": {"lr": 0.001}}, {"lr": 0.01, "init": "torch"}, "c.pt")
+
+
 def test_simple_cnn_rejects_tiny_or_unknown_canvases():
     from indeed_ext.backbones import build_backbone
 
