@@ -129,10 +129,10 @@ def read_cell(cell: dict) -> dict | None:
         (result,) = json.load(f)
     expected = vars(train.parse_args(train.build_parser(), cell["argv"] + ["--out", cell["folder"]]))
     ignored = train.RESUME_MAY_CHANGE + (train.INDEED_ONLY if expected["method"] == "baseline" else ())
-    recorded = result["config"]  # a flag added to indeed-train after the cell ran is not in it: it ran with the default
-    differ = sorted(k for k in expected if k not in ignored and k in recorded and recorded[k] != expected[k])
+    recorded = train.UNRECORDED_SETTINGS | result["config"]
+    differ = sorted(k for k in expected if k not in ignored and recorded.get(k) != expected[k])
     if differ:
-        changes = ", ".join(f"{k}: {recorded[k]!r} -> {expected[k]!r}" for k in differ)
+        changes = ", ".join(f"{k}: {recorded.get(k)!r} -> {expected[k]!r}" for k in differ)
         raise ValueError(f"{cell['folder']} was trained with other settings ({changes}); re-run with those or choose another --out")
     return {
         "n": cell["n"], "run": cell["run"], "seed": cell["seed"], "mAP": result["mAP"],

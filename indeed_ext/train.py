@@ -51,6 +51,11 @@ DEFAULT_BACKBONE = "simple-cnn"  # the paper's ML-MNIST network
 # On 24 px ml-digits canvases the paper's network (no batch norm) stays at the label prior within a
 # demo's budget (docs/EXPERIMENTS.md): the batch-normed, globally pooled one learns them.
 DATASET_BACKBONES = {"ml-digits": "simple-cnn-gap"}
+# The paper's simple CNN has no batch norm: with PyTorch's default init it sat at the label prior for
+# epochs, with He's it learnt in the first (docs/EXPERIMENTS.md). Other backbones keep their own init.
+BACKBONE_INITS = {"simple-cnn": "kaiming"}
+# What a setting was before indeed-train recorded it: how a checkpoint or study cell without it ran.
+UNRECORDED_SETTINGS = {"init": "torch"}
 
 
 def _number(kind, low=None, low_inclusive=True, high=None):
@@ -101,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     model = p.add_argument_group("model and optimisation")
     model.add_argument("--backbone", metavar="NAME", help=f"one of {', '.join(BACKBONES)} (default: {DEFAULT_BACKBONE} or, per data set, {DATASET_BACKBONES})")
     model.add_argument("--weights", metavar="PATH", help="local weights file for the backbone (nothing downloads)")
-    model.add_argument("--init", default="torch", choices=INITS, help="from-scratch backbone weights: PyTorch's defaults or He's (kaiming) normal")
+    model.add_argument("--init", choices=INITS,
+                       help=f"from-scratch backbone weights: PyTorch's defaults or He's (kaiming) normal (default: {BACKBONE_INITS} per backbone, else torch)")
     model.add_argument("--epochs", type=_number(int, 1), default=3, help="training epochs")
     model.add_argument("--batch-size", type=_number(int, 1), default=128, help="training and test batch size")
     model.add_argument("--lr", type=_number(float, 0.0, low_inclusive=False), default=1e-3, help="Adam learning rate (peak LR for onecycle)")
@@ -123,10 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
-    """The parsed flags with the defaults that depend on other flags filled in (the backbone)."""
+    """The parsed flags with the defaults that depend on other flags filled in (the backbone and its init)."""
     args = parser.parse_args(argv)
     if args.backbone is None:
         args.backbone = DATASET_BACKBONES.get(args.dataset, DEFAULT_BACKBONE)
+    if args.init is None:
+        args.init = "torch" if args.weights else BACKBONE_INITS.get(args.backbone, "torch")
     return args
 
 
@@ -205,7 +213,7 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
         amp_dtype=amp_dtype, checkpoint_path=os.path.join(args.out, run["name"], "checkpoint.pt"), resume=args.resume,
         fingerprint=fingerprint, checkpoint_extra=meta, progress=progress, log=log, name=run["name"],
         ema=ema, clip_grad=args.clip_grad, memory_format=memory_format,
-        lam_schedule=lam_schedule,
+        lam_schedule=lam_schedule, unrecorded=UNRECORDED_SETTINGS,
     )
     ev, ev_ema = result.evaluation, result.evaluation_ema
     return {
@@ -244,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             raise FileNotFoundError(f"--root {args.root!r} is not a folder")
         if args.weights is not None and not os.path.isfile(args.weights):
             raise FileNotFoundError(f"--weights {args.weights!r} is not a file")
-        if args.weights is not None and args.init != "torch":
+        if args.weights is not None and args.init != "torch":  # only when --init was given
             raise ValueError(f"--init {args.init} would overwrite the --weights; use one of them")
         options = DataOptions(
             root=args.root, labels_per_image=args.labels_per_image, train_size=args.train_size, test_size=args.test_size,

@@ -343,11 +343,20 @@ def test_init_flag_trains_and_refuses_weights(tmp_path, capsys):
     assert "would overwrite the --weights" in capsys.readouterr().err
 
 
-def test_a_setting_added_after_a_checkpoint_compares_as_recorded(tmp_path):
-    """A checkpoint written before a flag existed has no entry for it: the check skips it."""
-    engine.check_resumable({"fingerprint": {"lr": 0.001}}, {"lr": 0.001, "init": "torch"}, "c.pt")
-    with pytest.raises(engine.CheckpointError, match="lr: 0.001 -> 0.01"):
-        engine.check_resumable({"fingerprint": {"lr": 0.001}}, {"lr": 0.01, "init": "torch"}, "c.pt")
+def test_a_setting_added_after_a_checkpoint_compares_as_it_was():
+    """A checkpoint written before --init existed ran with PyTorch's init: it resumes as "torch", not as "kaiming"."""
+    old = {"fingerprint": {"lr": 0.001}}
+    engine.check_resumable(old, {"lr": 0.001, "init": "torch"}, "c.pt", train.UNRECORDED_SETTINGS)
+    with pytest.raises(engine.CheckpointError, match="init: 'torch' -> 'kaiming'"):
+        engine.check_resumable(old, {"lr": 0.001, "init": "kaiming"}, "c.pt", train.UNRECORDED_SETTINGS)
+
+
+def test_init_default_per_backbone():
+    parser = train.build_parser()
+    assert train.parse_args(parser, ["--dataset", "ml-mnist"]).init == "kaiming"
+    assert train.parse_args(parser, ["--dataset", "ml-digits"]).init == "torch"  # simple-cnn-gap
+    assert train.parse_args(parser, ["--backbone", "resnet50"]).init == "torch"
+    assert train.parse_args(parser, ["--backbone", "simple-cnn", "--weights", "w.pt"]).init == "torch"
 
 
 def test_simple_cnn_rejects_tiny_or_unknown_canvases():
