@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     cell.add_argument("--train-args", metavar="ARGS", default="", help='any other indeed-train flags, one string (e.g. "--lam 0.5 --schedule none")')
     study = p.add_argument_group("study")
     study.add_argument("--out", metavar="PATH", required=True, help="study folder (re-run the same command to resume)")
+    study.add_argument("--report-only", action="store_true", help="write the report of the finished cells, train nothing")
     study.add_argument("--jobs", type=train._number(int, 1), default=1, help="cells trained at once, each in its own process")
     return p
 
@@ -205,7 +206,7 @@ def run_study(args, log=print) -> int:
 def _run_cells(args, log) -> int:
     cells = planned_cells(args)
     finished = {c["name"]: r for c in cells if (r := read_cell(c)) is not None}
-    todo = [c for c in cells if c["name"] not in finished]
+    todo = [] if args.report_only else [c for c in cells if c["name"] not in finished]
     log(f"indeed-study: {len(cells)} cells, {len(finished)} finished (read back), {len(todo)} to train, {args.jobs} at a time")
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
     running: dict[str, tuple[dict, subprocess.Popen, float]] = {}
