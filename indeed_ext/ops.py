@@ -19,6 +19,7 @@ OP_NAMES = (
     "six_head_bce",
     "_six_head_bce_forward",
     "_six_head_bce_backward",
+    "mine_pairs",
 )
 
 
@@ -59,6 +60,12 @@ def _fake_six_head_bce_forward(features, weight, bias, targets, index_a, index_b
 
 def _fake_six_head_bce_backward(grad, features, weight, bias, targets, index_a, index_b, logits, ident_logits, norm, eps):
     return _contiguous_like(features), _contiguous_like(weight), weight.new_empty((weight.shape[0],))
+
+
+def _fake_mine_pairs(targets, seed):
+    _checks.check_mine_pairs(targets, seed)
+    index_a = targets.new_empty((targets.shape[0],), dtype=torch.int64)
+    return index_a, torch.empty_like(index_a), torch.empty_like(index_a, dtype=torch.bool)
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -104,6 +111,7 @@ def register_fake_and_autograd(namespace: str) -> None:
         "_decompose_backward": _fake_decompose_backward,
         "_six_head_bce_forward": _fake_six_head_bce_forward,
         "_six_head_bce_backward": _fake_six_head_bce_backward,
+        "mine_pairs": _fake_mine_pairs,
     }
     for name, fake in fakes.items():
         torch.library.register_fake(f"{namespace}::{name}", fake)

@@ -14,6 +14,7 @@ import torch
 from .. import _checks
 from ..ops import OP_NAMES, register_fake_and_autograd
 from . import decompose as _pair
+from . import mine_pairs as _mine
 from . import six_head_bce as _six_head
 from ._common import require_runnable
 
@@ -92,6 +93,12 @@ def six_head_bce(features, weight, bias, targets, index_a, index_b, norm="minmax
     return forward(features, weight, bias, targets, index_a, index_b, norm, eps)[0]
 
 
+def mine_pairs(targets, seed):
+    _checks.check_mine_pairs(targets, seed)
+    require_runnable(targets.device)
+    return _mine.mine_pairs(targets, seed)
+
+
 _KERNELS = {
     "identical_map": identical_map,
     "_identical_map_backward": identical_map_backward,
@@ -99,6 +106,7 @@ _KERNELS = {
     "_decompose_backward": decompose_backward,
     "_six_head_bce_forward": six_head_bce_forward,
     "_six_head_bce_backward": six_head_bce_backward,
+    "mine_pairs": mine_pairs,
 }
 for _name, _kernel in _KERNELS.items():
     for _key in ("CPU", "CUDA"):
