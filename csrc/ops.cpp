@@ -1,6 +1,6 @@
 // The one schema file: every indeed op is declared here, once. Device kernels
-// register under the same names in csrc/cpu and csrc/cuda (TORCH_LIBRARY_IMPL);
-// fake kernels and autograd are registered from Python (indeed_ext/ops.py).
+// register under the same names in csrc/cpu and csrc/cuda (TORCH_LIBRARY_IMPL), autograd
+// in csrc/autograd.cpp; fake kernels are registered from Python (indeed_ext/ops.py).
 #include <torch/library.h>
 #include <ATen/ATen.h>
 

@@ -285,6 +285,6 @@ def mine_pairs(
         # The op's randomness: one int64 drawn on the device (a graph replays the draw).
         seed = torch.randint(-(2**63), 2**63 - 1, (), generator=generator, device=targets.device)
         _checks.check_mine_pairs(targets, seed)
-        return ops.resolve_backend(backend, targets.device, "mine_pairs").mine_pairs(targets.detach(), seed)
+        return ops.resolve_backend(backend, targets.device, "mine_pairs").mine_pairs(targets, seed)
     with torch.no_grad():
         return _matching(_LabelSets.of_batch(targets.detach()), generator)

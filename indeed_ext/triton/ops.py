@@ -1,9 +1,9 @@
 """Registers the Triton kernels as torch.ops.indeed_triton, with the schemas of torch.ops.indeed.
 
 Each schema is copied from the op in namespace ``indeed`` (csrc/ops.cpp), so the two
-namespaces cannot drift apart; the fake kernels and autograd formulas are the shared
-ones of indeed_ext.ops. The ops are plain torch.library definitions with CPU and
-CUDA kernels (not triton_op/wrap_triton, which fail opcheck and torch.compile under
+namespaces cannot drift apart; the fake kernels are the shared ones of indeed_ext.ops,
+and so are the autograd formulas (Python here, the C++ ones of csrc/autograd.cpp for
+indeed). The ops are plain torch.library definitions with CPU and CUDA kernels (not triton_op/wrap_triton, which fail opcheck and torch.compile under
 the Triton interpreter, pytorch#152868): torch.compile treats them as opaque custom ops.
 CPU tensors run through the Triton interpreter (TRITON_INTERPRET=1, the CI setting).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .. import _checks
-from ..ops import OP_NAMES, register_fake_and_autograd
+from ..ops import OP_NAMES, register_autograd, register_fakes
 from . import decompose as _pair
 from . import mine_pairs as _mine
 from . import six_head_bce as _six_head
@@ -113,4 +113,5 @@ for _name, _kernel in _KERNELS.items():
         _lib.impl(_name, _kernel, _key)
 _lib.impl("six_head_bce", six_head_bce, "CompositeImplicitAutograd")
 
-register_fake_and_autograd(NAMESPACE)
+register_fakes(NAMESPACE)
+register_autograd(NAMESPACE)
