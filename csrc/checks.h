@@ -81,7 +81,7 @@ inline void check_six_head(const at::Tensor& features, const at::Tensor& weight,
 }
 
 // mine_pairs: targets (B, c) float or bool, seed a one-element int64 tensor on their device.
-// B < 2^31 keeps the partner draw's 32 x 32-bit products exact (csrc/partner_rank.h).
+// B < 2^31 keeps the partner draw's 32 x 32-bit products exact (csrc/mine_pairs.h).
 inline void check_mine_pairs(const at::Tensor& targets, const at::Tensor& seed) {
   check_rank("targets", targets, 2, "(B, c)");
   TORCH_CHECK_VALUE(targets.size(0) < (int64_t(1) << 31), "mine_pairs needs B < 2^31 rows, got ", targets.size(0));

@@ -3,8 +3,8 @@
 // Rows with equal label sets have the same valid partners, so the work is done once per label
 // set: the rows sharing a label with the set are the OR of its labels' carrier bitsets (one bit
 // per batch row), and clearing the set's own rows leaves exactly its valid partners. Each member
-// then counts and selects bits of that bitset: O(B * (labels per row + 1) * B / 64) word
-// operations in all, instead of O(B^2 * W) for testing every candidate's packed labels.
+// then counts and selects bits of that bitset: at most B * (labels per row + 2) * B / 64 word
+// operations, against B^2 * W for testing every candidate's packed labels.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -14,12 +14,11 @@
 #include <bit>
 #include <cstdint>
 #include <numeric>
-#include <type_traits>
 #include <vector>
 
 #include "checks.h"
 #include "cpu/simd_clones.h"
-#include "partner_rank.h"
+#include "mine_pairs.h"
 
 namespace indeed::cpu {
 namespace {
@@ -37,26 +36,16 @@ struct PackedLabels {
 };
 
 template <typename scalar_t>
-bool is_label(scalar_t target) {
-  if constexpr (std::is_same_v<scalar_t, bool>) {
-    return target;
-  } else {
-    return target > scalar_t(0.5);  // compared in the targets' dtype, as targets > 0.5 is
-  }
-}
-
-template <typename scalar_t>
 PackedLabels pack_labels(const at::Tensor& targets) {
   const int64_t B = targets.size(0), c = targets.size(1);
   const int64_t W = std::max<int64_t>(1, (c + 63) / 64), row_bits = (B + 63) / 64;
   PackedLabels packed{B, c, W, row_bits, std::vector<Word>(B * W, 0), std::vector<Word>(c * row_bits, 0)};
   const scalar_t* t = targets.const_data_ptr<scalar_t>();
   for (int64_t b = 0; b < B; ++b) {
-    for (int64_t k = 0; k < c; ++k) {
-      if (is_label(t[b * c + k])) {
-        packed.row_words[b * W + k / 64] |= Word(1) << (k % 64);
-        packed.carriers[k * row_bits + b / 64] |= Word(1) << (b % 64);
-      }
+    for (int64_t k = 0; k < c; ++k) {  // branch-free: labels are unpredictable
+      const Word label = is_label(t[b * c + k]);
+      packed.row_words[b * W + k / 64] |= label << (k % 64);
+      packed.carriers[k * row_bits + b / 64] |= label << (b % 64);
     }
   }
   return packed;
@@ -102,8 +91,8 @@ struct Pairs {
 
 // The pairs of the rows of label sets [begin, end); partners: scratch of row_bits words. Cloned
 // for the popcount instruction and wider ORs, which the baseline x86-64 build lacks.
-INDEED_SIMD_CLONES void pair_label_sets(const PackedLabels& labels, const LabelSets& sets, uint64_t seed, int64_t begin, int64_t end,
-                     Word* partners, const Pairs& out) {
+INDEED_SIMD_CLONES void pair_label_sets(const PackedLabels& labels, const LabelSets& sets, uint64_t seed,
+                                        int64_t begin, int64_t end, Word* __restrict partners, const Pairs& out) {
   const int64_t row_bits = labels.row_bits;
   for (int64_t s = begin; s < end; ++s) {
     const int64_t first = sets.starts[s], last = sets.starts[s + 1];
@@ -111,7 +100,7 @@ INDEED_SIMD_CLONES void pair_label_sets(const PackedLabels& labels, const LabelS
     const Word* set_labels = labels.row(sets.rows[first]);
     for (int64_t w = 0; w < labels.W; ++w) {
       for (Word rest = set_labels[w]; rest != 0; rest &= rest - 1) {
-        const Word* carriers = labels.carriers.data() + (w * 64 + std::countr_zero(rest)) * row_bits;
+        const Word* __restrict carriers = labels.carriers.data() + (w * 64 + std::countr_zero(rest)) * row_bits;
         for (int64_t i = 0; i < row_bits; ++i) partners[i] |= carriers[i];
       }
     }
@@ -126,6 +115,7 @@ INDEED_SIMD_CLONES void pair_label_sets(const PackedLabels& labels, const LabelS
     }
   }
 }
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_pairs(const at::Tensor& targets_in, const at::Tensor& seed) {
   check_mine_pairs(targets_in, seed);
   const at::Tensor targets = targets_in.contiguous();
