@@ -1,5 +1,9 @@
 """The INDeeD training loss: mine pairs in the batch, score the six heads with one fused op.
 
+Three ops per step ("any" strategy): torch.ops.indeed.mine_pairs, the fused six-head BCE, and
+one weighted sum whose per-head weights (mean, lam, blocks, self-pair rule) are built once per
+setting; no host sync, so torch.compile(fullgraph=True) and CUDA graphs take the whole loss.
+
 For pairs (a, b) the loss is the mean over pairs of
 
     orig_a + orig_b + lam * (ident_a + ident_b + disp_a + disp_b)
@@ -123,7 +127,8 @@ class INDeeDLoss(nn.Module):
             features, weight, bias, targets, index_a, index_b,
             self.norm, self.eps, backend=self.backend, check_indices=False,
         )  # (P, 6): orig_a, orig_b, ident_a, ident_b, disp_a, disp_b
-        loss_weights, block_weights, self_pair_mask = self._head_weights(*per_head.shape, per_head.dtype, per_head.device)
+        P = per_head.shape[0]
+        loss_weights, block_weights, self_pair_mask = self._head_weights(P, per_head.dtype, per_head.device)
         if self_pair_mask is not None:  # "skip": the self-pairs' disparate heads count 0
             per_head = per_head * torch.where(is_partial[:, None], 1.0, self_pair_mask)
         head_sums = per_head.sum(0)
@@ -131,14 +136,14 @@ class INDeeDLoss(nn.Module):
             orig, ident, disp = torch.mv(block_weights, head_sums).unbind()
         return LossOutput(torch.dot(head_sums, loss_weights), orig, ident, disp, torch.count_nonzero(is_partial))
 
-    def _head_weights(self, P, heads, dtype, device):
+    def _head_weights(self, P, dtype, device):
         """Weights of the heads' sums over the P pairs in the loss (6,) and in its blocks orig,
         ident, disp (3, 6), and the heads' factors for a self-pair under "skip" (6,), else None:
         the mean, lam, the blocks and the self-pair rule folded in, built once per setting (one
         for "any", whose P is the batch size) instead of as masks each step."""
         key = (P, self.lam, self.blocks, self.self_pair_disparate, dtype, device)
         if self._weights_key != key:
-            block_weights = torch.zeros((3, heads), dtype=dtype, device=device)
+            block_weights = torch.zeros((3, len(reference.HEADS)), dtype=dtype, device=device)
             block_weights[0, 0:2] = 1 / P
             if "identical" in self.blocks:
                 block_weights[1, 2:4] = 1 / P

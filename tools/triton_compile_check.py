@@ -17,8 +17,8 @@ Cases: identical_map and decompose forward and backward, six_head_bce forward an
 backward; float32 (IEEE and TF32 tl.dot), float64, bfloat16, float16; both norms; n and c
 that give every block configuration the launch code chooses (one row per tile, several,
 rows longer than a tile; one and several class blocks), bias or none, the atomic and the
-deterministic dF reduction; mine_pairs for bool and every float dtype of targets. Prints a table; exits 1 if a launch fails to compile or a
-kernel spills registers. The outputs of the wrappers are garbage (nothing runs).
+deterministic dF reduction; mine_pairs for bool and every float dtype of targets. Prints a
+table; exits 1 if a launch fails to compile or a kernel spills registers. The outputs of the wrappers are garbage (nothing runs).
 """
 from __future__ import annotations
 

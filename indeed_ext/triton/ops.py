@@ -3,8 +3,9 @@
 Each schema is copied from the op in namespace ``indeed`` (csrc/ops.cpp), so the two
 namespaces cannot drift apart; the fake kernels are the shared ones of indeed_ext.ops,
 and so are the autograd formulas (Python here, the C++ ones of csrc/autograd.cpp for
-indeed). The ops are plain torch.library definitions with CPU and CUDA kernels (not triton_op/wrap_triton, which fail opcheck and torch.compile under
-the Triton interpreter, pytorch#152868): torch.compile treats them as opaque custom ops.
+indeed). The ops are plain torch.library definitions with CPU and CUDA kernels (not
+triton_op/wrap_triton, which fail opcheck and torch.compile under the Triton interpreter,
+pytorch#152868): torch.compile treats them as opaque custom ops.
 CPU tensors run through the Triton interpreter (TRITON_INTERPRET=1, the CI setting).
 """
 from __future__ import annotations
