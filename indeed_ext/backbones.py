@@ -100,6 +100,28 @@ class SimpleCNNGap(nn.Module):
         return self.features(x)
 
 
+INITS = ("torch", "kaiming")
+
+
+def initialize(backbone: nn.Module, scheme: str) -> None:
+    """Re-draw a from-scratch backbone's weights: "torch" keeps PyTorch's defaults; "kaiming" draws
+    every conv and linear weight from He et al.'s normal for ReLU (std sqrt(2 / fan_in)), biases 0.
+
+    PyTorch's default (uniform, std sqrt(1 / (3 fan_in))) shrinks a plain ReLU stack's activations
+    by about 1/sqrt(6) per layer; the paper's simple CNN (no batch norm) then starts with features
+    near 0 and its logits at the label prior (docs/EXPERIMENTS.md).
+    """
+    if scheme not in INITS:
+        raise ValueError(f"unknown init {scheme!r}; expected one of {INITS}")
+    if scheme == "torch":
+        return
+    for module in backbone.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
 class RepeatChannels(nn.Module):
     """Grayscale (B, 1, H, W) -> (B, 3, H, W) for models built for RGB."""
 

@@ -253,10 +253,12 @@ def load_model(checkpoint_path: str, ema: bool = False) -> tuple[nn.Module, dict
     return model.export().eval(), config
 
 
-def check_resumable(checkpoint: dict[str, Any], fingerprint: dict[str, Any], path: str) -> None:
-    """A checkpoint may resume a run only with the settings it was trained with."""
-    saved = checkpoint.get("fingerprint", {})
-    differ = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+def check_resumable(checkpoint: dict[str, Any], fingerprint: dict[str, Any], path: str, unrecorded: dict[str, Any] | None = None) -> None:
+    """A checkpoint may resume a run only with the settings it was trained with (those in ``fingerprint``:
+    a setting the run does not depend on, such as λ for a baseline, may differ). ``unrecorded``: the
+    values of settings that checkpoints written before they were recorded ran with."""
+    saved = (unrecorded or {}) | checkpoint.get("fingerprint", {})
+    differ = sorted(k for k in fingerprint if saved.get(k) != fingerprint[k])
     if differ:
         changes = ", ".join(f"{k}: {saved.get(k)!r} -> {fingerprint.get(k)!r}" for k in differ)
         raise CheckpointError(f"cannot resume from {path}: settings differ from the checkpoint's ({changes})")
@@ -296,6 +298,7 @@ def fit(
     clip_grad: float | None = None,
     memory_format: torch.memory_format = torch.preserve_format,
     lam_schedule: Callable[[int, int], float] | None = None,
+    unrecorded: dict[str, Any] | None = None,
 ) -> FitResult:
     """Trains for ``epochs`` epochs (continuing from ``checkpoint_path`` when ``resume``), evaluating after each.
 
@@ -305,12 +308,13 @@ def fit(
     Under torchrun every process resumes from the checkpoint and rank 0 alone writes it.
     ema, clip_grad, memory_format: see train_one_epoch; the EMA weights are evaluated too.
     lam_schedule: λ of (epoch, batch) (see warmed_up_lam); None keeps the criterion's λ.
+    unrecorded: see check_resumable.
     """
     result, start = FitResult(), 0
     fingerprint = fingerprint or {}
     if resume and checkpoint_path and os.path.exists(checkpoint_path):
         state = load_checkpoint(checkpoint_path)
-        check_resumable(state, fingerprint, checkpoint_path)
+        check_resumable(state, fingerprint, checkpoint_path, unrecorded)
         unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:

@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     cell.add_argument("--train-args", metavar="ARGS", default="", help='any other indeed-train flags, one string (e.g. "--lam 0.5 --schedule none")')
     study = p.add_argument_group("study")
     study.add_argument("--out", metavar="PATH", required=True, help="study folder (re-run the same command to resume)")
+    study.add_argument("--report-only", action="store_true", help="write the report of the finished cells, train nothing")
     study.add_argument("--jobs", type=train._number(int, 1), default=1, help="cells trained at once, each in its own process")
     return p
 
@@ -118,8 +119,8 @@ def planned_cells(args) -> list[dict]:
 def read_cell(cell: dict) -> dict | None:
     """The finished cell's record (final and per-epoch mAP), or None when it has not finished.
 
-    A cell trained with other settings (its results.json's config, defaults included) is an
-    error: its results would be mixed in. A stopped cell's checkpoint is checked the same
+    A cell trained with other settings (its results.json's config, defaults included; for a
+    baseline cell, the INDeeD-only ones aside) is an error: its results would be mixed in. A stopped cell's checkpoint is checked the same
     way by indeed-train --resume.
     """
     results_path = os.path.join(cell["folder"], "results.json")
@@ -128,9 +129,11 @@ def read_cell(cell: dict) -> dict | None:
     with open(results_path) as f:
         (result,) = json.load(f)
     expected = vars(train.parse_args(train.build_parser(), cell["argv"] + ["--out", cell["folder"]]))
-    differ = sorted(k for k in expected if k not in train.RESUME_MAY_CHANGE and result["config"].get(k) != expected[k])
+    ignored = train.RESUME_MAY_CHANGE + (train.INDEED_ONLY if expected["method"] == "baseline" else ())
+    recorded = train.UNRECORDED_SETTINGS | result["config"]
+    differ = sorted(k for k in expected if k not in ignored and recorded.get(k) != expected[k])
     if differ:
-        changes = ", ".join(f"{k}: {result['config'].get(k)!r} -> {expected[k]!r}" for k in differ)
+        changes = ", ".join(f"{k}: {recorded.get(k)!r} -> {expected[k]!r}" for k in differ)
         raise ValueError(f"{cell['folder']} was trained with other settings ({changes}); re-run with those or choose another --out")
     return {
         "n": cell["n"], "run": cell["run"], "seed": cell["seed"], "mAP": result["mAP"],
@@ -203,7 +206,7 @@ def run_study(args, log=print) -> int:
 def _run_cells(args, log) -> int:
     cells = planned_cells(args)
     finished = {c["name"]: r for c in cells if (r := read_cell(c)) is not None}
-    todo = [c for c in cells if c["name"] not in finished]
+    todo = [] if args.report_only else [c for c in cells if c["name"] not in finished]
     log(f"indeed-study: {len(cells)} cells, {len(finished)} finished (read back), {len(todo)} to train, {args.jobs} at a time")
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
     running: dict[str, tuple[dict, subprocess.Popen, float]] = {}

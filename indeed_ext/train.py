@@ -26,7 +26,7 @@ import time
 import torch
 
 from . import distributed, engine
-from .backbones import BACKBONES, build_backbone
+from .backbones import BACKBONES, INITS, build_backbone, initialize
 from .data import DATASETS, DataOptions, build_dataset
 from .data.registry import PHOTO_DATASETS, TEST_SCHEMES, TRAIN_SCHEMES
 from .ema import ModelEma
@@ -45,11 +45,17 @@ NORM_TITLES = {"minmax": "Min-max", "l2": "L2"}
 INIT_STREAM = 3  # seed stream of the model initialisation (engine uses 0-2 per epoch)
 # Settings a resumed run may change; every other one must match the checkpoint.
 RESUME_MAY_CHANGE = ("epochs", "out", "resume", "workers", "device", "compile", "quiet", "backend", "channels_last")
-PER_RUN = ("method", "norm")
+PER_RUN = ("method", "norm")  # the run's own method and norm replace the lists given on the command line
+INDEED_ONLY = ("norm", "blocks", "lam", "lam_warmup", "strategy", "self_pair_disparate", "global_pairs")  # no effect on a baseline
 DEFAULT_BACKBONE = "simple-cnn"  # the paper's ML-MNIST network
 # On 24 px ml-digits canvases the paper's network (no batch norm) stays at the label prior within a
 # demo's budget (docs/EXPERIMENTS.md): the batch-normed, globally pooled one learns them.
-DATASET_BACKBONES = {"ml-digits": "simple-cnn-gap"}  # the run's own method and norm replace the lists given on the command line
+DATASET_BACKBONES = {"ml-digits": "simple-cnn-gap"}
+# The paper's simple CNN has no batch norm: with PyTorch's default init it sat at the label prior for
+# epochs, with He's it learnt in the first (docs/EXPERIMENTS.md). Other backbones keep their own init.
+BACKBONE_INITS = {"simple-cnn": "kaiming"}
+# What a setting was before indeed-train recorded it: how a checkpoint or study cell without it ran.
+UNRECORDED_SETTINGS = {"init": "torch"}
 
 
 def _number(kind, low=None, low_inclusive=True, high=None):
@@ -91,14 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--norm", nargs="+", default=["minmax"], choices=NORMS, help="identical-map normalisation(s); one INDeeD model each")
     method.add_argument("--blocks", nargs="+", default=list(BLOCKS), choices=BLOCKS, help="INDeeD heads besides the originals (ablations: one of them)")
     method.add_argument("--lam", type=_number(float, 0.0), default=1.0, help="weight of the identical and disparate heads")
-    method.add_argument("--lam-warmup", metavar="EPOCHS", type=_number(int, 0), default=2,
-                        help="ramp λ linearly per step from 0 to --lam over the first EPOCHS epochs (0 = off; docs/EXPERIMENTS.md)")
+    method.add_argument("--lam-warmup", metavar="EPOCHS", type=_number(int, 0), default=0,
+                        help="ramp λ linearly per step from 0 to --lam over the first EPOCHS epochs (0 = off, the paper's constant λ; "
+                             "with simple-cnn a ramp kept INDeeD at the label prior: docs/EXPERIMENTS.md)")
     method.add_argument("--strategy", default="any", choices=STRATEGIES, help="pair mining")
     method.add_argument("--self-pair-disparate", default="zero_target", choices=SELF_PAIR_DISPARATE, help="disparate heads of self-pairs")
     method.add_argument("--backend", default="auto", choices=BACKENDS, help="INDeeD operator backend")
     model = p.add_argument_group("model and optimisation")
     model.add_argument("--backbone", metavar="NAME", help=f"one of {', '.join(BACKBONES)} (default: {DEFAULT_BACKBONE} or, per data set, {DATASET_BACKBONES})")
     model.add_argument("--weights", metavar="PATH", help="local weights file for the backbone (nothing downloads)")
+    model.add_argument("--init", choices=INITS,
+                       help=f"from-scratch backbone weights: PyTorch's defaults or He's (kaiming) normal (default: {BACKBONE_INITS} per backbone, else torch)")
     model.add_argument("--epochs", type=_number(int, 1), default=3, help="training epochs")
     model.add_argument("--batch-size", type=_number(int, 1), default=128, help="training and test batch size")
     model.add_argument("--lr", type=_number(float, 0.0, low_inclusive=False), default=1e-3, help="Adam learning rate (peak LR for onecycle)")
@@ -120,10 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
-    """The parsed flags with the defaults that depend on other flags filled in (the backbone)."""
+    """The parsed flags with the defaults that depend on other flags filled in (the backbone and its init)."""
     args = parser.parse_args(argv)
     if args.backbone is None:
         args.backbone = DATASET_BACKBONES.get(args.dataset, DEFAULT_BACKBONE)
+    if args.init is None:
+        args.init = "torch" if args.weights else BACKBONE_INITS.get(args.backbone, "torch")
     return args
 
 
@@ -158,6 +169,7 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
     num_classes = len(bundle.class_names)
     torch.manual_seed(engine.derive_seed(args.seed, INIT_STREAM))  # every run starts from the same weights
     backbone, feature_dim = build_backbone(args.backbone, bundle.image_shape[0], args.weights, bundle.object_size, bundle.image_shape[1:])
+    initialize(backbone, args.init)
     memory_format = torch.channels_last if args.channels_last else torch.preserve_format
     model = INDeeD(backbone, num_classes, feature_dim).to(device, memory_format=memory_format)
     ema = ModelEma(model, args.ema) if args.ema else None
@@ -177,7 +189,8 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
     scheduler, per_batch = engine.build_scheduler(optimizer, args.schedule, args.epochs, len(train_loader))
     amp_dtype = engine.AMP_DTYPES[args.amp]
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    fingerprint = {k: v for k, v in config.items() if k not in RESUME_MAY_CHANGE + PER_RUN}
+    ignored = RESUME_MAY_CHANGE + PER_RUN + (INDEED_ONLY if run["method"] == "baseline" else ())
+    fingerprint = {k: v for k, v in config.items() if k not in ignored}
     fingerprint |= {"run": run, "world_size": distributed.world_size()}  # the global batch and the steps per epoch
     if args.schedule == "onecycle":  # its steps are laid out over the planned epochs
         fingerprint["epochs"] = args.epochs
@@ -200,7 +213,7 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
         amp_dtype=amp_dtype, checkpoint_path=os.path.join(args.out, run["name"], "checkpoint.pt"), resume=args.resume,
         fingerprint=fingerprint, checkpoint_extra=meta, progress=progress, log=log, name=run["name"],
         ema=ema, clip_grad=args.clip_grad, memory_format=memory_format,
-        lam_schedule=lam_schedule,
+        lam_schedule=lam_schedule, unrecorded=UNRECORDED_SETTINGS,
     )
     ev, ev_ema = result.evaluation, result.evaluation_ema
     return {
@@ -239,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             raise FileNotFoundError(f"--root {args.root!r} is not a folder")
         if args.weights is not None and not os.path.isfile(args.weights):
             raise FileNotFoundError(f"--weights {args.weights!r} is not a file")
+        if args.weights is not None and args.init != "torch":  # only when --init was given
+            raise ValueError(f"--init {args.init} would overwrite the --weights; use one of them")
         options = DataOptions(
             root=args.root, labels_per_image=args.labels_per_image, train_size=args.train_size, test_size=args.test_size,
             seed=args.seed, split_test_set=args.split_test_set, cutout=args.cutout, randaugment=args.randaugment,

@@ -99,6 +99,18 @@ def test_finished_cells_are_read_back_and_other_settings_refused(tiny_study, cap
     assert study.main(argv) == 0
     assert "8 finished (read back), 0 to train" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in out.glob("cells/*/results.json")} == stamps
+    baseline_only = [a.replace("--batch-size 32", "--batch-size 32 --lam 0.5 --lam-warmup 1") for a in argv]
+    baseline_only[baseline_only.index("minmax")] = "baseline"  # runs: baseline baseline -> refused as a repeat
+    with pytest.raises(SystemExit):
+        study.main(baseline_only)
+    assert "names a run twice" in capsys.readouterr().err
+    baseline_only.remove("baseline")
+    assert study.main(baseline_only) == 0  # a baseline does not depend on λ: its cells are read back
+    assert "4 finished (read back), 0 to train" in capsys.readouterr().out
+    assert study.main([a.replace("minmax", "l2") for a in argv] + ["--report-only"]) == 0  # l2 cells: none trained
+    assert not list(out.glob("cells/*l2*")) and "| N | Baseline | paper | INDeeD (L2) | paper |" in (out / "study.md").read_text()
+    assert study.main(argv) == 0  # the report of the grid again
+    capsys.readouterr()
     changed = [a.replace("--batch-size 32", "--batch-size 16") for a in argv]
     with pytest.raises(SystemExit):
         study.main(changed)

@@ -99,6 +99,15 @@ def test_lam_warmup_changes_training(tmp_path):
     assert b["fingerprint"]["lam_warmup"] == 1 and a["fingerprint"]["lam_warmup"] == 0
 
 
+def test_a_baseline_resumes_whatever_the_indeed_settings(tmp_path, capsys):
+    """λ, its warm-up and the pair settings do not touch a baseline: its checkpoint resumes under others; INDeeD's does not."""
+    assert run(tmp_path, "--method", "both", "--lam-warmup", "2") == 0
+    assert run(tmp_path, "--method", "baseline", "--lam", "0.5", "--lam-warmup", "0", "--strategy", "matching", "--epochs", "2", "--resume") == 0
+    assert "[baseline] resumed from" in capsys.readouterr().out
+    assert run(tmp_path, "--method", "indeed", "--lam-warmup", "0", "--epochs", "2", "--resume") == 1
+    assert "lam_warmup: 2 -> 0" in capsys.readouterr().err
+
+
 def test_resume_with_other_settings_fails(tmp_path, capsys):
     assert run(tmp_path, "--method", "baseline") == 0
     assert run(tmp_path, "--method", "baseline", "--lr", "0.01", "--epochs", "2", "--resume") == 1
@@ -308,6 +317,46 @@ def test_default_backbone_per_dataset():
     assert train.parse_args(parser, ["--dataset", "ml-mnist"]).backbone == "simple-cnn"
     assert train.parse_args(parser, ["--dataset", "ml-digits"]).backbone == "simple-cnn-gap"
     assert train.parse_args(parser, ["--dataset", "ml-digits", "--backbone", "simple-cnn"]).backbone == "simple-cnn"
+
+
+def test_kaiming_init_draws_he_normal_weights_and_zero_biases():
+    from indeed_ext.backbones import build_backbone, initialize
+
+    torch.manual_seed(0)
+    backbone, _ = build_backbone("simple-cnn", 1, image_size=(84, 84))
+    initialize(backbone, "torch")
+    conv = backbone.features[3]  # the 32 -> 64 conv: fan_in 288
+    assert conv.weight.std().item() == pytest.approx((1 / (3 * 288)) ** 0.5, rel=0.1) and conv.bias.abs().max() > 0
+    initialize(backbone, "kaiming")
+    assert conv.weight.std().item() == pytest.approx((2 / 288) ** 0.5, rel=0.1) and conv.bias.abs().max() == 0
+    with pytest.raises(ValueError, match="unknown init 'xavier'"):
+        initialize(backbone, "xavier")
+
+
+def test_init_flag_trains_and_refuses_weights(tmp_path, capsys):
+    assert run(tmp_path, "--method", "baseline", "--init", "kaiming") == 0
+    (result,) = json.loads((tmp_path / "results.json").read_text())
+    assert result["config"]["init"] == "kaiming"
+    (tmp_path / "w.pt").write_bytes(b"")
+    with pytest.raises(SystemExit):
+        run(tmp_path / "b", "--init", "kaiming", "--weights", str(tmp_path / "w.pt"))
+    assert "would overwrite the --weights" in capsys.readouterr().err
+
+
+def test_a_setting_added_after_a_checkpoint_compares_as_it_was():
+    """A checkpoint written before --init existed ran with PyTorch's init: it resumes as "torch", not as "kaiming"."""
+    old = {"fingerprint": {"lr": 0.001}}
+    engine.check_resumable(old, {"lr": 0.001, "init": "torch"}, "c.pt", train.UNRECORDED_SETTINGS)
+    with pytest.raises(engine.CheckpointError, match="init: 'torch' -> 'kaiming'"):
+        engine.check_resumable(old, {"lr": 0.001, "init": "kaiming"}, "c.pt", train.UNRECORDED_SETTINGS)
+
+
+def test_init_default_per_backbone():
+    parser = train.build_parser()
+    assert train.parse_args(parser, ["--dataset", "ml-mnist"]).init == "kaiming"
+    assert train.parse_args(parser, ["--dataset", "ml-digits"]).init == "torch"  # simple-cnn-gap
+    assert train.parse_args(parser, ["--backbone", "resnet50"]).init == "torch"
+    assert train.parse_args(parser, ["--backbone", "simple-cnn", "--weights", "w.pt"]).init == "torch"
 
 
 def test_simple_cnn_rejects_tiny_or_unknown_canvases():
