@@ -45,9 +45,12 @@ study: install
 	  --out docs/studies/ml-mnist-3ep
 
 # Timings of every op on the CPU backends, small sizes (benchmarks/bench_ops.py --preset small,
-# under 5 minutes on 2 cores): benchmarks/results/ops_cpu.{md,csv,json} and one plot per op.
+# under 5 minutes on 2 cores): benchmarks/results/ops_cpu.{md,csv,json} and one plot per op; then
+# the host overhead of a step's loss and mine_pairs (benchmarks/bench_host.py, under a minute):
+# benchmarks/results/host_cpu.{md,json}.
 bench: install
 	$(PY) benchmarks/bench_ops.py --device cpu --preset small --out benchmarks/results
+	$(PY) benchmarks/bench_host.py --out benchmarks/results
 
 # The full matrix on a CUDA GPU (under 8 minutes on an H100): builds the CUDA kernels in place with
 # the Python that has torch and triton there, then benchmarks/results/ops_cuda.*.

@@ -36,7 +36,7 @@ def extensions():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     here = os.path.dirname(os.path.abspath(__file__))
-    sources = ["csrc/python_module.cpp", "csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/python_module.cpp", "csrc/ops.cpp", "csrc/autograd.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     # The C++ standard comes from torch (C++20 for torch>=2.10). -fno-trapping-math, as torch
     # itself builds: without it GCC keeps the selects of the CPU kernels' loops as branches
     # and does not vectorise them (NaN and Inf semantics are unchanged). -ffp-contract=off: the

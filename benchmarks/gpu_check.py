@@ -5,8 +5,9 @@
 
 Steps, each in a subprocess with a time limit; a failing step does not stop the others:
   build     python setup.py build_ext --inplace with INDEED_CUDA=1 and TORCH_CUDA_ARCH_LIST of the GPU
-  tests     pytest tests/test_cuda_ops.py (2 processes) and tests/test_triton_ops.py (6 processes, most
-            of their time is compiling kernels), each process on a contiguous slice of the file's collected
+  tests     pytest tests/test_cuda_ops.py (2 processes), tests/test_triton_ops.py (6 processes, most
+            of their time is compiling kernels), tests/test_mine_pairs.py and tests/test_cuda_graph.py
+            (one each), each process on a contiguous slice of the file's collected
             tests, all at the same time with one limit (INDEED_EXPECT_CUDA=1, -v -rfE --tb=short): a log and
             a JUnit XML each (tests_cuda_1of2.log, .xml, ...). Near its limit a run gets SIGINT, so pytest
             still writes its summary and XML, then SIGKILL. The report gives each run's counts, its failed
@@ -52,7 +53,12 @@ BENCH_MIN_S = 60.0  # kept for the timings whatever the earlier steps took
 # all run at the same time; -v puts each test's id and outcome in the log as it finishes, so a killed
 # run still shows how far it got and what failed. The Triton tests are split most: their time is
 # mostly compiling kernel variants, one CPU core per process (the GPU is shared and mostly idle).
-TEST_RUNS = {"tests_cuda": ("tests/test_cuda_ops.py", 2), "tests_triton": ("tests/test_triton_ops.py", 6)}
+TEST_RUNS = {
+    "tests_cuda": ("tests/test_cuda_ops.py", 2),
+    "tests_triton": ("tests/test_triton_ops.py", 6),
+    "tests_mine_pairs": ("tests/test_mine_pairs.py", 1),
+    "tests_cuda_graph": ("tests/test_cuda_graph.py", 1),
+}
 PYTEST_ARGS = ("-v", "-p", "no:cacheprovider", "-rfE", "--tb=short")
 INTERRUPT_BEFORE_S = 15.0  # SIGINT this long before the kill: pytest still writes its summary and JUnit XML
 LISTED_FAILURES = 20  # per run on stdout and in results.md; results.json has them all

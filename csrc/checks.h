@@ -80,6 +80,20 @@ inline void check_six_head(const at::Tensor& features, const at::Tensor& weight,
   TORCH_CHECK_TYPE(index_b.scalar_type() == at::kLong, "index_b must be int64, got ", index_b.scalar_type());
 }
 
+// mine_pairs: targets (B, c) float or bool, seed a one-element int64 tensor on their device.
+// B < 2^31 keeps the partner draw's 32 x 32-bit products exact (csrc/mine_pairs.h).
+inline void check_mine_pairs(const at::Tensor& targets, const at::Tensor& seed) {
+  check_rank("targets", targets, 2, "(B, c)");
+  TORCH_CHECK_VALUE(targets.size(0) < (int64_t(1) << 31), "mine_pairs needs B < 2^31 rows, got ", targets.size(0));
+  const auto s = targets.scalar_type();
+  TORCH_CHECK_TYPE(s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16 || s == at::kBool,
+                   "targets must be bool or float16, bfloat16, float32, float64, got ", s);
+  TORCH_CHECK_TYPE(seed.scalar_type() == at::kLong, "seed must be int64, got ", seed.scalar_type());
+  TORCH_CHECK_VALUE(seed.numel() == 1, "seed must have one element, got shape ", seed.sizes());
+  TORCH_CHECK_VALUE(seed.device() == targets.device(), "targets, seed are on different devices: ", targets.device(),
+                    ", ", seed.device());
+}
+
 // Host-side range check of pair indices (CPU tensors; reading them there is free).
 inline void check_index_values(const char* name, const at::Tensor& index, int64_t B) {
   const int64_t* p = index.data_ptr<int64_t>();  // caller passes a contiguous CPU tensor

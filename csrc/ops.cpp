@@ -1,6 +1,6 @@
 // The one schema file: every indeed op is declared here, once. Device kernels
-// register under the same names in csrc/cpu and csrc/cuda (TORCH_LIBRARY_IMPL);
-// fake kernels and autograd are registered from Python (indeed_ext/ops.py).
+// register under the same names in csrc/cpu and csrc/cuda (TORCH_LIBRARY_IMPL), autograd
+// in csrc/autograd.cpp; fake kernels are registered from Python (indeed_ext/ops.py).
 #include <torch/library.h>
 #include <ATen/ATen.h>
 
@@ -38,6 +38,7 @@ TORCH_LIBRARY(indeed, m) {
   m.def("_six_head_bce_backward(Tensor grad, Tensor features, Tensor weight, Tensor? bias,"
         " Tensor targets, Tensor index_a, Tensor index_b, Tensor logits, Tensor ident_logits,"
         " str norm, float eps) -> (Tensor grad_features, Tensor grad_weight, Tensor grad_bias)");
+  m.def("mine_pairs(Tensor targets, Tensor seed) -> (Tensor index_a, Tensor index_b, Tensor is_partial)");
 }
 
 TORCH_LIBRARY_IMPL(indeed, CompositeImplicitAutograd, m) {

@@ -89,3 +89,17 @@ def check_six_head(features, weight, bias, targets, index_a, index_b, check_inde
         for name, idx in (("index_a", index_a), ("index_b", index_b)):
             if idx.numel() and bool(((idx < 0) | (idx >= B)).any()):
                 raise IndexError(f"{name} has values outside [0, B) = [0, {B})")
+
+
+def check_mine_pairs(targets, seed) -> None:
+    """targets: (B, c) bool or float; seed: one-element int64 tensor on the targets' device."""
+    _check_rank("targets", targets, 2, "(B, c)")
+    if targets.shape[0] >= 2**31:
+        raise ValueError(f"mine_pairs needs B < 2^31 rows, got {targets.shape[0]}")
+    if targets.dtype != torch.bool and targets.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"targets must be bool or float16, bfloat16, float32, float64, got {targets.dtype}")
+    if seed.dtype != torch.int64:
+        raise TypeError(f"seed must be int64, got {seed.dtype}")
+    if seed.numel() != 1:
+        raise ValueError(f"seed must have one element, got shape {tuple(seed.shape)}")
+    _check_same_device("targets, seed", (targets, seed))

@@ -1,5 +1,9 @@
 """The INDeeD training loss: mine pairs in the batch, score the six heads with one fused op.
 
+Three ops per step ("any" strategy): torch.ops.indeed.mine_pairs, the fused six-head BCE, and
+one weighted sum whose per-head weights (mean, lam, blocks, self-pair rule) are built once per
+setting; no host sync, so torch.compile(fullgraph=True) and CUDA graphs take the whole loss.
+
 For pairs (a, b) the loss is the mean over pairs of
 
     orig_a + orig_b + lam * (ident_a + ident_b + disp_a + disp_b)
@@ -90,6 +94,7 @@ class INDeeDLoss(nn.Module):
         self.lam, self.norm, self.eps = float(lam), norm, eps
         self.blocks, self.self_pair_disparate = blocks, self_pair_disparate
         self.strategy, self.backend = strategy, backend
+        self._weights_key = self._weights = None  # see _head_weights
 
     def extra_repr(self) -> str:
         return (
@@ -117,22 +122,39 @@ class INDeeDLoss(nn.Module):
     def _loss(self, features, targets, weight, bias, generator) -> LossOutput:
         if self.lam == 0:
             return self._baseline(features, targets, weight, bias)
-        index_a, index_b, is_partial = mine_pairs(targets, self.strategy, generator)
+        index_a, index_b, is_partial = mine_pairs(targets, self.strategy, generator, self.backend)
         per_head = ops.six_head_bce(
             features, weight, bias, targets, index_a, index_b,
             self.norm, self.eps, backend=self.backend, check_indices=False,
         )  # (P, 6): orig_a, orig_b, ident_a, ident_b, disp_a, disp_b
-        mask = torch.ones_like(per_head)
-        if "identical" not in self.blocks:
-            mask[:, 2:4] = 0
-        if "disparate" not in self.blocks:
-            mask[:, 4:6] = 0
-        elif self.self_pair_disparate == "skip":
-            mask[:, 4:6] *= is_partial[:, None]
-        terms = per_head * mask / per_head.shape[0]
-        orig, ident, disp = terms[:, 0:2].sum(), terms[:, 2:4].sum(), terms[:, 4:6].sum()
-        loss = orig + self.lam * (ident + disp)
-        return LossOutput(loss, orig.detach(), ident.detach(), disp.detach(), is_partial.sum())
+        P = per_head.shape[0]
+        loss_weights, block_weights, self_pair_mask = self._head_weights(P, per_head.dtype, per_head.device)
+        if self_pair_mask is not None:  # "skip": the self-pairs' disparate heads count 0
+            per_head = per_head * torch.where(is_partial[:, None], 1.0, self_pair_mask)
+        head_sums = per_head.sum(0)
+        with torch.no_grad():
+            orig, ident, disp = torch.mv(block_weights, head_sums).unbind()
+        return LossOutput(torch.dot(head_sums, loss_weights), orig, ident, disp, torch.count_nonzero(is_partial))
+
+    def _head_weights(self, P, dtype, device):
+        """Weights of the heads' sums over the P pairs in the loss (6,) and in its blocks orig,
+        ident, disp (3, 6), and the heads' factors for a self-pair under "skip" (6,), else None:
+        the mean, lam, the blocks and the self-pair rule folded in, built once per setting (one
+        for "any", whose P is the batch size) instead of as masks each step."""
+        key = (P, self.lam, self.blocks, self.self_pair_disparate, dtype, device)
+        if self._weights_key != key:
+            block_weights = torch.zeros((3, len(reference.HEADS)), dtype=dtype, device=device)
+            block_weights[0, 0:2] = 1 / P
+            if "identical" in self.blocks:
+                block_weights[1, 2:4] = 1 / P
+            if "disparate" in self.blocks:
+                block_weights[2, 4:6] = 1 / P
+            loss_weights = block_weights.T @ torch.tensor([1.0, self.lam, self.lam], dtype=dtype, device=device)
+            self_pair_mask = None
+            if self.self_pair_disparate == "skip" and "disparate" in self.blocks:
+                self_pair_mask = torch.tensor([1, 1, 1, 1, 0, 0], dtype=dtype, device=device)
+            self._weights_key, self._weights = key, (loss_weights, block_weights, self_pair_mask)
+        return self._weights
 
     def _baseline(self, features, targets, weight, bias) -> LossOutput:
         # Logits accumulated and kept in float32 for half inputs, as the fused op's orig heads.
@@ -163,4 +185,7 @@ def _classifier_params(features, targets, classifier):
             f"but features have n={n} and targets c={c}"
         )
     bias = getattr(classifier, "bias", None)
-    return weight.to(features.dtype), None if bias is None else bias.to(features.dtype)
+    def in_features_dtype(t):  # without an aten::to when it has it already
+        return t if t is None or t.dtype == features.dtype else t.to(features.dtype)
+
+    return in_features_dtype(weight), in_features_dtype(bias)

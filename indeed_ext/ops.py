@@ -1,8 +1,9 @@
-"""Fake kernels, autograd and the backend-selecting Python API of the indeed ops.
+"""Fake kernels, the Triton backend's autograd and the backend-selecting Python API of the indeed ops.
 
-The schemas live in csrc/ops.cpp (namespace ``indeed``); the Triton backend
-re-declares the same schemas in namespace ``indeed_triton``. ``register_fake_and_autograd``
-serves both, so the two namespaces share one definition of shapes and gradients.
+The schemas live in csrc/ops.cpp (namespace ``indeed``), with their autograd in C++
+(csrc/autograd.cpp); the Triton backend re-declares the same schemas in namespace
+``indeed_triton``. ``register_fakes`` serves both namespaces, so they share one definition
+of shapes; ``register_autograd`` gives indeed_triton the gradients csrc/autograd.cpp gives indeed.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ OP_NAMES = (
     "six_head_bce",
     "_six_head_bce_forward",
     "_six_head_bce_backward",
+    "mine_pairs",
 )
 
 
@@ -61,7 +63,13 @@ def _fake_six_head_bce_backward(grad, features, weight, bias, targets, index_a, 
     return _contiguous_like(features), _contiguous_like(weight), weight.new_empty((weight.shape[0],))
 
 
-# ----------------------------------------------------------------------------- autograd
+def _fake_mine_pairs(targets, seed):
+    _checks.check_mine_pairs(targets, seed)
+    index_a = targets.new_empty((targets.shape[0],), dtype=torch.int64)
+    return index_a, torch.empty_like(index_a), torch.empty_like(index_a, dtype=torch.bool)
+
+
+# ----------------------------------------------------------------------------- autograd (indeed_triton)
 def _setup_pair(ctx, inputs, output):
     fa, fb, norm, eps = inputs
     ctx.save_for_backward(fa, fb)
@@ -72,12 +80,30 @@ def _setup_six_head(ctx, inputs, output):
     features, weight, bias, targets, index_a, index_b, norm, eps = inputs
     _, logits, ident_logits = output
     ctx.mark_non_differentiable(logits, ident_logits)
+    ctx.set_materialize_grads(False)  # the logits' gradients are never used
     ctx.save_for_backward(features, weight, bias, targets, index_a, index_b, logits, ident_logits)
     ctx.norm, ctx.eps = norm, eps
 
 
-def register_fake_and_autograd(namespace: str) -> None:
-    """Register fake kernels and autograd formulas for ``namespace::<op>`` (indeed, indeed_triton)."""
+_FAKES = {
+    "identical_map": _fake_identical_map,
+    "_identical_map_backward": _fake_identical_map_backward,
+    "decompose": _fake_decompose,
+    "_decompose_backward": _fake_decompose_backward,
+    "_six_head_bce_forward": _fake_six_head_bce_forward,
+    "_six_head_bce_backward": _fake_six_head_bce_backward,
+    "mine_pairs": _fake_mine_pairs,
+}
+
+
+def register_fakes(namespace: str) -> None:
+    """Register the fake kernels of ``namespace::<op>`` (indeed, indeed_triton)."""
+    for name, fake in _FAKES.items():
+        torch.library.register_fake(f"{namespace}::{name}", fake)
+
+
+def register_autograd(namespace: str) -> None:
+    """Register Python autograd formulas for ``namespace::<op>``, the ones csrc/autograd.cpp has in C++."""
     ops = getattr(torch.ops, namespace)
 
     def identical_map_backward(ctx, grad_m):
@@ -91,22 +117,14 @@ def register_fake_and_autograd(namespace: str) -> None:
         return grad_fa, grad_fb, None, None
 
     def six_head_bce_backward(ctx, grad_loss, _grad_logits, _grad_ident_logits):
+        if grad_loss is None:  # the loss was not used
+            return (None,) * 8
         features, weight, bias, targets, index_a, index_b, logits, ident_logits = ctx.saved_tensors
         grad_features, grad_weight, grad_bias = ops._six_head_bce_backward(
             grad_loss, features, weight, bias, targets, index_a, index_b, logits, ident_logits, ctx.norm, ctx.eps
         )
         return grad_features, grad_weight, (None if bias is None else grad_bias), None, None, None, None, None
 
-    fakes = {
-        "identical_map": _fake_identical_map,
-        "_identical_map_backward": _fake_identical_map_backward,
-        "decompose": _fake_decompose,
-        "_decompose_backward": _fake_decompose_backward,
-        "_six_head_bce_forward": _fake_six_head_bce_forward,
-        "_six_head_bce_backward": _fake_six_head_bce_backward,
-    }
-    for name, fake in fakes.items():
-        torch.library.register_fake(f"{namespace}::{name}", fake)
     torch.library.register_autograd(f"{namespace}::identical_map", identical_map_backward, setup_context=_setup_pair)
     torch.library.register_autograd(f"{namespace}::decompose", decompose_backward, setup_context=_setup_pair)
     torch.library.register_autograd(
@@ -181,8 +199,11 @@ def six_head_bce(
     invalid indices never read out of bounds: the CUDA kernels stop with a device-side
     assertion, the Triton kernels give those pairs NaN losses.
     """
-    checking = check_indices and not torch.compiler.is_compiling()
+    ops = resolve_backend(backend, features.device, "_six_head_bce_forward")
+    # The CPU kernels (C++, and Triton through the interpreter) read the indices anyway and
+    # raise the same IndexError, so only other tensors (and the reference) are read here.
+    read_indices = features.device.type != "cpu" or ops is reference
+    checking = check_indices and read_indices and not torch.compiler.is_compiling()
     _checks.check_six_head(features, weight, bias, targets, index_a, index_b, check_index_values=checking)
     _checks.check_norm_eps(norm, eps)
-    ops = resolve_backend(backend, features.device, "_six_head_bce_forward")
     return ops.six_head_bce(features, weight, bias, targets, index_a, index_b, norm, eps)

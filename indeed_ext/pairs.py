@@ -1,11 +1,15 @@
 """Pair mining for INDeeD: for each sample a, a partner b that shares a label with a
 and has a different label set (ya ∩ yb ≠ ∅ and ya ≠ yb, with y = targets > 0.5).
 
-Everything runs on the targets' device with batched tensor ops; the random numbers
-come from ``generator`` (a ``torch.Generator`` on that device) or the global RNG.
+"any" is one op, ``torch.ops.indeed.mine_pairs`` (CPU and CUDA C++, Triton, and the
+B×B spec ``reference.mine_pairs``): static shapes, no host sync, and its random numbers
+come from a seed tensor drawn with torch's generator and a counter-based generator
+(Philox) inside the kernel, so a CUDA graph captures it. Same generator state, same
+pairs, on every backend.
 
-How a uniform partner is drawn without a B×B matrix (at B=4096, c=80 a B×B overlap
-matmul and B×B random keys take about 150 ms on a 2-core CPU; this takes about 5 ms):
+"matching" runs Python rounds on the targets' device with batched tensor ops; the
+rounds' sizes are read on the host, so it syncs and cannot be graph-captured. Its
+rounds draw a uniform valid partner among a subset of the batch without a B×B matrix:
 
 1. Whether a has any valid partner at all is exact and cheap: every candidate with
    a's label set also carries each label k of a, so a valid partner exists iff some
@@ -37,6 +41,8 @@ from __future__ import annotations
 import sys
 
 import torch
+
+from . import _checks, ops
 
 STRATEGIES = ("any", "matching")
 
@@ -245,17 +251,22 @@ def _matching(batch: _LabelSets, generator):
     return index_a, index_b, index_a != index_b
 
 
-def mine_pairs(targets: torch.Tensor, strategy: str = "any", generator: torch.Generator | None = None):
+def mine_pairs(
+    targets: torch.Tensor, strategy: str = "any", generator: torch.Generator | None = None, backend: str = "auto"
+):
     """Pairs (index_a, index_b, is_partial) for the INDeeD loss.
 
     targets: (B, c) labels (bool, or float with positives > 0.5) on any device.
     A valid partner b of a shares a label with a and has a different label set.
 
     - "any": P = B pairs, index_a = arange(B); each a gets a partner drawn uniformly
-      among its valid partners, independently of the other rows, or itself when it has none.
+      among its valid partners, independently of the other rows, or itself when it has
+      none. One op (torch.ops.indeed.mine_pairs, chosen by backend as in
+      indeed_ext.ops): no host sync, CUDA-graph capturable.
     - "matching": disjoint pairs (each sample in exactly one pair), a maximal random
       matching of the valid-partner graph (see the module docstring); the samples left
       over are paired with themselves. Pairs are sorted by index_a, and index_a <= index_b.
+      Python rounds whose sizes are read on the host: not graph-capturable; backend is unused.
 
     is_partial (P,) bool is True for a real partner and False for a self-pair (b = a).
     generator: a torch.Generator on the targets' device (or None for the global RNG).
@@ -270,9 +281,10 @@ def mine_pairs(targets: torch.Tensor, strategy: str = "any", generator: torch.Ge
             f"generator is on {generator.device} but targets are on {targets.device}; "
             f"pass torch.Generator(device=targets.device)"
         )
+    if strategy == "any":
+        # The op's randomness: one int64 drawn on the device (a graph replays the draw).
+        seed = torch.randint(-(2**63), 2**63 - 1, (), generator=generator, device=targets.device)
+        _checks.check_mine_pairs(targets, seed)
+        return ops.resolve_backend(backend, targets.device, "mine_pairs").mine_pairs(targets, seed)
     with torch.no_grad():
-        batch = _LabelSets.of_batch(targets.detach())
-        if strategy == "matching":
-            return _matching(batch, generator)
-        index_b = _draw_partners(batch, batch, _Candidates(batch), generator)
-        return batch.index, index_b, index_b != batch.index
+        return _matching(_LabelSets.of_batch(targets.detach()), generator)

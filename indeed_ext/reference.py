@@ -91,3 +91,60 @@ def six_head_bce(
     logits = F.linear(feats, w, bias_cd)  # (P, 6, c)
     y = pair_targets(targets.to(cd), index_a, index_b)
     return bce_with_logits_sum(logits, y)
+
+
+# ----------------------------------------------------------------------------- mine_pairs
+_LOW32 = 0xFFFFFFFF
+_PHILOX_MULTIPLIERS = (0xD2511F53, 0xCD9E8D57)
+_PHILOX_KEY_STEPS = (0x9E3779B9, 0xBB67AE85)
+
+
+def _mulhilo32(multiplier: int, x: torch.Tensor):
+    """(high, low) 32-bit halves of multiplier * x for x in [0, 2^32), in int64 without overflow."""
+    high_part, low_part = multiplier * (x >> 16), multiplier * (x & 0xFFFF)  # each < 2^48
+    high = (high_part + (low_part >> 16)) >> 16
+    low = (((high_part & 0xFFFF) << 16) + low_part) & _LOW32
+    return high, low
+
+
+def philox4x32(seed: torch.Tensor, counter):
+    """Philox4x32-10 (as ATen's philox_engine and tl.philox): four 32-bit words per counter.
+
+    seed: int64 tensor (the key's low and high words); counter: four int64 tensors in [0, 2^32).
+    """
+    key = [seed & _LOW32, (seed >> 32) & _LOW32]
+    c0, c1, c2, c3 = counter
+    for _ in range(10):
+        high0, low0 = _mulhilo32(_PHILOX_MULTIPLIERS[0], c0)
+        high1, low1 = _mulhilo32(_PHILOX_MULTIPLIERS[1], c2)
+        c0, c1, c2, c3 = high1 ^ c1 ^ key[0], low1, high0 ^ c3 ^ key[1], low0
+        key = [(k + step) & _LOW32 for k, step in zip(key, _PHILOX_KEY_STEPS)]
+    return c0, c1, c2, c3
+
+
+def partner_rank(seed: torch.Tensor, rows: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """floor(u * count), u = (hi * 2^32 + lo) / 2^64 from Philox(key seed, counter (0, 0, row, 0))."""
+    zero = torch.zeros_like(rows)
+    lo, hi = philox4x32(seed, (zero, zero, rows, zero))[:2]
+    return (hi * count + ((lo * count) >> 32)) >> 32
+
+
+def mine_pairs(targets: torch.Tensor, seed: torch.Tensor):
+    """(index_a, index_b, is_partial), each (B,): pairs (a, b) for a = 0..B-1.
+
+    b is the rank-th (partner_rank) valid partner of a in batch order: ya & yb != 0 and
+    ya != yb for the labels y = targets > 0.5; b = a when a has none (is_partial False).
+    Builds the B x B validity matrix: a spec, not a sampler for large batches.
+    """
+    labels = (targets if targets.dtype == torch.bool else targets > 0.5).double()
+    B = labels.shape[0]
+    shared = labels @ labels.T  # |ya & yb|; ya == yb iff it equals both set sizes
+    sizes = labels.sum(1)
+    same_set = (shared == sizes[:, None]) & (shared == sizes[None, :])
+    valid = (shared > 0) & ~same_set
+    count = valid.sum(1)
+    rows = torch.arange(B, device=targets.device)
+    rank = partner_rank(seed.reshape(()), rows, count)
+    chosen = valid & (valid.cumsum(1) == rank[:, None] + 1)
+    is_partial = count > 0
+    return rows, torch.where(is_partial, chosen.to(torch.uint8).argmax(1), rows), is_partial

@@ -1,12 +1,16 @@
-"""torch.compile(fullgraph=True) over the ops, forward and backward, against eager.
+"""torch.compile(fullgraph=True) over the ops and INDeeDLoss, forward and backward, against eager.
 
-One compile (it takes seconds on two cores): a function that gathers pair rows, calls
-torch.ops.indeed.decompose and the public six_head_bce, and mixes their outputs, so the
-graph holds the ops' fake kernels, their autograd formulas and the backward ops.
+A function that gathers pair rows, calls torch.ops.indeed.decompose and the public
+six_head_bce, and mixes their outputs, so the graph holds the ops' fake kernels, their
+C++ autograd and the backward ops; and the loss itself, pair mining included (each compile
+takes seconds on two cores).
 """
+import pytest
 import torch
+from torch import nn
 
 import indeed_ext
+from indeed_ext.losses import INDeeDLoss
 
 from conftest import assert_close, make_six_head_inputs
 
@@ -28,3 +32,28 @@ def test_compile_fullgraph_matches_eager():
     compiled_loss.backward()
     for e, c, what in zip(eager_in, compiled_in, ("features", "weight", "bias")):
         assert_close(c.grad, e.grad, torch.float32, backward=True, what=f"grad {what}")
+
+
+# The seed of mine_pairs drawn as eager draws it, so that both mine the same pairs.
+@torch._inductor.config.patch(fallback_random=True)
+@pytest.mark.parametrize("self_pair_disparate", ["zero_target", "skip"])
+def test_compile_loss_fullgraph_matches_eager(self_pair_disparate):
+    torch._dynamo.reset()
+    features, weight, bias, targets, _, _ = make_six_head_inputs(12, 1, 16, 5)
+    criterion = INDeeDLoss(lam=0.7, self_pair_disparate=self_pair_disparate)
+    classifier = nn.Linear(16, 5)
+    compiled = torch.compile(lambda f, t: criterion(f, t, classifier), fullgraph=True)
+    results = []
+    for loss_fn in (lambda f, t: criterion(f, t, classifier), compiled):
+        f = features.clone().requires_grad_()
+        classifier.zero_grad()
+        torch.manual_seed(4)
+        out = loss_fn(f, targets)
+        out.loss.backward()
+        results.append((out, f.grad, classifier.weight.grad.clone(), classifier.bias.grad.clone()))
+    (eager, *eager_grads), (compiled_out, *compiled_grads) = results
+    assert torch.equal(compiled_out.num_partial, eager.num_partial)
+    for name, e, c in zip(eager._fields[:4], eager, compiled_out):
+        assert_close(c, e, torch.float32, what=name)
+    for what, e, c in zip(("features", "weight", "bias"), eager_grads, compiled_grads):
+        assert_close(c, e, torch.float32, backward=True, what=f"grad {what}")

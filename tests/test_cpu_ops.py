@@ -251,6 +251,7 @@ def _opcheck_cases(norm):
         "six_head_bce": (*req(features, weight, bias), *six[3:]),
         "_six_head_bce_forward": (*req(features, weight, bias), *six[3:]),
         "_six_head_bce_backward": (grad, *six[:6], logits, ident_logits, norm, 1e-12),
+        "mine_pairs": (targets, torch.tensor(3)),
     }
 
 

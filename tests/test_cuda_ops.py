@@ -19,6 +19,7 @@ CUDA_OPS = (
     "_decompose_backward",
     "_six_head_bce_forward",
     "_six_head_bce_backward",
+    "mine_pairs",
 )
 KINDS = ("relu", "ties", "negative", "zeros")
 # (rows, n): single element, two elements, odd n (scalar loads), a vectorisable n, and rows

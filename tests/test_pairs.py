@@ -1,5 +1,6 @@
 """mine_pairs: validity, fallback, uniformity, determinism and the "matching" strategy,
-checked against a brute-force B×B partner matrix."""
+checked against a brute-force B×B partner matrix. The "any" op itself, on every backend,
+is tested in test_mine_pairs.py; the proposal sampler here is the one "matching" uses."""
 import pytest
 import torch
 
@@ -76,17 +77,22 @@ def test_self_pair_when_no_valid_partner():
     assert is_partial.tolist() == [True, True, False, False, False, False]
 
 
+def draw_partners(targets, g):
+    """The proposal sampler of "matching", over the whole batch."""
+    batch = pairs._LabelSets.of_batch(targets)
+    return pairs._draw_partners(batch, batch, pairs._Candidates(batch), g)
+
+
 def test_exact_fallback_path():
     # 300 rows {0}: their only valid partner is row 300 ({0, 1}); nearly every proposal
-    # hits an identical set, so these rows go through the exact fallback.
+    # hits an identical set, so these rows go through the sampler's exact fallback.
     targets = torch.zeros(302, 2)
     targets[:301, 0] = 1
     targets[300:, 1] = 1
-    index_a, index_b, is_partial = mine_pairs(targets, generator=generator(0))
-    assert (index_b[:300] == 300).all()
-    assert is_partial.all()
-    assert index_b[301] == 300  # {1}: row 300 is its only valid partner too
-    assert index_b[300] != 300
+    for index_b in (draw_partners(targets, generator(0)), mine_pairs(targets, generator=generator(0))[1]):
+        assert (index_b[:300] == 300).all()
+        assert index_b[301] == 300  # {1}: row 300 is its only valid partner too
+        assert index_b[300] != 300
 
 
 def uniformity_batch():
@@ -109,12 +115,12 @@ def assert_uniform_over_partners(chosen):
 
 
 @pytest.mark.parametrize("draws", [1, 4])
-def test_partner_is_uniform_among_valid(draws, monkeypatch):
+def test_sampler_partner_is_uniform_among_valid(draws, monkeypatch):
     # draws=1 sends many rows to the exact fallback, the default few.
     monkeypatch.setattr(pairs, "_DRAWS", draws)
     targets = uniformity_batch()
     g = generator(1)
-    chosen = torch.cat([mine_pairs(targets, generator=g)[1][:40] for _ in range(100)])
+    chosen = torch.cat([draw_partners(targets, g)[:40] for _ in range(100)])
     assert_uniform_over_partners(chosen)
 
 

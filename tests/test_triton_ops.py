@@ -212,6 +212,7 @@ def _opcheck_samples():
         "_six_head_bce_forward": (*(t.requires_grad_() if i < 3 else t for i, t in enumerate(six)), "minmax", 1e-12),
         "_six_head_bce_backward": (torch.randn_like(loss), *(t.detach() for t in six[:3]), *six[3:],
                                    logits, ident, "minmax", 1e-12),
+        "mine_pairs": (six[3], torch.tensor(3, device=DEVICE)),
     }
 
 

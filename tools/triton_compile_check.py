@@ -17,8 +17,8 @@ Cases: identical_map and decompose forward and backward, six_head_bce forward an
 backward; float32 (IEEE and TF32 tl.dot), float64, bfloat16, float16; both norms; n and c
 that give every block configuration the launch code chooses (one row per tile, several,
 rows longer than a tile; one and several class blocks), bias or none, the atomic and the
-deterministic dF reduction. Prints a table; exits 1 if a launch fails to compile or a
-kernel spills registers. The outputs of the wrappers are garbage (nothing runs).
+deterministic dF reduction; mine_pairs for bool and every float dtype of targets. Prints a
+table; exits 1 if a launch fails to compile or a kernel spills registers. The outputs of the wrappers are garbage (nothing runs).
 """
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ from triton.runtime.jit import JITFunction  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from indeed_ext.triton import decompose as pair_kernels  # noqa: E402
+from indeed_ext.triton import mine_pairs as mine_pairs_kernels  # noqa: E402
 from indeed_ext.triton import six_head_bce as six_head_kernels  # noqa: E402
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -144,6 +145,14 @@ def cases(dtype, norm):
                 yield label, functools.partial(_launch_six_head, inputs, norm, deterministic)
 
 
+def mine_pairs_cases():
+    """(label, launch) for mine_pairs: one kernel variant per targets dtype (W and B are runtime values)."""
+    for dtype in DTYPES + (torch.bool,):
+        targets = torch.rand(40, 130) < 0.3 if dtype == torch.bool else torch.rand(40, 130, dtype=dtype)
+        yield f"mine_pairs {str(dtype).removeprefix('torch.')}", functools.partial(
+            mine_pairs_kernels.mine_pairs, targets, torch.tensor(1))
+
+
 def check(arch: int) -> tuple[list[dict], list[str]]:
     """(one row per distinct compiled kernel, the cases that failed to compile) for sm_<arch>."""
     driver.set_active(OfflineDriver(arch))
@@ -151,16 +160,22 @@ def check(arch: int) -> tuple[list[dict], list[str]]:
     failures = []
     precision = torch.get_float32_matmul_precision()
     with Recorder() as recorder:
+
+        def attempt(case, launch):
+            recorder.case = case
+            try:
+                launch()
+            except Exception as e:  # noqa: BLE001 (every failure is listed, then reported)
+                failures.append(f"sm_{arch} {case}: {type(e).__name__}: {str(e)[:2000]}")
+
         for dtype in DTYPES:
             for setting in (("highest", "high") if dtype == torch.float32 else ("highest",)):
                 torch.set_float32_matmul_precision(setting)
                 for norm in NORMS:
                     for case, launch in cases(dtype, norm):
-                        recorder.case = f"{str(dtype).removeprefix('torch.')} {setting} {norm} {case}"
-                        try:
-                            launch()
-                        except Exception as e:  # noqa: BLE001 (every failure is listed, then reported)
-                            failures.append(f"sm_{arch} {recorder.case}: {type(e).__name__}: {str(e)[:2000]}")
+                        attempt(f"{str(dtype).removeprefix('torch.')} {setting} {norm} {case}", launch)
+        for case, launch in mine_pairs_cases():
+            attempt(case, launch)
     torch.set_float32_matmul_precision(precision)
     return [{"arch": arch, **row} for row in recorder.kernels.values()], failures
 

@@ -64,10 +64,11 @@ SixHeadInputs prepare(const at::Tensor& features, const at::Tensor& weight, cons
   check_index_values("index_b", idx_b, B);
   const auto acc = features.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const int64_t c = weight.size(0);
-  at::Tensor acc_bias = bias.has_value() ? bias->to(acc).contiguous() : at::zeros({c}, features.options().dtype(acc));
-  return {features.to(acc).contiguous(),
-          weight.to(acc).contiguous(),
-          targets.to(acc).contiguous(),
+  at::Tensor acc_bias =
+      bias.has_value() ? in_dtype(*bias, acc).contiguous() : at::zeros({c}, features.options().dtype(acc));
+  return {in_dtype(features, acc).contiguous(),
+          in_dtype(weight, acc).contiguous(),
+          in_dtype(targets, acc).contiguous(),
           idx_a,
           idx_b,
           acc_bias,
@@ -280,7 +281,8 @@ void sum_grouped_rows(const RowEntries& groups, const at::Tensor& src, at::Tenso
 // [e_ia - e_da, e_ib - e_db] (into Lia, Lib), per_pair_bias (P, c) = sum_h e_h.
 template <typename acc_t>
 struct HeadGrads {
-  const acc_t* grad;  // (P, 6)
+  const acc_t* grad;  // (P, 6), any strides: autograd passes sum()'s gradient expanded
+  int64_t grad_pair_stride, grad_head_stride;
   acc_t *to_logits, *to_ident, *per_pair_bias;
 };
 
@@ -291,7 +293,9 @@ template <typename acc_t>
   const auto e = [](acc_t g, acc_t z, acc_t y) { return g * (softplus_grad(z) - y); };
   for (int64_t i = begin; i < end; ++i) {
     const auto pair = heads[i];
-    const acc_t* g = out.grad + i * kHeads;
+    const acc_t* grad_i = out.grad + i * out.grad_pair_stride;
+    acc_t g[kHeads];
+    for (int h = 0; h < kHeads; ++h) g[h] = grad_i[h * out.grad_head_stride];
     acc_t* to_la = out.to_logits + 2 * i * c;
     acc_t* to_lb = to_la + c;
     acc_t* to_ia = out.to_ident + 2 * i * c;
@@ -319,9 +323,10 @@ INDEED_SIMD_CLONES void head_grads_rows(const HeadsOfPairs<float>& heads, const 
 // Sums over the rows of a small (rows, c) matrix, serially (a parallel region costs more).
 template <typename acc_t>
 at::Tensor column_sums(const at::Tensor& m) {
-  at::Tensor sums = at::zeros({m.size(1)}, m.options());
+  at::Tensor sums = at::empty({m.size(1)}, m.options());
   const acc_t* p = m.const_data_ptr<acc_t>();
   acc_t* out = sums.mutable_data_ptr<acc_t>();
+  std::fill(out, out + m.size(1), acc_t(0));
   for (int64_t r = 0, rows = m.size(0), c = m.size(1); r < rows; ++r) {
 #pragma omp simd
     for (int64_t k = 0; k < c; ++k) out[k] += p[r * c + k];
@@ -334,8 +339,9 @@ void head_grads(const SixHeadInputs& in, const at::Tensor& grad, const at::Tenso
                 const at::Tensor& ident_logits, at::Tensor& to_logits, at::Tensor& to_ident,
                 at::Tensor& per_pair_bias) {
   const auto heads = heads_of_pairs<acc_t>(in, logits, ident_logits);
-  const HeadGrads<acc_t> out{grad.const_data_ptr<acc_t>(), to_logits.mutable_data_ptr<acc_t>(),
-                             to_ident.mutable_data_ptr<acc_t>(), per_pair_bias.mutable_data_ptr<acc_t>()};
+  const HeadGrads<acc_t> out{grad.const_data_ptr<acc_t>(), grad.stride(0), grad.stride(1),
+                             to_logits.mutable_data_ptr<acc_t>(), to_ident.mutable_data_ptr<acc_t>(),
+                             per_pair_bias.mutable_data_ptr<acc_t>()};
   at::parallel_for(0, in.P, rows_per_task(kHeads * in.c),
                    [&](int64_t begin, int64_t end) { head_grads_rows(heads, out, begin, end); });
 }
@@ -402,7 +408,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_bce_backward(
   check_like("grad", grad_in, {in.P, kHeads}, acc, dev);
   check_like("logits", logits_in, {in.B, in.c}, acc, dev);
   check_like("ident_logits", ident_logits_in, {in.P, 2, in.c}, acc, dev);
-  const at::Tensor grad = grad_in.contiguous(), logits = logits_in.contiguous();
+  const at::Tensor grad = grad_in, logits = logits_in.contiguous();
   const at::Tensor ident_logits = ident_logits_in.contiguous();
   const auto opts = in.features.options();
   const int64_t P = in.P, n = in.n, c = in.c;
@@ -426,8 +432,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_bce_backward(
     sum_grouped_rows<scalar_t>(groups, ident_2d, grad_features, /*add_to_dst=*/true);
     grad_bias = column_sums<scalar_t>(per_pair_bias);
   });
-  return {grad_features.to(features_in.scalar_type()), grad_weight.to(weight_in.scalar_type()),
-          grad_bias.to(weight_in.scalar_type())};
+  return {in_dtype(grad_features, features_in.scalar_type()), in_dtype(grad_weight, weight_in.scalar_type()),
+          in_dtype(grad_bias, weight_in.scalar_type())};
 }
 
 }  // namespace

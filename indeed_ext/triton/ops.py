@@ -1,10 +1,11 @@
 """Registers the Triton kernels as torch.ops.indeed_triton, with the schemas of torch.ops.indeed.
 
 Each schema is copied from the op in namespace ``indeed`` (csrc/ops.cpp), so the two
-namespaces cannot drift apart; the fake kernels and autograd formulas are the shared
-ones of indeed_ext.ops. The ops are plain torch.library definitions with CPU and
-CUDA kernels (not triton_op/wrap_triton, which fail opcheck and torch.compile under
-the Triton interpreter, pytorch#152868): torch.compile treats them as opaque custom ops.
+namespaces cannot drift apart; the fake kernels are the shared ones of indeed_ext.ops,
+and so are the autograd formulas (Python here, the C++ ones of csrc/autograd.cpp for
+indeed). The ops are plain torch.library definitions with CPU and CUDA kernels (not
+triton_op/wrap_triton, which fail opcheck and torch.compile under the Triton interpreter,
+pytorch#152868): torch.compile treats them as opaque custom ops.
 CPU tensors run through the Triton interpreter (TRITON_INTERPRET=1, the CI setting).
 """
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 import torch
 
 from .. import _checks
-from ..ops import OP_NAMES, register_fake_and_autograd
+from ..ops import OP_NAMES, register_autograd, register_fakes
 from . import decompose as _pair
+from . import mine_pairs as _mine
 from . import six_head_bce as _six_head
 from ._common import require_runnable
 
@@ -92,6 +94,12 @@ def six_head_bce(features, weight, bias, targets, index_a, index_b, norm="minmax
     return forward(features, weight, bias, targets, index_a, index_b, norm, eps)[0]
 
 
+def mine_pairs(targets, seed):
+    _checks.check_mine_pairs(targets, seed)
+    require_runnable(targets.device)
+    return _mine.mine_pairs(targets, seed)
+
+
 _KERNELS = {
     "identical_map": identical_map,
     "_identical_map_backward": identical_map_backward,
@@ -99,10 +107,12 @@ _KERNELS = {
     "_decompose_backward": decompose_backward,
     "_six_head_bce_forward": six_head_bce_forward,
     "_six_head_bce_backward": six_head_bce_backward,
+    "mine_pairs": mine_pairs,
 }
 for _name, _kernel in _KERNELS.items():
     for _key in ("CPU", "CUDA"):
         _lib.impl(_name, _kernel, _key)
 _lib.impl("six_head_bce", six_head_bce, "CompositeImplicitAutograd")
 
-register_fake_and_autograd(NAMESPACE)
+register_fakes(NAMESPACE)
+register_autograd(NAMESPACE)

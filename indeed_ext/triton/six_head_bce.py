@@ -48,6 +48,8 @@ float32 with 3xTF32, since dm is amplified by 1/den in dp and dW sums over all p
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -381,20 +383,26 @@ def _config(kernel: str, features: torch.Tensor, c: int, dot: bool = True, accur
     accurate: half inputs go into tl.dot as float32 with 3xTF32 (about float32 accuracy on
     tensor cores) instead of as bf16/fp16 operands, for the GEMMs whose rounding would show:
     dm, amplified by 1/den in dp (1/eps for a clamped row), and dW, a sum over all pairs.
+    Computed once per setting (callers only read the dict): the ops' per-call Python is small.
     """
+    return _cached_config(kernel, features.dtype, c, dot, accurate, torch.get_float32_matmul_precision())
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_config(kernel: str, dtype: torch.dtype, c: int, dot: bool, accurate: bool, _matmul_precision: str) -> dict:
     config = dict(_GPU_CONFIGS[kernel])
     if INTERPRETING:
         config = {k: (16 if k.startswith("BLOCK") else v) for k, v in config.items()}
     else:
-        fp64 = features.dtype == torch.float64
+        fp64 = dtype == torch.float64
         config["BLOCK_C"] = min(config["BLOCK_C"] // (2 if fp64 else 1), max(16, triton.next_power_of_2(c)))
         if fp64 and "BLOCK_P" in config:
             config["BLOCK_P"] = max(16, config["BLOCK_P"] // 2)
         config["num_stages"] = 1 if fp64 else 2
-    config["ACC"] = acc_dtype(features.dtype)
+    config["ACC"] = acc_dtype(dtype)
     if dot:
-        config.update(DOT=dot_dtype(features.dtype), PRECISION=dot_precision(features.dtype))
-        if accurate and features.dtype in (torch.bfloat16, torch.float16):
+        config.update(DOT=dot_dtype(dtype), PRECISION=dot_precision(dtype))
+        if accurate and dtype in (torch.bfloat16, torch.float16):
             config.update(DOT=tl.float32, PRECISION="tf32x3")
     return config
 
@@ -425,6 +433,7 @@ def six_head_forward(features, weight, bias, targets, index_a, index_b, norm: st
     return (loss if class_blocks == 1 else loss.sum(0)), logits, ident_logits
 
 
+@functools.lru_cache(maxsize=None)
 def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 

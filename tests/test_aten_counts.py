@@ -1,0 +1,33 @@
+"""Pinned host work: the aten ops one forward + backward dispatches on CPU, counted as every
+aten:: event of a torch.profiler trace (nested ones included), on tiny tensors (B = 8, n = 16,
+c = 5; the steps of benchmarks/bench_host.py, which also times them). A count above its pin
+fails: find what added the dispatches. A count below it is progress: lower the pin. The
+baseline loss (Linear + BCE with logits summed over classes, mean) is counted in the same run:
+the goals are the fused op <= the baseline and INDeeDLoss <= 2x the baseline.
+"""
+import importlib.util
+from pathlib import Path
+
+import torch
+
+_spec = importlib.util.spec_from_file_location(
+    "bench_host", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_host.py"
+)
+bench_host = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_host)
+
+# torch 2.14.1, 2026-12-01 (the baseline: 78).
+PINNED = {"six_head_bce": 57, "INDeeDLoss": 81}
+
+
+def test_aten_op_counts_do_not_grow():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        counts = {name: bench_host.count_aten_ops(step) for name, step in bench_host.tiny_steps().items()}
+    finally:
+        torch.set_num_threads(threads)
+    for name, pin in PINNED.items():
+        assert counts[name] <= pin, f"{name}: {counts[name]} aten ops per forward + backward, pinned at {pin}: {counts}"
+    assert counts["six_head_bce"] <= counts["baseline"], counts
+    assert counts["INDeeDLoss"] <= 2 * counts["baseline"], counts
