@@ -27,7 +27,7 @@ test: install
 
 # Offline demo: Baseline vs INDeeD (min-max) on ml-digits-7 (scikit-learn's bundled 8x8 digits, 7 per
 # 24x24 canvas; 2,000 training canvases, 5 epochs, simple-cnn-gap), 5 seeds, 2 at a time, CPU: about
-# 2.5 minutes of training on 2 cores. Prints both mAPs per seed and the paired difference with its 95 %
+# 3 minutes on 2 cores (1.5 of them training). Prints both mAPs per seed and the paired difference with its 95 %
 # interval (runs/demo/study.md; the same grid as docs/studies/ml-digits-demo, see docs/EXPERIMENTS.md).
 demo: install
 	$(VENV)/bin/indeed-study --dataset ml-digits --labels-per-image 7 --runs baseline minmax --seeds 0 1 2 3 4 \
