@@ -3,7 +3,7 @@
 
     python tools/identical_map_stats.py CHECKPOINT [CHECKPOINT ...] --root MNIST --labels-per-image 3
 
-For each indeed-train checkpoint (or "init:<backbone>" for freshly initialised weights),
+For each indeed-train checkpoint (or "init:<backbone>[:<init>]" for freshly initialised weights),
 a few training batches of ML-MNIST-N (the checkpoint's data settings: --split-test-set,
 seed 0) go through the backbone in training mode, pairs are mined as in training, and per pair:
 
@@ -27,19 +27,22 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from indeed_ext import engine, reference  # noqa: E402
-from indeed_ext.backbones import build_backbone  # noqa: E402
+from indeed_ext import engine, reference, train  # noqa: E402
+from indeed_ext.backbones import build_backbone, initialize  # noqa: E402
 from indeed_ext.data import DataOptions, build_dataset  # noqa: E402
 from indeed_ext.model import INDeeD  # noqa: E402
 from indeed_ext.pairs import mine_pairs  # noqa: E402
 
 
 def load(spec: str, bundle) -> torch.nn.Module:
-    """A module with .backbone and .classifier: a checkpoint's exported model, or fresh weights (seed 0)."""
+    """A module with .backbone and .classifier: a checkpoint's exported model, or fresh weights (seed 0) for
+    "init:<backbone>[:<init>]" (torch or kaiming; indeed-train's default init when omitted)."""
     if not spec.startswith("init:"):
         return engine.load_model(spec)[0]
+    name, _, scheme = spec[5:].partition(":")
     torch.manual_seed(0)
-    backbone, dim = build_backbone(spec[5:], bundle.image_shape[0], object_size=bundle.object_size, image_size=bundle.image_shape[1:])
+    backbone, dim = build_backbone(name, bundle.image_shape[0], object_size=bundle.object_size, image_size=bundle.image_shape[1:])
+    initialize(backbone, scheme or train.BACKBONE_INITS.get(name, "torch"))  # indeed-train's default when not named
     return INDeeD(backbone, len(bundle.class_names), dim)
 
 
