@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--channels-last", action="store_true", help="channels_last memory format for model and images (faster convs on GPUs)")
     model.add_argument("--ema", type=_number(float, 0.0, low_inclusive=False), metavar="DECAY", help="also evaluate an EMA of the weights (ASL: 0.9997)")
     model.add_argument("--clip-grad", type=_number(float, 0.0, low_inclusive=False), metavar="NORM", help="clip the gradients' total norm")
-    model.add_argument("--compile", action="store_true", help="torch.compile the model")
+    model.add_argument("--compile", action="store_true", help="torch.compile the model; on one GPU with CUDA graphs (mode reduce-overhead)")
     model.add_argument("--global-pairs", action="store_true", help="torchrun: mine pairs over the gathered global batch")
     run = p.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
@@ -208,7 +208,7 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
         lam_schedule = functools.partial(engine.warmed_up_lam, run["lam"], args.lam_warmup, steps_per_epoch=len(train_loader))
     trained = distributed.wrap(model, device)
     result = engine.fit(
-        torch.compile(trained) if args.compile else trained, criterion, optimizer, train_loader, test_loader,
+        engine.compile_model(trained, device) if args.compile else trained, criterion, optimizer, train_loader, test_loader,
         epochs=args.epochs, seed=args.seed, device=device, scheduler=scheduler, scheduler_per_batch=per_batch, scaler=scaler,
         amp_dtype=amp_dtype, checkpoint_path=os.path.join(args.out, run["name"], "checkpoint.pt"), resume=args.resume,
         fingerprint=fingerprint, checkpoint_extra=meta, progress=progress, log=log, name=run["name"],

@@ -78,6 +78,31 @@ def test_resume_matches_uninterrupted_run(tmp_path, warmup):
     assert json.loads((tmp_path / "split" / "results.json").read_text())[0]["mAP"] == a["history"][-1]["mAP"]
 
 
+def test_compiled_training_matches_eager(tmp_path, monkeypatch):
+    """--compile (inductor on the CPU) trains the same model as eager, up to float rounding."""
+    modes, compile = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or compile(model, mode=mode))
+    common = ["--method", "indeed", "--seed", "5", "--epochs", "2"]
+    assert run(tmp_path / "eager", *common) == 0
+    assert modes == []
+    assert run(tmp_path / "compiled", *common, "--compile") == 0
+    assert modes == [None], "the CPU compiles in the default mode"
+    eager, compiled = (json.loads((tmp_path / f / "results.json").read_text())[0] for f in ("eager", "compiled"))
+    for a, b in zip(eager["history"], compiled["history"]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
+        assert b["mAP"] == pytest.approx(a["mAP"], abs=1.0)
+
+
+def test_compile_uses_cuda_graphs_on_one_gpu(monkeypatch):
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode))
+    engine.compile_model(torch.nn.Linear(2, 2), torch.device("cuda"))
+    engine.compile_model(torch.nn.Linear(2, 2), torch.device("cpu"))
+    monkeypatch.setattr(engine.distributed, "world_size", lambda: 2)
+    engine.compile_model(torch.nn.Linear(2, 2), torch.device("cuda"))
+    assert modes == ["reduce-overhead", None, None], "CUDA graphs on one GPU; not under DDP, not on the CPU"
+
+
 def test_lam_warmup_schedule():
     """Linear per step from 0 at the first batch to lam after warmup_epochs epochs, then constant."""
     lam = engine.warmed_up_lam
