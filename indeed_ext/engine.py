@@ -264,14 +264,19 @@ def load_model(checkpoint_path: str, ema: bool = False) -> tuple[nn.Module, dict
     return model.export().eval(), config
 
 
+def setting_changes(recorded: dict[str, Any], expected: dict[str, Any], unrecorded: dict[str, Any] | None = None) -> str:
+    """"key: recorded -> expected, ..." for the keys of ``expected`` whose recorded value differs; "" when none.
+    ``unrecorded``: the values of settings that records written before they were recorded ran with."""
+    recorded = (unrecorded or {}) | recorded
+    return ", ".join(f"{k}: {recorded.get(k)!r} -> {expected[k]!r}" for k in sorted(expected) if recorded.get(k) != expected[k])
+
+
 def check_resumable(checkpoint: dict[str, Any], fingerprint: dict[str, Any], path: str, unrecorded: dict[str, Any] | None = None) -> None:
     """A checkpoint may resume a run only with the settings it was trained with (those in ``fingerprint``:
-    a setting the run does not depend on, such as λ for a baseline, may differ). ``unrecorded``: the
-    values of settings that checkpoints written before they were recorded ran with."""
-    saved = (unrecorded or {}) | checkpoint.get("fingerprint", {})
-    differ = sorted(k for k in fingerprint if saved.get(k) != fingerprint[k])
-    if differ:
-        changes = ", ".join(f"{k}: {saved.get(k)!r} -> {fingerprint.get(k)!r}" for k in differ)
+    a setting the run does not depend on, such as λ for a baseline, may differ). ``unrecorded``: see
+    setting_changes."""
+    changes = setting_changes(checkpoint.get("fingerprint", {}), fingerprint, unrecorded)
+    if changes:
         raise CheckpointError(f"cannot resume from {path}: settings differ from the checkpoint's ({changes})")
 
 

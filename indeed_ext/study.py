@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 
-from . import study_report, train
+from . import engine, study_report, train
 from .backbones import BACKBONES
 from .data import DATASETS
 from .reference import NORMS
@@ -130,10 +130,9 @@ def read_cell(cell: dict) -> dict | None:
         (result,) = json.load(f)
     expected = vars(train.parse_args(train.build_parser(), cell["argv"] + ["--out", cell["folder"]]))
     ignored = train.RESUME_MAY_CHANGE + (train.INDEED_ONLY if expected["method"] == "baseline" else ())
-    recorded = train.UNRECORDED_SETTINGS | result["config"]
-    differ = sorted(k for k in expected if k not in ignored and recorded.get(k) != expected[k])
-    if differ:
-        changes = ", ".join(f"{k}: {recorded.get(k)!r} -> {expected[k]!r}" for k in differ)
+    compared = {k: v for k, v in expected.items() if k not in ignored}
+    changes = engine.setting_changes(result["config"], compared, train.UNRECORDED_SETTINGS)
+    if changes:
         raise ValueError(f"{cell['folder']} was trained with other settings ({changes}); re-run with those or choose another --out")
     return {
         "n": cell["n"], "run": cell["run"], "seed": cell["seed"], "mAP": result["mAP"],
