@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's indeed_ext, uninstalled too
 
-from indeed_ext.backbones import build_backbone  # noqa: E402
+from indeed_ext.recipes.backbones import build_backbone  # noqa: E402
 from indeed_ext import ops, reference  # noqa: E402
 from indeed_ext.losses import INDeeDLoss  # noqa: E402
 from indeed_ext.model import INDeeD  # noqa: E402

@@ -11,7 +11,7 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from indeed_ext.cam import _jet, class_activation_maps, main, overlay, save_cam_figure
+from indeed_ext.recipes.cam import _jet, class_activation_maps, main, overlay, save_cam_figure
 
 NUM_CLASSES = 5
 
@@ -121,12 +121,12 @@ def test_save_cam_figure(tmp_path):
 
 @pytest.fixture
 def fake_engine(monkeypatch, model):
-    """indeed_ext.engine.load_model as the training engine provides it: (model, model_config)."""
+    """indeed_ext.recipes.engine.load_model as the training engine provides it: (model, model_config)."""
     config = {"class_names": ["cat", "dog", "car", "bus", "cow"], "image_shape": [3, 64, 64],
               "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}  # fmt: skip
-    engine = types.ModuleType("indeed_ext.engine")
+    engine = types.ModuleType("indeed_ext.recipes.engine")
     engine.load_model = lambda path: (copy.deepcopy(model), config)
-    monkeypatch.setitem(sys.modules, "indeed_ext.engine", engine)
+    monkeypatch.setitem(sys.modules, "indeed_ext.recipes.engine", engine)
 
 
 def test_cli_writes_png(tmp_path, fake_engine, capsys):
@@ -154,8 +154,8 @@ def test_cli_errors(tmp_path, fake_engine, capsys):
 @pytest.mark.parametrize("backbone", ["simple-cnn", "simple-cnn-gap"])
 def test_cli_on_checkpoints_of_both_simple_cnns(tmp_path, capsys, backbone):
     """The flattening simple-cnn has no global pool: a clear error, not a traceback; simple-cnn-gap works."""
-    from indeed_ext import train
-    from indeed_ext.data import DataOptions, build_dataset
+    from indeed_ext.recipes import train
+    from indeed_ext.recipes.data import DataOptions, build_dataset
 
     argv = ["--dataset", "ml-digits", "--train-size", "32", "--test-size", "10", "--batch-size", "16", "--epochs", "1",
             "--method", "baseline", "--backbone", backbone, "--device", "cpu", "--quiet", "--out", str(tmp_path)]  # fmt: skip

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from indeed_ext import train
+from indeed_ext.recipes import train
 
 from indeed_ext.losses import INDeeDLoss
 

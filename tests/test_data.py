@@ -1,4 +1,4 @@
-"""indeed_ext.data: readers on tiny files in the real formats, composite layouts, errors."""
+"""indeed_ext.recipes.data: readers on tiny files in the real formats, composite layouts, errors."""
 import gzip
 import os
 import pickle
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from indeed_ext.data import (
+from indeed_ext.recipes.data import (
     GRID,
     CanvasTransform,
     CompositeMultiLabel,

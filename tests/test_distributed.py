@@ -5,7 +5,7 @@ One spawn of 2 workers (module fixture) runs every in-process scenario:
   one process on the 16-row global batches (SGD, so a wrong gradient scale shows; a
   BatchNorm-free model, since BatchNorm statistics stay per process under DDP), and
   mining within each process's rows does not;
-- indeed_ext.train.main inside the workers' process group: 2 epochs straight equal 1
+- indeed_ext.recipes.train.main inside the workers' process group: 2 epochs straight equal 1
   epoch + --resume to 2 (bitwise, on CPU); rank 0 alone writes checkpoints and reports.
 Then the issue's torchrun command line as a subprocess.
 """
@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import indeed_ext
-from indeed_ext import distributed, engine, train
+from indeed_ext.recipes import distributed, engine, train
 from indeed_ext.losses import INDeeDLoss
 from indeed_ext.model import INDeeD
 
@@ -165,9 +165,9 @@ def test_missing_torchrun_variables_are_named(monkeypatch):
 
 def test_torchrun_command_line(tmp_path):
     """The issue's command, as `torchrun --no-python indeed-train ...` when the console script is
-    installed beside this Python, else as `--no-python python -m indeed_ext.train` (same parsing)."""
+    installed beside this Python, else as `--no-python python -m indeed_ext.recipes.train` (same parsing)."""
     script = shutil.which("indeed-train", path=os.path.dirname(sys.executable))
-    program = [script] if script else [sys.executable, "-m", "indeed_ext.train"]
+    program = [script] if script else [sys.executable, "-m", "indeed_ext.recipes.train"]
     out = tmp_path / "OUT"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--no-python", *program,
                "--dataset", "ml-digits", "--labels-per-image", "3", "--method", "indeed", "--epochs", "1",

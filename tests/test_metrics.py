@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from indeed_ext.metrics import ap_table_markdown, average_precision, confidence_map, mean_average_precision
-from indeed_ext.viz import save_confidence_map
+from indeed_ext.recipes.viz import save_confidence_map
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 

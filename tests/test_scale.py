@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from indeed_ext import cam, engine, train
-from indeed_ext.data import DataOptions, build_dataset
-from indeed_ext.data.images import IMAGENET_MEAN
-from indeed_ext.ema import ModelEma
+from indeed_ext.recipes import cam, engine, train
+from indeed_ext.recipes.data import DataOptions, build_dataset
+from indeed_ext.recipes.data.images import IMAGENET_MEAN
+from indeed_ext.recipes.ema import ModelEma
 from test_voc_coco import COCO_COUNTS, COCO_ORDER, VOC_COUNTS, VOC_ORDER, coco_root, voc_root  # noqa: F401 (fixtures)
 
 BACKEND = "auto" if torch._C._dispatch_has_kernel_for_dispatch_key("indeed::_six_head_bce_forward", "CPU") else "reference"
@@ -160,7 +160,7 @@ def test_photo_set_smaller_than_a_batch(voc_root, tmp_path, capsys):  # noqa: F8
 def test_console_scripts_resolve():
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         scripts = tomllib.load(f)["project"]["scripts"]
-    assert scripts["indeed-cam"] == "indeed_ext.cam:main"
+    assert scripts["indeed-cam"] == "indeed_ext.recipes.cam:main"
     for target in scripts.values():
         module, function = target.split(":")
         assert callable(getattr(importlib.import_module(module), function)), target

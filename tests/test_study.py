@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from indeed_ext import study, study_report
+from indeed_ext.recipes import study, study_report
 from test_train import BACKEND
 
 TINY = ["--dataset", "ml-digits", "--train-size", "64", "--test-size", "40", "--epochs", "2",
@@ -130,7 +130,7 @@ def test_a_killed_study_continues_where_it_stopped(tmp_path):
     the re-run reads the first cell back and resumes the second from its checkpoint."""
     out = tmp_path / "s"
     argv = [*TINY, "--epochs", "3", "--labels-per-image", "3", "--runs", "baseline", "minmax", "--seeds", "0", "--out", str(out)]
-    process = subprocess.Popen([sys.executable, "-m", "indeed_ext.study", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([sys.executable, "-m", "indeed_ext.recipes.study", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     first, second = out / "cells" / "n3-baseline-seed0", out / "cells" / "n3-minmax-seed0"
     deadline = time.monotonic() + 240
     while not (second / "indeed-minmax" / "checkpoint.pt").exists():

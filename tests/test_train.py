@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from indeed_ext import engine, predict, train
+from indeed_ext.recipes import engine, predict, train
 from test_data import write_mnist
 
 # The CPU kernels when the library has them, else the eager reference (same results).
@@ -161,7 +161,7 @@ def test_required_ml_mnist_command_flags(tmp_path):
 
 def test_predict_matches_the_model(both_run, tmp_path):
     """PNGs of test canvases through indeed-predict give the model's own probabilities."""
-    from indeed_ext.data import DataOptions, build_dataset
+    from indeed_ext.recipes.data import DataOptions, build_dataset
 
     bundle = build_dataset("ml-digits", DataOptions(test_size=5))
     images = tmp_path / "images"
@@ -182,14 +182,14 @@ def test_predict_matches_the_model(both_run, tmp_path):
 def test_no_progress_bars_in_piped_output(tmp_path):
     """Without --quiet and with stderr a pipe: the epoch lines, but no tqdm bars."""
     argv = [a for a in TINY if a != "--quiet"] + ["--method", "baseline", "--out", str(tmp_path)]
-    proc = subprocess.run([sys.executable, "-m", "indeed_ext.train", *argv], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "indeed_ext.recipes.train", *argv], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "[baseline] epoch 1/1" in proc.stdout
     assert "it/s" not in proc.stderr + proc.stdout and "\r" not in proc.stderr
 
 
 def test_predict_takes_files_and_folders(both_run, tmp_path, capsys):
-    from indeed_ext.data import DataOptions, build_dataset
+    from indeed_ext.recipes.data import DataOptions, build_dataset
 
     bundle = build_dataset("ml-digits", DataOptions(test_size=3))
     folder = tmp_path / "folder"
@@ -286,14 +286,14 @@ def test_no_flag_is_a_prefix_of_a_torchrun_option():
 
 
 def test_module_entry_point_exit_status():
-    """python -m indeed_ext.train: bad input exits 2 with a message and no traceback."""
-    proc = subprocess.run([sys.executable, "-m", "indeed_ext.train", "--labels-per-image", "12", "--quiet"], capture_output=True, text=True)
+    """python -m indeed_ext.recipes.train: bad input exits 2 with a message and no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "indeed_ext.recipes.train", "--labels-per-image", "12", "--quiet"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "between 1 and 9" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_simple_cnn_gap_pooling_covers_one_object():
-    from indeed_ext.backbones import SimpleCNNGap
+    from indeed_ext.recipes.backbones import SimpleCNNGap
 
     assert [SimpleCNNGap.pool_for(size) for size in (None, 8, 18, 19, 28, 32, 60)] == [2, 2, 2, 3, 3, 3, 3]
     torch.manual_seed(0)
@@ -311,7 +311,7 @@ def test_simple_cnn_gap_pooling_covers_one_object():
     [("simple-cnn", 1, 24), ("simple-cnn-gap", 1, 24), ("resnet50", 1, 64), ("vgg16", 3, 32), ("timm:resnet18", 3, 32)],
 )
 def test_backbones_give_pooled_nonnegative_features(name, channels, size):
-    from indeed_ext.backbones import build_backbone
+    from indeed_ext.recipes.backbones import build_backbone
 
     torch.manual_seed(0)
     backbone, feature_dim = build_backbone(name, channels, image_size=(size, size))
@@ -323,7 +323,7 @@ def test_backbones_give_pooled_nonnegative_features(name, channels, size):
 @pytest.mark.parametrize("channels, side", [(1, 24), (1, 84), (3, 96)], ids=["ml-digits", "ml-mnist", "ml-cifar10"])
 def test_simple_cnn_is_the_papers_network_for_every_canvas(channels, side):
     """3 x (conv 3x3, ReLU, max-pool 2) of 32/64/64 channels, flatten, FC 256 + ReLU, sized from the canvas."""
-    from indeed_ext.backbones import build_backbone
+    from indeed_ext.recipes.backbones import build_backbone
 
     backbone, feature_dim = build_backbone("simple-cnn", channels, image_size=(side, side))
     convs = [m for m in backbone.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -345,7 +345,7 @@ def test_default_backbone_per_dataset():
 
 
 def test_kaiming_init_draws_he_normal_weights_and_zero_biases():
-    from indeed_ext.backbones import build_backbone, initialize
+    from indeed_ext.recipes.backbones import build_backbone, initialize
 
     torch.manual_seed(0)
     backbone, _ = build_backbone("simple-cnn", 1, image_size=(84, 84))
@@ -385,7 +385,7 @@ def test_init_default_per_backbone():
 
 
 def test_simple_cnn_rejects_tiny_or_unknown_canvases():
-    from indeed_ext.backbones import build_backbone
+    from indeed_ext.recipes.backbones import build_backbone
 
     with pytest.raises(ValueError, match="at least 8x8"):
         build_backbone("simple-cnn", 1, image_size=(7, 24))
@@ -396,7 +396,7 @@ def test_simple_cnn_rejects_tiny_or_unknown_canvases():
 def test_torchvision_weights_from_a_local_file(tmp_path):
     import torchvision
 
-    from indeed_ext.backbones import build_backbone
+    from indeed_ext.recipes.backbones import build_backbone
 
     reference = torchvision.models.resnet50(weights=None)
     torch.save(reference.state_dict(), tmp_path / "resnet50.pth")

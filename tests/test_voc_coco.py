@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from indeed_ext.data import info
-from indeed_ext.data.coco import COCO2014, read_coco2014
-from indeed_ext.data.images import Cutout, MultiLabelImages, eval_transform, scheme_indices, train_transform
-from indeed_ext.data.voc import VOC2007, VOC_CLASSES, find_voc2007
+from indeed_ext.recipes.data import info
+from indeed_ext.recipes.data.coco import COCO2014, read_coco2014
+from indeed_ext.recipes.data.images import Cutout, MultiLabelImages, eval_transform, scheme_indices, train_transform
+from indeed_ext.recipes.data.voc import VOC2007, VOC_CLASSES, find_voc2007
 
 VOC_ORDER = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -27,9 +27,10 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from indeed_ext import engine, reference, train  # noqa: E402
-from indeed_ext.backbones import build_backbone, initialize  # noqa: E402
-from indeed_ext.data import DataOptions, build_dataset  # noqa: E402
+from indeed_ext import reference  # noqa: E402
+from indeed_ext.recipes import engine, train  # noqa: E402
+from indeed_ext.recipes.backbones import build_backbone, initialize  # noqa: E402
+from indeed_ext.recipes.data import DataOptions, build_dataset  # noqa: E402
 from indeed_ext.model import INDeeD  # noqa: E402
 from indeed_ext.pairs import mine_pairs  # noqa: E402
 

@@ -28,7 +28,7 @@ save_cam_figure(image, maps, titles, path, alpha=0.5) -> None
 main(argv=None): the ``indeed-cam`` command,
     indeed-cam CHECKPOINT IMAGE [--labels NAME|INDEX ...] [--top-k 3] [--out cam.png]
                [--layer NAME] [--image-size N] [--alpha 0.5] [--device cpu]
-    It rebuilds the model with ``indeed_ext.engine.load_model(CHECKPOINT)``, which
+    It rebuilds the model with ``indeed_ext.recipes.engine.load_model(CHECKPOINT)``, which
     returns (model, model_config); model_config holds "class_names", "image_shape"
     (C, H, W), "mean" and "std" of the training run. The image is squish-resized to
     (H, W) and normalised like the test images; without --labels the top-k scoring

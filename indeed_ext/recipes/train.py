@@ -2,7 +2,7 @@
 
     indeed-train --dataset ml-digits --labels-per-image 3 --method both --epochs 8 --out runs/demo
 
-Wires data (indeed_ext.data) -> model (backbones + INDeeD) -> loop (engine) -> metrics,
+Wires data (indeed_ext.recipes.data) -> model (backbones + INDeeD) -> loop (engine) -> metrics,
 and writes OUT/results.json (one object per trained model), OUT/table.md (per-class AP,
 the paper's Table 1 layout), OUT/confidence_<run>.png (paper Fig. 3) and the checkpoints
 OUT/<run>/checkpoint.pt. Flags avoid every prefix of a torchrun option, so the same
@@ -30,11 +30,11 @@ from .backbones import BACKBONES, INITS, build_backbone, initialize
 from .data import DATASETS, DataOptions, build_dataset
 from .data.registry import PHOTO_DATASETS, TEST_SCHEMES, TRAIN_SCHEMES
 from .ema import ModelEma
-from .losses import INDeeDLoss
-from .metrics import ap_table_markdown
-from .model import INDeeD
-from .ops import BACKENDS
-from .reference import NORMS
+from ..losses import INDeeDLoss
+from ..metrics import ap_table_markdown
+from ..model import INDeeD
+from ..ops import BACKENDS
+from ..reference import NORMS
 from .viz import save_confidence_map
 
 METHODS = ("baseline", "indeed", "both")

@@ -1,6 +1,6 @@
 """Image counts of every scheme of a local VOC-2007 or MS-COCO 2014 copy, as one JSON object.
 
-    python -m indeed_ext.data.info --dataset voc2007|coco2014 --root ROOT
+    python -m indeed_ext.recipes.data.info --dataset voc2007|coco2014 --root ROOT
         [--use-difficult] [--keep-unannotated]
 
 prints ``{"train": {"all": N, "split": N}, "test": {"single": N, "entire": N}}`` after
@@ -46,7 +46,7 @@ def scheme_counts(dataset: str, root: str, use_difficult: bool = False, keep_una
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m indeed_ext.data.info", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m indeed_ext.recipes.data.info", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--root", required=True, help="folder holding VOCdevkit (or VOCdevkit, VOC2007), or the COCO root")
     parser.add_argument("--use-difficult", action="store_true", help="VOC: count difficult objects as positives")

@@ -35,7 +35,7 @@ import time
 from . import engine, study_report, train
 from .backbones import BACKBONES
 from .data import DATASETS
-from .reference import NORMS
+from ..reference import NORMS
 
 RUN_ARGS = {
     "baseline": ["--method", "baseline"],
@@ -153,7 +153,7 @@ def start_cell(cell: dict, threads: int | None) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")  # log.txt shows each epoch as it ends
     if threads is not None:
         env.setdefault("OMP_NUM_THREADS", str(threads))
-    command = [sys.executable, "-m", "indeed_ext.train", *cell["argv"], "--out", cell["folder"], "--resume", "--quiet"]
+    command = [sys.executable, "-m", "indeed_ext.recipes.train", *cell["argv"], "--out", cell["folder"], "--resume", "--quiet"]
     log = open(os.path.join(cell["folder"], "log.txt"), "a")
     try:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)

@@ -32,8 +32,8 @@ from tqdm import tqdm
 from . import distributed
 from .backbones import build_backbone
 from .ema import ModelEma
-from .metrics import confidence_map, mean_average_precision
-from .model import INDeeD
+from ..metrics import confidence_map, mean_average_precision
+from ..model import INDeeD
 
 SCHEDULES = ("halving", "sgdr", "onecycle", "none")
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}

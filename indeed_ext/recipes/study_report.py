@@ -2,7 +2,7 @@
 
 Each finished cell is one dict: n (labels per image), run (its name), seed, mAP (final),
 epoch_mAP (after each epoch) and train_time_s. Runs are dicts {"name", "base", "flags"}
-(see indeed_ext.study.parse_run); the run named "baseline" is the reference. Runs of one seed start from the same weights and
+(see indeed_ext.recipes.study.parse_run); the run named "baseline" is the reference. Runs of one seed start from the same weights and
 see the same data in the same order (indeed-train's seeding), so INDeeD − baseline is
 compared per seed (a paired difference) and its 95 % interval is Student's t over seeds.
 """
