@@ -123,11 +123,15 @@ def philox4x32(seed: torch.Tensor, counter):
     return c0, c1, c2, c3
 
 
+def _rank(lo: torch.Tensor, hi: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    return (hi * count + ((lo * count) >> 32)) >> 32
+
+
 def partner_rank(seed: torch.Tensor, rows: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """floor(u * count), u = (hi * 2^32 + lo) / 2^64 from Philox(key seed, counter (0, 0, row, 0))."""
     zero = torch.zeros_like(rows)
     lo, hi = philox4x32(seed, (zero, zero, rows, zero))[:2]
-    return (hi * count + ((lo * count) >> 32)) >> 32
+    return _rank(lo, hi, count)
 
 
 def _mulhi64(u_lo: torch.Tensor, u_hi: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
@@ -145,6 +149,20 @@ def _labels(targets: torch.Tensor) -> torch.Tensor:
     return targets if targets.dtype == torch.bool else targets > 0.5
 
 
+def _valid_partners(labels: torch.Tensor) -> torch.Tensor:
+    """(B, B) bool: ya & yb != 0 and ya != yb."""
+    y = labels.double()
+    shared = y @ y.T  # |ya & yb|; ya == yb iff it equals both set sizes
+    sizes = y.sum(1)
+    same_set = (shared == sizes[:, None]) & (shared == sizes[None, :])
+    return (shared > 0) & ~same_set
+
+
+def _nth(mask: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+    """Per row, the column of its rank-th (0-based) True entry; 0 where there is none."""
+    return (mask & (mask.cumsum(1) == rank[:, None] + 1)).to(torch.uint8).argmax(1)
+
+
 def mine_pairs(targets: torch.Tensor, seed: torch.Tensor):
     """(index_a, index_b, is_partial), each (B,): pairs (a, b) for a = 0..B-1.
 
@@ -152,18 +170,12 @@ def mine_pairs(targets: torch.Tensor, seed: torch.Tensor):
     ya != yb for the labels y = targets > 0.5; b = a when a has none (is_partial False).
     Builds the B x B validity matrix: a spec, not a sampler for large batches.
     """
-    labels = _labels(targets).double()
-    B = labels.shape[0]
-    shared = labels @ labels.T  # |ya & yb|; ya == yb iff it equals both set sizes
-    sizes = labels.sum(1)
-    same_set = (shared == sizes[:, None]) & (shared == sizes[None, :])
-    valid = (shared > 0) & ~same_set
+    valid = _valid_partners(_labels(targets))
     count = valid.sum(1)
-    rows = torch.arange(B, device=targets.device)
+    rows = torch.arange(valid.shape[0], device=targets.device)
     rank = partner_rank(seed.reshape(()), rows, count)
-    chosen = valid & (valid.cumsum(1) == rank[:, None] + 1)
     is_partial = count > 0
-    return rows, torch.where(is_partial, chosen.to(torch.uint8).argmax(1), rows), is_partial
+    return rows, torch.where(is_partial, _nth(valid, rank), rows), is_partial
 
 
 def _contrast_masses(labels: torch.Tensor, contrast_weights: torch.Tensor):
@@ -185,37 +197,39 @@ def mine_pairs_cooccur(targets: torch.Tensor, seed: torch.Tensor, contrast_weigh
     The draw: the contrasts (i, j) of a (i in ya, j != i, i then j ascending) have masses
     S[i, j] * count(i, j) (_contrast_masses), W_a their sum; r = floor(u * W_a / 2^64) from Philox
     words 2 and 3 of a's counter picks the first contrast whose cumulative mass exceeds r, and b is
-    the partner_rank(seed, a, count(i, j))-th of its rows in batch order. W_a = 0: mine_pairs' draw.
-    Builds (B, c, c) and B x B tensors: a spec, not a sampler for large batches.
+    the rank-th of its rows in batch order, rank from words 0 and 1 as partner_rank(seed, a,
+    count(i, j)). W_a = 0: mine_pairs' draw. Builds (B, c, c) and B x B tensors: a spec, not a
+    sampler for large batches.
     """
     labels = _labels(targets)
     B, c = labels.shape
-    seed = seed.reshape(())
-    masses, counts = _contrast_masses(labels, contrast_weights)
-    total = masses.sum((1, 2))
     rows = torch.arange(B, device=targets.device)
     zero = torch.zeros_like(rows)
-    _, _, u_lo, u_hi = philox4x32(seed, (zero, zero, rows, zero))
-    drawn = _mulhi64(u_lo, u_hi, total)
-    contrast = (masses.flatten(1).cumsum(1) > drawn[:, None]).to(torch.uint8).argmax(1)
+    lo, hi, u_lo, u_hi = philox4x32(seed.reshape(()), (zero, zero, rows, zero))
+    masses, counts = _contrast_masses(labels, contrast_weights)
+    total = masses.sum((1, 2))
+    contrast = (masses.flatten(1).cumsum(1) > _mulhi64(u_lo, u_hi, total)[:, None]).to(torch.uint8).argmax(1)
     i, j = contrast // c, contrast % c
-    rank = partner_rank(seed, rows, counts[rows, i, j])
     # Row b is eligible for a's contrast (i, j) when it has i and differs from a at j.
     eligible = labels.T[i] & (labels.T[j] != labels[rows, j][:, None])
-    chosen = eligible & (eligible.cumsum(1) == rank[:, None] + 1)
-    _, any_partner, is_partial = mine_pairs(targets, seed)
-    return rows, torch.where(total > 0, chosen.to(torch.uint8).argmax(1), any_partner), is_partial
+    weighted = _nth(eligible, _rank(lo, hi, counts[rows, i, j]))
+    valid = _valid_partners(labels)
+    count = valid.sum(1)
+    uniform = torch.where(count > 0, _nth(valid, _rank(lo, hi, count)), rows)
+    return rows, torch.where(total > 0, weighted, uniform), count > 0
 
 
 def cooccur_partner_probabilities(targets: torch.Tensor, contrast_weights: torch.Tensor) -> torch.Tensor:
     """(B, B) float64: P(b | a) of mine_pairs_cooccur, w(a, b) / W_a; uniform over a's valid
     partners where W_a = 0 (mine_pairs' draw), and 1 at b = a for a row without one."""
-    y = _labels(targets).double()
+    labels = _labels(targets)
+    y = labels.double()
     shared = y[:, None, :] * y[None, :, :]
     differs = (y[:, None, :] != y[None, :, :]).double()
     weights = torch.einsum("abi,ij,abj->ab", shared, contrast_weights.double(), differs)
-    valid = (shared.sum(-1) > 0) & (differs.sum(-1) > 0)
-    uniform = torch.where(valid.any(1, keepdim=True), valid.double(), torch.eye(y.shape[0], dtype=torch.float64, device=y.device))
+    valid = _valid_partners(labels)
+    self_pairs = torch.eye(y.shape[0], dtype=torch.bool, device=y.device)
+    uniform = torch.where(valid.any(1, keepdim=True), valid, self_pairs).double()
     uniform = uniform / uniform.sum(1, keepdim=True)
     total = weights.sum(1, keepdim=True)
     return torch.where(total > 0, weights / total.clamp_min(1), uniform)

@@ -26,7 +26,7 @@ _CANDIDATES = 32  # candidates per tile (64 takes 246-254 registers on sm_80/90)
 # Labels i x labels j per (rows, i, j) tile of the rows' contrasts. The interpreter pays per
 # operation, not per element: there larger tiles (still several for c > 64, as the tests have).
 _CONTRAST_LABELS = (64, 64) if INTERPRETING else (16, 8)
-_TABLE_LABELS, _CO_ROWS = 16, 32  # tiles of the (c, c) tables: labels x labels, and rows per co-count step
+_TABLE_LABELS, _CO_ROWS = 16, 8  # tiles of the (c, c) tables: labels x labels, and rows per co-count step
 
 
 @triton.jit
