@@ -312,13 +312,15 @@ class CooccurrenceStatistic(nn.Module):
         labels = self._labels("targets", targets)
         if self.counts.device != labels.device:
             self.to(labels.device)
-        co_counts, samples = labels.T @ labels, labels.new_full((1,), labels.shape[0])
+        co_counts = torch.mm(labels.t(), labels)
         if self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            increment = torch.cat((co_counts.flatten(), samples))
+            increment = torch.cat((co_counts.flatten(), labels.new_full((1,), labels.shape[0])))
             dist.all_reduce(increment)
-            co_counts, samples = increment[:-1].view_as(co_counts), increment[-1:]
-        self.counts += co_counts
-        self.samples += samples.squeeze(0)
+            self.counts += increment[:-1].view_as(co_counts)
+            self.samples += increment[-1]
+        else:
+            self.counts += co_counts
+            self.samples += labels.shape[0]
 
     @torch.no_grad()
     def seed_from_labels(self, labels: torch.Tensor, chunk: int = 1 << 16) -> None:
@@ -336,18 +338,17 @@ class CooccurrenceStatistic(nn.Module):
     def contrast_weights(self) -> torch.Tensor:
         """(c, c) int64 in [0, 2^16]: round(S * 2^16), S[i, j] the weight of "i shared, j separates"
         (0 on the diagonal). Tensor ops only: no host sync."""
-        c = self.num_classes
         n = self.counts.diagonal()
-        seen = n.clamp_min(1)[:, None]
-        p = self.counts / seen  # P(j | i); rows of unseen labels are 0
-        others = ~torch.eye(c, dtype=torch.bool, device=p.device)
+        seen = n.clamp_min(1).unsqueeze(1)
+        p = self.counts / seen  # P(j | i); 0 in the rows of unseen labels, whose excess is then <= 0
         if self.statistic == "excess":
-            null = (p * others).sum(1, keepdim=True) / max(c - 1, 1)
+            null = (p.sum(1, keepdim=True) - p.diagonal().unsqueeze(1)) / max(self.num_classes - 1, 1)
         else:
-            null = (n / self.samples.clamp_min(1))[None, :]
+            null = n / self.samples.clamp_min(1)  # P(j), along the rows
         excess = p - null
-        significant = others & (n[:, None] > 0) & (excess > self.z * torch.sqrt(null * (1 - null) / seen))
-        return torch.where(significant, torch.round(excess * _checks.CONTRAST_SCALE), 0.0).to(torch.int64)
+        threshold = (null * (1 - null) / seen).sqrt_().mul_(self.z)
+        weights = excess.masked_fill_(excess <= threshold, 0).mul_(_checks.CONTRAST_SCALE).round_().to(torch.int64)
+        return weights.fill_diagonal_(0)
 
 
 def mine_pairs(

@@ -10,9 +10,10 @@
 //
 // mine_pairs_cooccur: the set's contrasts (i, j) have masses S[i, j] * count(i, j), with count
 // from the batch's co-count matrix (popcounts of carrier ANDs, c^2 B / 128 word operations per
-// batch): |ya|^2 additions per set (see Contrasts). Each member draws a contrast from them, then its
-// partner among the contrast's rows, carriers[i] & carriers[j] (or & ~carriers[j]): one pass of
-// AND, popcount and select over B / 64 words. A set whose masses are all 0 draws as mine_pairs.
+// batch): |ya| * c vectorised additions per set (see Contrasts). Each member draws a contrast
+// from them, then its partner among the contrast's rows, carriers[i] & carriers[j] (or
+// & ~carriers[j]): one pass of AND, popcount and select over B / 64 words. A set whose masses
+// are all 0 draws as mine_pairs.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -182,10 +183,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_pairs(const at::Tensor& targ
 // the masses of label i's contrasts in two parts: alone[i] = sum_j S[i, j] co[i, j], its sum for
 // the set {i}, and joined[i * c + k] = S[i, k] (co[i, i] - 2 co[i, k]), what k's joining the set
 // adds (k's rows with i leave contrast (i, k), i's rows without k enter it). A set's mass of i is
-// then alone[i] plus joined[i, k] over its labels k: |ya|^2 additions per set, not |ya| * c.
+// then alone[i] plus joined[i, k] over its labels k: c additions of joined[i, k] & (the set as a
+// mask), which vectorise, per label i of the set; none for a label whose weights S[i, :] are all 0.
 struct Contrasts {
   std::vector<uint32_t> weights, co;
   std::vector<int64_t> alone, joined;
+  std::vector<uint8_t> weighted;  // S[i, :] has a weight
 };
 
 // co[i * c + j] = co[j * c + i] for the labels i in [begin, end) and j >= i.
@@ -217,23 +220,26 @@ Contrasts contrasts_of(const PackedLabels& labels, const at::Tensor& contrast_we
                    [&](int64_t begin, int64_t end) { co_counts(labels, begin, end, contrasts.co.data()); });
   contrasts.alone.assign(c, 0);
   contrasts.joined.resize(c * c);
+  contrasts.weighted.assign(c, 0);
   for (int64_t i = 0; i < c; ++i) {
     const int64_t co_ii = contrasts.co[i * c + i];
     for (int64_t k = 0; k < c; ++k) {
       const int64_t weight = contrasts.weights[i * c + k], co_ik = contrasts.co[i * c + k];
       contrasts.alone[i] += weight * co_ik;
       contrasts.joined[i * c + k] = weight * (co_ii - 2 * co_ik);
+      contrasts.weighted[i] |= weight != 0;
     }
   }
   return contrasts;
 }
 
 // Per-task scratch of mine_pairs_cooccur: the set's labels, their masses (the sums of their
-// contrasts' masses), the set as c flags, and mine_pairs' partner bitset.
+// contrasts' masses), the set as a mask of c words (all ones for its labels), and mine_pairs'
+// partner bitset.
 struct CooccurScratch {
   std::vector<int64_t> set_labels;
   std::vector<uint64_t> label_masses;
-  std::vector<uint8_t> in_set;
+  std::vector<int64_t> in_set;
   std::vector<Word> partners;
 };
 
@@ -246,7 +252,7 @@ INDEED_SIMD_CLONES void cooccur_pairs(const Batch& batch, const Contrasts& contr
                                       CooccurScratch& scratch) {
   const PackedLabels& labels = batch.labels;
   const int64_t c = labels.c;
-  uint8_t* __restrict in_set = scratch.in_set.data();
+  int64_t* __restrict in_set = scratch.in_set.data();
   for (int64_t s = begin; s < end; ++s) {
     const int64_t first = batch.sets.starts[s], last = batch.sets.starts[s + 1];
     const Word* set_words = labels.row(batch.sets.rows[first]);
@@ -254,13 +260,16 @@ INDEED_SIMD_CLONES void cooccur_pairs(const Batch& batch, const Contrasts& contr
     for (int64_t w = 0; w < labels.W; ++w) {
       for (Word rest = set_words[w]; rest != 0; rest &= rest - 1) scratch.set_labels.push_back(w * 64 + std::countr_zero(rest));
     }
-    for (const int64_t k : scratch.set_labels) in_set[k] = 1;
+    for (const int64_t k : scratch.set_labels) in_set[k] = -1;
     uint64_t total = 0;
     scratch.label_masses.clear();
     for (const int64_t i : scratch.set_labels) {
-      const int64_t* __restrict joined_i = contrasts.joined.data() + i * c;
-      int64_t mass = contrasts.alone[i];
-      for (const int64_t k : scratch.set_labels) mass += joined_i[k];
+      int64_t mass = 0;
+      if (contrasts.weighted[i]) {
+        const int64_t* __restrict joined_i = contrasts.joined.data() + i * c;
+        mass = contrasts.alone[i];
+        for (int64_t k = 0; k < c; ++k) mass += joined_i[k] & in_set[k];
+      }
       scratch.label_masses.push_back(static_cast<uint64_t>(mass));
       total += static_cast<uint64_t>(mass);
     }
@@ -287,7 +296,7 @@ INDEED_SIMD_CLONES void cooccur_pairs(const Batch& batch, const Contrasts& contr
         }
         const Word* __restrict carriers_i = labels.carriers_of(i);
         const Word* __restrict carriers_j = labels.carriers_of(j);
-        const Word flip = in_set[j] ? ~Word(0) : Word(0);
+        const Word flip = static_cast<Word>(in_set[j]);
         const auto word_at = [&](int64_t w) { return carriers_i[w] & (carriers_j[w] ^ flip); };
         batch.set_pair(a, select_bit(word_at, partner_rank(random, count)));
       }
@@ -303,7 +312,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_pairs_cooccur(const at::Tens
   const Contrasts contrasts = contrasts_of(batch.labels, contrast_weights);
   const int64_t c = batch.labels.c, row_bits = batch.labels.row_bits;
   for_label_sets(batch, row_bits * 4 + c * 4, [&](int64_t begin, int64_t end) {
-    CooccurScratch scratch{{}, {}, std::vector<uint8_t>(c, 0), std::vector<Word>(row_bits)};
+    CooccurScratch scratch{{}, {}, std::vector<int64_t>(c, 0), std::vector<Word>(row_bits)};
     cooccur_pairs(batch, contrasts, begin, end, scratch);
   });
   return {batch.index_a, batch.index_b, batch.is_partial};
