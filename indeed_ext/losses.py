@@ -145,6 +145,7 @@ class INDeeDLoss(nn.Module):
             raise ValueError(f"targets have c = {targets.shape[1]} classes, but the loss has num_classes = {self.num_classes}")
         contrast_weights = None
         if self.cooccurrence is not None:
+            self.cooccurrence.follow(targets.device)
             if self.training:
                 self.cooccurrence.update(targets)
             if self.lam != 0:

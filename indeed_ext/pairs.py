@@ -306,12 +306,16 @@ class CooccurrenceStatistic(nn.Module):
             raise ValueError(f"{name} must be (N, num_classes) = (N, {self.num_classes}), got {shape}")
         return (targets if targets.dtype == torch.bool else targets.detach() > 0.5).to(torch.float64)
 
+    def follow(self, device: torch.device) -> None:
+        """Moves the buffers to device unless they are there."""
+        if self.counts.device != device:
+            self.to(device)
+
     @torch.no_grad()
     def update(self, targets: torch.Tensor) -> None:
         """Adds the (B, c) targets' labels (> 0.5, or bool), summed over the processes when synced."""
         labels = self._labels("targets", targets)
-        if self.counts.device != labels.device:
-            self.to(labels.device)
+        self.follow(labels.device)
         co_counts = torch.mm(labels.t(), labels)
         if self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             increment = torch.cat((co_counts.flatten(), labels.new_full((1,), labels.shape[0])))

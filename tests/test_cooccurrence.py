@@ -1,7 +1,7 @@
 """pairs.CooccurrenceStatistic and INDeeDLoss(strategy="cooccur"): the statistic on a hand-computed
 case for both null rates, the z threshold, partner groups and a hub (excess sees the hub, lift
 does not), no weights without co-occurrence, state_dict round trips, the all-reduce path, the
-loss's use of the statistic, and the reweighting control blocks=().
+loss's use of the statistic, the reweighting control blocks=(), and (on a GPU) the loss in a CUDA graph.
 """
 import pytest
 import torch
@@ -11,6 +11,8 @@ from torch import nn
 from indeed_ext import reference
 from indeed_ext.losses import INDeeDLoss
 from indeed_ext.pairs import CooccurrenceStatistic, mine_pairs
+
+from conftest import requires_cuda
 
 SCALE = 2**16
 # Counts: n = (4, 3, 2, 2) of 5 samples; co-counts (0, 1): 3, (0, 2): 1, (0, 3): 1, (1, 3): 1, (2, 3): 1.
@@ -240,3 +242,26 @@ def test_loss_bad_arguments():
     for strategy in ("cooccur", "any"):
         with pytest.raises(ValueError, match="targets have c = 6 classes, but the loss has num_classes = 5"):
             INDeeDLoss(strategy=strategy, num_classes=5)(features, targets, nn.Linear(10, 6))
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_loss_replays_in_a_cuda_graph(backend):
+    """Capture fails on a host sync; each replay adds the batch to the statistic and mines with it."""
+    features, targets, classifier = (t.cuda() for t in loss_inputs())
+    criterion = INDeeDLoss(strategy="cooccur", num_classes=6, backend=backend, cooccur_z=0.0)
+    step = lambda: criterion(features, targets, classifier)  # noqa: E731
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    assert criterion.cooccurrence.samples.item() == 6 * 24  # warm-up and replays; the capture runs nothing
+    assert torch.isfinite(out.loss) and out.num_partial > 0
