@@ -331,7 +331,7 @@ class CooccurrenceStatistic(nn.Module):
         """Adds a data set's (N, c) labels, in chunks of rows; never all-reduced: give every process all of them."""
         for part in self._labels("labels", labels).split(chunk):
             part = part.to(self.counts.device)
-            self.counts += part.T @ part
+            self.counts += torch.mm(part.t(), part)
         self.samples += labels.shape[0]
 
     @torch.no_grad()
