@@ -1,4 +1,4 @@
-"""Evaluation: per-class average precision, mAP, the confidence map and the AP table.
+"""Evaluation: per-class average precision, mAP, the confidence map, the AP table and the context score.
 
 Average precision is the non-interpolated AP that ASL's evaluation computes: sort a
 class's scores in descending order, take the precision at the rank of each positive,
@@ -55,6 +55,18 @@ def mean_average_precision(scores, targets) -> tuple[float, torch.Tensor]:
     return mean, per_class
 
 
+def _class_indices(labels, rows: int, num_classes: int) -> torch.Tensor:
+    """labels as int64 (rows,) class indices in [0, num_classes), or the error that names the problem."""
+    labels = torch.as_tensor(labels).detach().cpu()
+    if labels.dim() != 1 or labels.shape[0] != rows:
+        raise ValueError(f"labels must be 1-D with one label per score row ({rows}), got shape {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be integer class indices, got {labels.dtype}")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got values from {int(labels.min())} to {int(labels.max())}")
+    return labels.long()
+
+
 def confidence_map(scores, labels, num_classes: int) -> torch.Tensor:
     """(c, c) float64: row k is the mean score vector over the samples whose single label is k.
 
@@ -63,19 +75,37 @@ def confidence_map(scores, labels, num_classes: int) -> torch.Tensor:
     puts its mass on the diagonal. Rows of classes with no sample are NaN.
     """
     scores = _as_matrix("scores", scores).to(torch.float64)
-    labels = torch.as_tensor(labels).detach().cpu()
     if scores.shape[1] != num_classes:
         raise ValueError(f"scores must have num_classes={num_classes} columns, got shape {tuple(scores.shape)}")
-    if labels.dim() != 1 or labels.shape[0] != scores.shape[0]:
-        raise ValueError(f"labels must be 1-D with one label per score row ({scores.shape[0]}), got shape {tuple(labels.shape)}")
-    if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be integer class indices, got {labels.dtype}")
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got values from {int(labels.min())} to {int(labels.max())}")
-    labels = labels.long()
+    labels = _class_indices(labels, scores.shape[0], num_classes)
     sums = torch.zeros(num_classes, num_classes, dtype=torch.float64).index_add_(0, labels, scores)
     counts = torch.bincount(labels, minlength=num_classes).to(torch.float64)
     return sums / counts[:, None]
+
+
+def context_score(probabilities, labels, context) -> float:
+    """The mean probability a model gives to the context of the object it is shown (lower is better).
+
+    probabilities (N, c): sigmoid scores of single-object images; labels (N,): their classes;
+    context (c, c) bool: row k marks the classes that co-occur with k in training (its context).
+    The score is the mean over the images whose class has a non-empty context of the mean
+    probability over that context. NaN when no image has one.
+    """
+    probabilities = _as_matrix("probabilities", probabilities).to(torch.float64)
+    labels = _class_indices(labels, probabilities.shape[0], probabilities.shape[1])
+    context = torch.as_tensor(context).detach().cpu()
+    c = probabilities.shape[1]
+    if context.dtype != torch.bool:
+        raise TypeError(f"context must be a bool (c, c) matrix, got {context.dtype}")
+    if tuple(context.shape) != (c, c):
+        raise ValueError(f"context must be ({c}, {c}) for {c} classes, got shape {tuple(context.shape)}")
+    shown = context[labels].to(torch.float64)  # (N, c): the context of each image's class
+    sizes = shown.sum(1)
+    has_context = sizes > 0
+    if not has_context.any():
+        return math.nan
+    per_image = (probabilities * shown).sum(1)[has_context] / sizes[has_context]
+    return per_image.mean().item()
 
 
 def ap_table_markdown(rows: dict, class_names) -> str:

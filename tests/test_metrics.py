@@ -1,12 +1,12 @@
 """Metrics against scikit-learn and ASL's formula, tie handling, the confidence map,
-the AP table and the confidence-map PNG."""
+the AP table, the confidence-map PNG and the context score."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from indeed_ext.metrics import ap_table_markdown, average_precision, confidence_map, mean_average_precision
+from indeed_ext.metrics import ap_table_markdown, average_precision, confidence_map, context_score, mean_average_precision
 from indeed_ext.recipes.viz import save_confidence_map
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
@@ -142,3 +142,25 @@ def test_confidence_map_png_errors(tmp_path):
         save_confidence_map(torch.rand(2, 3), tmp_path / "x.png")
     with pytest.raises(ValueError, match="class_names has 2 names for a 3x3 matrix"):
         save_confidence_map(torch.rand(3, 3), tmp_path / "x.png", class_names=["a", "b"])
+
+
+def test_context_score_hand_computed():
+    # Class 0's context is {1, 2}, class 1's {0}, class 2 has none (a hub's own images).
+    context = torch.tensor([[False, True, True], [True, False, False], [False, False, False]])
+    probabilities = torch.tensor([[0.9, 0.2, 0.4], [0.5, 0.8, 0.1], [0.3, 0.7, 0.9], [0.1, 0.6, 0.0]])
+    labels = torch.tensor([0, 1, 2, 0])
+    # Images of classes 0, 1, 0: (0.2 + 0.4) / 2, 0.5, (0.6 + 0.0) / 2; the class-2 image does not count.
+    assert context_score(probabilities, labels, context) == pytest.approx((0.3 + 0.5 + 0.3) / 3)
+    assert math.isnan(context_score(probabilities[2:3], labels[2:3], context))
+
+
+def test_context_score_errors():
+    context = torch.eye(3, dtype=torch.bool)
+    with pytest.raises(TypeError, match="bool"):
+        context_score(torch.rand(2, 3), torch.tensor([0, 1]), context.float())
+    with pytest.raises(ValueError, match=r"context must be \(3, 3\)"):
+        context_score(torch.rand(2, 3), torch.tensor([0, 1]), torch.eye(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        context_score(torch.rand(2, 3), torch.tensor([0, 3]), context)
+    with pytest.raises(TypeError, match="integer class indices"):
+        context_score(torch.rand(2, 3), torch.tensor([0.0, 1.0]), context)

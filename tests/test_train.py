@@ -140,6 +140,27 @@ def test_resume_with_other_settings_fails(tmp_path, capsys):
     assert "cannot resume" in err and "lr: 0.001 -> 0.01" in err
 
 
+def test_cooccur_reports_the_context_score_and_blocks_a_resume_with_another_spec(tmp_path, capsys):
+    from indeed_ext.metrics import context_score
+    from indeed_ext.recipes.data import CooccurSpec, DataOptions, build_dataset
+
+    assert run(tmp_path, "--method", "baseline", "--cooccur", "pairs:0.90", "--ema", "0.9") == 0
+    (result,) = json.loads((tmp_path / "results.json").read_text())
+    assert result["config"]["cooccur"] == "pairs:0.9" and 0 < result["context_score"] < 1 and 0 < result["context_score_ema"] < 1
+    bundle = build_dataset("ml-digits", DataOptions(labels_per_image=3, test_size=40, cooccur="pairs:0.9"))
+    model, _ = predict.load_model(str(tmp_path / "baseline" / "checkpoint.pt"))
+    with torch.no_grad():
+        probabilities = torch.sigmoid(model(torch.stack([bundle.test[i][0] for i in range(40)])))
+    labels = torch.tensor([int(bundle.test[i][1].argmax()) for i in range(40)])
+    context = CooccurSpec.parse("pairs:0.9").resolve(10).context_matrix()
+    assert result["context_score"] == pytest.approx(context_score(probabilities, labels, context), abs=1e-6)
+    table = (tmp_path / "table.md").read_text()
+    assert "Context score (pairs:0.9)" in table and f"| Baseline | {result['context_score']:.3f} | {result['context_score_ema']:.3f} |" in table
+    capsys.readouterr()
+    assert run(tmp_path, "--method", "baseline", "--cooccur", "hub:0.9", "--ema", "0.9", "--epochs", "2", "--resume") == 1
+    assert "cooccur: 'pairs:0.9' -> 'hub:0.9'" in capsys.readouterr().err
+
+
 def test_checkpoint_written_atomically(tmp_path):
     path = tmp_path / "c.pt"
     engine.save_checkpoint(str(path), {"x": torch.ones(2)})
@@ -249,6 +270,9 @@ BAD_INPUTS = [
     (["--weights", "/nonexistent/w.pt"], "is not a file"),
     (["--train-size", "16"], "smaller than one batch"),
     (["--n", "3"], "unrecognized arguments"),
+    (["--cooccur", "pairs:1.5"], "strength must be in [0, 1]"),
+    (["--cooccur", "ring:0.5"], "unknown co-occurrence spec 'ring:0.5'"),
+    (["--cooccur", "hub=12:0.5"], "hub 12 is not one of the 10 classes"),
 ]
 
 

@@ -4,8 +4,8 @@
 
 Wires data (indeed_ext.recipes.data) -> model (backbones + INDeeD) -> loop (engine) -> metrics,
 and writes OUT/results.json (one object per trained model), OUT/table.md (per-class AP,
-the paper's Table 1 layout), OUT/confidence_<run>.png (paper Fig. 3) and the checkpoints
-OUT/<run>/checkpoint.pt. Flags avoid every prefix of a torchrun option, so the same
+the paper's Table 1 layout; with --cooccur the context score under it), OUT/confidence_<run>.png
+(paper Fig. 3) and the checkpoints OUT/<run>/checkpoint.pt. Flags avoid every prefix of a torchrun option, so the same
 command line works after ``torchrun ... --no-python``:
 
     torchrun --nproc_per_node 2 --no-python indeed-train ... --device cpu --out OUT
@@ -28,10 +28,11 @@ import torch
 from . import distributed, engine
 from .backbones import BACKBONES, INITS, build_backbone, initialize
 from .data import DATASETS, DataOptions, build_dataset
+from .data.cooccur import SYNTAX as COOCCUR_SYNTAX, canonical_spec
 from .data.registry import PHOTO_DATASETS, TEST_SCHEMES, TRAIN_SCHEMES
 from .ema import ModelEma
 from ..losses import INDeeDLoss
-from ..metrics import ap_table_markdown
+from ..metrics import ap_table_markdown, context_score
 from ..model import INDeeD
 from ..ops import BACKENDS
 from ..reference import NORMS
@@ -75,6 +76,14 @@ def _number(kind, low=None, low_inclusive=True, high=None):
     return parse
 
 
+def _cooccur_spec(text: str) -> str:
+    """argparse type of --cooccur: the canonical SPEC, or the parser's usage error naming the problem."""
+    try:
+        return canonical_spec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="indeed-train", description=__doc__.split("\n\n")[0], allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -84,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--root", metavar="PATH", help="folder of the source files (ml-mnist: MNIST/raw/ or the IDX files; ml-cifar10: cifar-10-batches-py/)")
     data.add_argument("--split-test-set", action="store_true", help="build train and test objects from the test files only (disjoint 80/20 split), e.g. for the MNIST t10k files alone")
     data.add_argument("--labels-per-image", metavar="N", type=_number(int, 1), default=3, help="N objects of N distinct labels per training image (1..min(9, classes))")
+    data.add_argument("--cooccur", metavar="SPEC", type=_cooccur_spec,
+                      help=f"composites: training label sets that co-occur, one of {COOCCUR_SYNTAX}; a drawn class brings each "
+                           "group-mate with probability RHO, or the hub joins an image with probability RHO; RHO = 0 gives the "
+                           "uniform sets (README). Adds the context score to the results")
     data.add_argument("--train-size", metavar="IMAGES", type=_number(int, 1), default=8000, help="composite training images")
     data.add_argument("--test-size", metavar="IMAGES", type=_number(int, 1), default=2000, help="single-label test images")
     data.add_argument("--train-scheme", default="all", choices=TRAIN_SCHEMES, help="voc2007/coco2014: all training images or the multi-label ones")
@@ -216,10 +229,16 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
         lam_schedule=lam_schedule, unrecorded=UNRECORDED_SETTINGS,
     )
     ev, ev_ema = result.evaluation, result.evaluation_ema
+    context_scores = {}  # the context score of composites with a co-occurrence structure, of the model and its EMA
+    if bundle.context is not None:
+        context_scores["context_score"] = _json_number(context_score(ev.scores, ev.targets.argmax(1), bundle.context))
+        if ev_ema is not None:
+            context_scores["context_score_ema"] = _json_number(context_score(ev_ema.scores, ev_ema.targets.argmax(1), bundle.context))
     return {
         "name": run["name"], "method": run["method"], "norm": run["norm"], "lam": run["lam"], "title": run["title"],
         "mAP": _json_number(ev.mAP), "per_class_ap": [_json_number(v) for v in ev.per_class_ap],
         **({} if ev_ema is None else {"mAP_ema": _json_number(ev_ema.mAP), "per_class_ap_ema": [_json_number(v) for v in ev_ema.per_class_ap]}),
+        **context_scores,
         "class_names": list(bundle.class_names),
         "seed": args.seed, "epochs": args.epochs, "world_size": distributed.world_size(), "train_time_s": result.train_time_s,
         "history": result.history, "config": config, "_per_class_ap": torch.tensor(ev.per_class_ap), "_confidence": ev.confidence_map,
@@ -230,9 +249,27 @@ def _json_number(value: float) -> float | None:
     return None if math.isnan(value) else value  # JSON has no NaN (a class without test images)
 
 
-def write_report(out: str, results: list[dict], class_names) -> str:
-    """results.json, table.md and the confidence-map PNGs; returns the markdown table."""
+def context_table(results: list[dict], spec: str) -> str:
+    """The markdown lines of the runs' context scores (under the AP table, for --cooccur)."""
+    ema = any("context_score_ema" in r for r in results)
+    lines = [
+        f"Context score ({spec}): the mean probability given to the shown object's co-occurring classes "
+        "on the single-object test images; lower is better.",
+        "",
+        "| Model | context score |" + (" EMA |" if ema else ""),
+        "|---|---:|" + ("---:|" if ema else ""),
+    ]
+    for r in results:
+        values = [r["context_score"]] + ([r.get("context_score_ema")] if ema else [])
+        lines.append(f"| {r['title']} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: str, results: list[dict], class_names, cooccur: str | None = None) -> str:
+    """results.json, table.md and the confidence-map PNGs; returns the markdown of table.md."""
     table = ap_table_markdown({r["title"]: r["_per_class_ap"] for r in results}, list(class_names))
+    if any("context_score" in r for r in results):
+        table += "\n" + context_table(results, cooccur)
     for r in results:
         if r["_confidence"] is not None:
             save_confidence_map(r["_confidence"], os.path.join(out, f"confidence_{r['name']}.png"), list(class_names), r["title"])
@@ -257,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         options = DataOptions(
             root=args.root, labels_per_image=args.labels_per_image, train_size=args.train_size, test_size=args.test_size,
             seed=args.seed, split_test_set=args.split_test_set, cutout=args.cutout, randaugment=args.randaugment,
-            image_size=args.image_size, train_scheme=args.train_scheme, test_scheme=args.test_scheme,
+            image_size=args.image_size, train_scheme=args.train_scheme, test_scheme=args.test_scheme, cooccur=args.cooccur,
         )
         bundle = build_dataset(args.dataset, options)
         build_backbone(args.backbone, bundle.image_shape[0], args.weights, bundle.object_size, bundle.image_shape[1:])  # fail before any training on a bad backbone
@@ -284,6 +321,8 @@ def _train_and_report(args, bundle, device: torch.device, context: distributed.C
     """Every planned run; rank 0 logs and writes the report."""
     log = print if context.is_main else lambda *_: None
     title = args.dataset if args.dataset in PHOTO_DATASETS else f"{args.dataset}-{args.labels_per_image}"
+    if args.cooccur:
+        title += f" ({args.cooccur})"
     processes = f" x {context.world_size} processes" if context.world_size > 1 else ""
     log(f"{title}: {len(bundle.train)} training / {len(bundle.test)} test images of shape {tuple(bundle.image_shape)}, "
         f"{len(bundle.class_names)} classes; backbone {args.backbone} on {device}{processes}")  # fmt: skip
@@ -297,7 +336,7 @@ def _train_and_report(args, bundle, device: torch.device, context: distributed.C
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     if context.is_main:
-        table = write_report(args.out, results, bundle.class_names)
+        table = write_report(args.out, results, bundle.class_names, args.cooccur)
         log(f"\nAP per class and mAP (%), {title}, seed {args.seed}, {args.epochs} epochs:\n\n{table}\n")
         log(f"trained in {time.perf_counter() - began:.1f}s; results in {os.path.join(args.out, 'results.json')}")
     return 0
