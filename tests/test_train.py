@@ -161,6 +161,26 @@ def test_cooccur_reports_the_context_score_and_blocks_a_resume_with_another_spec
     assert "cooccur: 'pairs:0.9' -> 'hub:0.9'" in capsys.readouterr().err
 
 
+def test_reweight_with_weight_one_trains_the_baseline(tmp_path, capsys):
+    """Singh et al.'s weighted loss through the driver: weight 1 gives the baseline's weights exactly;
+    weight 10 others, its pairs from the training labels in results.json; a resume needs the same weight."""
+    common = ["--cooccur", "pairs:0.9", "--seed", "2"]
+    assert run(tmp_path / "baseline", "--method", "baseline", *common) == 0
+    assert run(tmp_path / "one", "--method", "reweight", "--exclusive-weight", "1", *common) == 0
+    assert run(tmp_path / "ten", "--method", "reweight", *common) == 0
+    weights = {f: engine.load_checkpoint(str(tmp_path / f / ("baseline" if f == "baseline" else "reweight") / "checkpoint.pt"))["model"]
+               for f in ("baseline", "one", "ten")}  # fmt: skip
+    assert all(torch.equal(weights["baseline"][k], weights["one"][k]) for k in weights["baseline"])
+    assert not torch.equal(weights["baseline"]["classifier.weight"], weights["ten"]["classifier.weight"])
+    (result,) = json.loads((tmp_path / "ten" / "results.json").read_text())
+    assert result["method"] == "reweight" and result["title"] == "Weighted loss (Singh et al., w = 10)"
+    assert sorted((p["b"], p["c"]) for p in result["biased_pairs"]) == [(str(k), str(k ^ 1)) for k in range(10)]  # the partners
+    assert "annotation co-occurrence" in result["biased_pairs_ranking"] and "context_score" in result
+    capsys.readouterr()
+    assert run(tmp_path / "ten", "--method", "reweight", "--exclusive-weight", "5", "--epochs", "2", "--resume", *common) == 1
+    assert "exclusive_weight: 10.0 -> 5.0" in capsys.readouterr().err
+
+
 def test_checkpoint_written_atomically(tmp_path):
     path = tmp_path / "c.pt"
     engine.save_checkpoint(str(path), {"x": torch.ones(2)})
@@ -273,6 +293,8 @@ BAD_INPUTS = [
     (["--cooccur", "pairs:1.5"], "strength must be in [0, 1]"),
     (["--cooccur", "ring:0.5"], "unknown co-occurrence spec 'ring:0.5'"),
     (["--cooccur", "hub=12:0.5"], "hub 12 is not one of the 10 classes"),
+    (["--exclusive-weight", "0"], "must be > 0.0"),
+    (["--biased-pairs", "0"], "must be >= 1"),
 ]
 
 

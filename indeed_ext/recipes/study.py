@@ -12,14 +12,17 @@ it each run recovers; --compare A:B adds paired differences between two runs. Fi
 (results.json written, with the same settings) are read back, not re-run; a cell that was stopped mid-way
 continues from its last epoch's checkpoint (indeed-train --resume). So a killed study,
 re-run with the same command, continues where it stopped. Runs: baseline, l2, minmax
-(INDeeD with that identical-map normalisation) and the paper's Table 4 ablations
-identical-only and disparate-only (normalised with --ablation-norm). Cells of one seed
-share the data, the initial weights and the data order, so INDeeD − baseline is paired.
+(INDeeD with that identical-map normalisation), the paper's Table 4 ablations
+identical-only and disparate-only (normalised with --ablation-norm), and for co-occurring
+data cooccur (INDeeD min-max with partners mined by co-occurrence), cooccur-orig (the same
+partners, original heads only: the reweighting control) and reweight (Singh et al.'s weighted
+loss, a standard debiasing baseline). Cells of one seed share the data, the initial weights
+and the data order, so run − baseline is paired.
 
 After every finished cell the study prints one line (its mAP and time, the study's ETA)
-and rewrites S/study.json (settings and every cell's per-epoch mAP), S/study.md (the
+and rewrites S/study.json (settings and every cell's per-epoch mAP and context score), S/study.md (the
 Table 1 layout with mean ± std over seeds beside the paper's numbers, and the paired
-INDeeD − baseline differences with 95 % Student-t intervals), S/map_vs_n.png and
+run − baseline differences with 95 % Student-t intervals), S/map_vs_n.png and
 S/map_per_epoch.png. --jobs K runs K cells at once in separate processes.
 """
 from __future__ import annotations
@@ -49,6 +52,7 @@ RUN_ARGS = {
     "disparate-only": ["--method", "indeed", "--blocks", "disparate"],
     "cooccur": ["--method", "indeed", "--norm", "minmax", "--pairs", "cooccur"],
     "cooccur-orig": ["--method", "indeed", "--pairs", "cooccur", "--blocks", "none"],
+    "reweight": ["--method", "reweight"],
 }
 DEFAULT_RUNS = ("baseline", "l2", "minmax")  # the paper's Table 1
 RUN_NAME = re.compile(r"[a-z0-9][a-z0-9.-]*")
@@ -159,7 +163,7 @@ def read_cell(cell: dict) -> dict | None:
     with open(results_path) as f:
         (result,) = json.load(f)
     expected = vars(train.parse_args(train.build_parser(), cell["argv"] + ["--out", cell["folder"]]))
-    ignored = train.RESUME_MAY_CHANGE + (train.INDEED_ONLY if expected["method"] == "baseline" else ())
+    ignored = train.RESUME_MAY_CHANGE + train.unused_settings(expected["method"])
     compared = {k: v for k, v in expected.items() if k not in ignored}
     changes = engine.setting_changes(result["config"], compared, train.UNRECORDED_SETTINGS)
     if changes:

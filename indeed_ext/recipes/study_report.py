@@ -25,6 +25,7 @@ RUN_TITLES = {
     "disparate-only": "Disparate only",
     "cooccur": "INDeeD (co-occurrence pairs)",
     "cooccur-orig": "Co-occurrence pairs, original heads only",
+    "reweight": "Weighted loss (Singh et al.)",
 }
 
 # mAP (%) of the paper: Table 1 (ML-MNIST, simple CNN, 30 epochs), Table 2 (ML-CIFAR-10,

@@ -32,13 +32,14 @@ from .data.cooccur import SYNTAX as COOCCUR_SYNTAX, canonical_spec
 from .data.registry import PHOTO_DATASETS, TEST_SCHEMES, TRAIN_SCHEMES
 from .ema import ModelEma
 from ..losses import INDeeDLoss
-from ..metrics import ap_table_markdown, context_score
+from ..metrics import DEFAULT_PAIRS, ap_table_markdown, biased_pairs_by_cooccurrence, context_score
 from ..model import INDeeD
 from ..ops import BACKENDS
 from ..reference import NORMS
+from ..reweighting import ExclusiveWeightedBCE
 from .viz import save_confidence_map
 
-METHODS = ("baseline", "indeed", "both")
+METHODS = ("baseline", "indeed", "both", "reweight")
 BLOCKS = ("identical", "disparate")
 STRATEGIES = ("any", "matching")
 SELF_PAIR_DISPARATE = ("zero_target", "skip")
@@ -48,6 +49,7 @@ INIT_STREAM = 3  # seed stream of the model initialisation (engine uses 0-2 per 
 RESUME_MAY_CHANGE = ("epochs", "out", "resume", "workers", "device", "compile", "quiet", "backend", "channels_last")
 PER_RUN = ("method", "norm")  # the run's own method and norm replace the lists given on the command line
 INDEED_ONLY = ("norm", "blocks", "lam", "lam_warmup", "strategy", "self_pair_disparate", "global_pairs")  # no effect on a baseline
+REWEIGHT_ONLY = ("exclusive_weight", "biased_pairs")  # train the weighted loss alone (the others' evaluation is recomputed)
 DEFAULT_BACKBONE = "simple-cnn"  # the paper's ML-MNIST network
 # On 24 px ml-digits canvases the paper's network (no batch norm) stays at the label prior within a
 # demo's budget (docs/EXPERIMENTS.md): the batch-normed, globally pooled one learns them.
@@ -106,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--randaugment", action="store_true", help="RandAugment (torchvision) on training images")
     data.add_argument("--workers", type=_number(int, 0), default=0, help="DataLoader worker processes")
     method = p.add_argument_group("method")
-    method.add_argument("--method", default="both", choices=METHODS, help="both = baseline, then INDeeD")
+    method.add_argument("--method", default="both", choices=METHODS,
+                        help="both = baseline, then INDeeD; reweight = Singh et al.'s weighted loss (a debiasing baseline: "
+                             "the loss of b weighted by --exclusive-weight on the images with b and without c, for the "
+                             "--biased-pairs most co-occurring pairs (b, c) of the training labels)")
     method.add_argument("--norm", nargs="+", default=["minmax"], choices=NORMS, help="identical-map normalisation(s); one INDeeD model each")
     method.add_argument("--blocks", nargs="+", default=list(BLOCKS), choices=BLOCKS, help="INDeeD heads besides the originals (ablations: one of them)")
     method.add_argument("--lam", type=_number(float, 0.0), default=1.0, help="weight of the identical and disparate heads")
@@ -116,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--strategy", default="any", choices=STRATEGIES, help="pair mining")
     method.add_argument("--self-pair-disparate", default="zero_target", choices=SELF_PAIR_DISPARATE, help="disparate heads of self-pairs")
     method.add_argument("--backend", default="auto", choices=BACKENDS, help="INDeeD operator backend")
+    method.add_argument("--exclusive-weight", metavar="W", type=_number(float, 0.0, low_inclusive=False), default=10.0,
+                        help="reweight: the weight of b's loss on its exclusive images (Singh et al.: 10)")
+    method.add_argument("--biased-pairs", metavar="K", type=_number(int, 1), default=DEFAULT_PAIRS,
+                        help="reweight: the K biased pairs (b, c), each class b's most co-occurring c by P(c | b), then the top K "
+                             "(Singh et al.'s K; at most one per class)")
     model = p.add_argument_group("model and optimisation")
     model.add_argument("--backbone", metavar="NAME", help=f"one of {', '.join(BACKBONES)} (default: {DEFAULT_BACKBONE} or, per data set, {DATASET_BACKBONES})")
     model.add_argument("--weights", metavar="PATH", help="local weights file for the backbone (nothing downloads)")
@@ -173,7 +183,26 @@ def planned_runs(args) -> list[dict]:
     if args.method in ("indeed", "both"):
         for norm in dict.fromkeys(args.norm):
             runs.append({"name": f"indeed-{norm}", "method": "indeed", "norm": norm, "lam": args.lam, "title": f"INDeeD ({NORM_TITLES[norm]})"})
+    if args.method == "reweight":
+        runs.append({"name": "reweight", "method": "reweight", "norm": None, "lam": 0.0,
+                     "title": f"Weighted loss (Singh et al., w = {args.exclusive_weight:g})"})  # fmt: skip
     return runs
+
+
+def unused_settings(method: str) -> tuple[str, ...]:
+    """The settings a run of this method does not depend on (a resume and indeed-study's read-back ignore them)."""
+    return {"baseline": INDEED_ONLY + REWEIGHT_ONLY, "indeed": REWEIGHT_ONLY, "reweight": INDEED_ONLY}[method]
+
+
+def training_bias_pairs(args, bundle) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(pairs (K, 2) of (b, c), their strengths, how they were ranked) for the weighted loss: Singh et al.'s
+    ranking without a model, by the co-occurrence of the training labels."""
+    pairs, strength = biased_pairs_by_cooccurrence(bundle.train.targets, k=args.biased_pairs)
+    return pairs, strength, "annotation co-occurrence: P(c | b) of the training labels"
+
+
+def _named_pairs(pairs: torch.Tensor, strength: torch.Tensor, class_names) -> list[dict]:
+    return [{"b": class_names[b], "c": class_names[c], "strength": float(v)} for (b, c), v in zip(pairs.tolist(), strength)]
 
 
 def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool) -> dict:
@@ -186,10 +215,18 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
     memory_format = torch.channels_last if args.channels_last else torch.preserve_format
     model = INDeeD(backbone, num_classes, feature_dim).to(device, memory_format=memory_format)
     ema = ModelEma(model, args.ema) if args.ema else None
-    criterion = INDeeDLoss(
-        lam=run["lam"], norm=run["norm"] or "minmax", blocks=tuple(args.blocks), self_pair_disparate=args.self_pair_disparate,
-        strategy=args.strategy, backend=args.backend,
-    )
+    weighted = {}  # the weighted loss's pairs, for its results.json entry
+    if run["method"] == "reweight":
+        pairs, strength, ranking = training_bias_pairs(args, bundle)
+        weighted = {"biased_pairs": _named_pairs(pairs, strength, bundle.class_names), "biased_pairs_ranking": ranking}
+        log(f"[{run['name']}] weight {args.exclusive_weight:g} on the exclusive images of {len(pairs)} pairs (b, c) by {ranking}: "
+            + ", ".join(f"{p['b']}-{p['c']}" for p in weighted["biased_pairs"]))  # fmt: skip
+        criterion = ExclusiveWeightedBCE(pairs, args.exclusive_weight)
+    else:
+        criterion = INDeeDLoss(
+            lam=run["lam"], norm=run["norm"] or "minmax", blocks=tuple(args.blocks), self_pair_disparate=args.self_pair_disparate,
+            strategy=args.strategy, backend=args.backend,
+        )
     if args.global_pairs:
         criterion = distributed.GlobalPairsLoss(criterion)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -202,7 +239,7 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
     scheduler, per_batch = engine.build_scheduler(optimizer, args.schedule, args.epochs, len(train_loader))
     amp_dtype = engine.AMP_DTYPES[args.amp]
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    ignored = RESUME_MAY_CHANGE + PER_RUN + (INDEED_ONLY if run["method"] == "baseline" else ())
+    ignored = RESUME_MAY_CHANGE + PER_RUN + unused_settings(run["method"])
     fingerprint = {k: v for k, v in config.items() if k not in ignored}
     fingerprint |= {"run": run, "world_size": distributed.world_size()}  # the global batch and the steps per epoch
     if args.schedule == "onecycle":  # its steps are laid out over the planned epochs
@@ -238,7 +275,7 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
         "name": run["name"], "method": run["method"], "norm": run["norm"], "lam": run["lam"], "title": run["title"],
         "mAP": _json_number(ev.mAP), "per_class_ap": [_json_number(v) for v in ev.per_class_ap],
         **({} if ev_ema is None else {"mAP_ema": _json_number(ev_ema.mAP), "per_class_ap_ema": [_json_number(v) for v in ev_ema.per_class_ap]}),
-        **context_scores,
+        **context_scores, **weighted,
         "class_names": list(bundle.class_names),
         "seed": args.seed, "epochs": args.epochs, "world_size": distributed.world_size(), "train_time_s": result.train_time_s,
         "history": result.history, "config": config, "_per_class_ap": torch.tensor(ev.per_class_ap), "_confidence": ev.confidence_map,
