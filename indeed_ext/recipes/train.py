@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--method", default="both", choices=METHODS,
                         help="both = baseline, then INDeeD; reweight = Singh et al.'s weighted loss (a debiasing baseline: "
                              "the loss of b weighted by --exclusive-weight on the images with b and without c, for the "
-                             "--biased-pairs most co-occurring pairs (b, c) of the training labels)")
+                             "--biased-pairs most biased pairs (b, c): see --bias-model)")
     method.add_argument("--norm", nargs="+", default=["minmax"], choices=NORMS, help="identical-map normalisation(s); one INDeeD model each")
     method.add_argument("--blocks", nargs="+", default=list(BLOCKS), choices=BLOCKS, help="INDeeD heads besides the originals (ablations: one of them)")
     method.add_argument("--lam", type=_number(float, 0.0), default=1.0, help="weight of the identical and disparate heads")
