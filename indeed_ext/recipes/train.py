@@ -449,22 +449,20 @@ def _train_and_report(args, bundle, device: torch.device, context: distributed.C
         for run in planned_runs(args):
             results.append(train_run(run, args, bundle, device, log, progress=progress, bias_model=bias_model))
             model = results[-1].pop("_model")
-            if exclusive and run["method"] == "baseline":
+            if exclusive and run["method"] == "baseline" and bias_model is None:
                 baseline_model = model  # kept to rank the pairs for every run
     except (engine.CheckpointError, FloatingPointError) as e:  # a checkpoint of other settings, a diverged loss
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     if exclusive:
-        if bias_model is not None:
-            pairs = bias_pairs(args, bundle, device, bias_model, args.bias_model)
-        else:
-            pairs = bias_pairs(args, bundle, device, baseline_model, "this run's baseline")
+        ranker, source = (bias_model, args.bias_model) if bias_model is not None else (baseline_model, "this run's baseline")
+        pairs, strength, ranking = bias_pairs(args, bundle, device, ranker, source)
         for r in results:
             ev, ev_ema = r["_evaluations"]
-            r["exclusive_cooccur"] = exclusive_cooccur(ev, *pairs, bundle.class_names)
+            r["exclusive_cooccur"] = exclusive_cooccur(ev, pairs, strength, ranking, bundle.class_names)
             if ev_ema is not None:
-                r["exclusive_cooccur_ema"] = exclusive_cooccur(ev_ema, *pairs, bundle.class_names)
-            log(f"[{r['name']}] exclusive / co-occur AP of {len(pairs[0])} biased pairs (by {pairs[2]}): "
+                r["exclusive_cooccur_ema"] = exclusive_cooccur(ev_ema, pairs, strength, ranking, bundle.class_names)
+            log(f"[{r['name']}] exclusive / co-occur AP of {len(pairs)} biased pairs (by {ranking}): "
                 f"{_percent(r['exclusive_cooccur']['exclusive_mAP'])} / {_percent(r['exclusive_cooccur']['cooccur_mAP'])}")  # fmt: skip
     if context.is_main:
         table = write_report(args.out, results, bundle.class_names, args.cooccur)
