@@ -13,6 +13,7 @@ from indeed_ext.metrics import (
     biased_pairs_by_scores,
     confidence_map,
     context_score,
+    exclusive_cooccur_ap,
     mean_average_precision,
 )
 from indeed_ext.recipes.viz import save_confidence_map
@@ -228,3 +229,27 @@ def test_biased_pairs_errors(kwargs, message):
 def test_biased_pairs_by_scores_shape_mismatch():
     with pytest.raises(ValueError, match="same shape"):
         biased_pairs_by_scores(torch.rand(8, 2), BIAS_TARGETS)
+
+
+def test_exclusive_cooccur_ap_hand_computed():
+    # Pair (b=0, c=1): exclusive images 0 and 2, co-occur images 1 and 5, negatives (no b) 3 and 4.
+    targets = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 0], [0, 1, 0], [0, 0, 0], [1, 1, 0]])
+    scores = torch.rand(6, 3)
+    scores[:, 0] = torch.tensor([0.9, 0.8, 0.3, 0.7, 0.4, 0.5])
+    exclusive, cooccur, n_exclusive, n_cooccur = exclusive_cooccur_ap(scores, targets, torch.tensor([[0, 1], [2, 0]]))
+    # exclusive: 0.9 (+), 0.7, 0.4, 0.3 (+) -> (1/1 + 2/4) / 2; co-occur: 0.8 (+), 0.7, 0.5 (+), 0.4 -> (1/1 + 2/3) / 2
+    assert exclusive[0].item() == pytest.approx(75.0) and cooccur[0].item() == pytest.approx(100 * (1 + 2 / 3) / 2)
+    assert n_exclusive.tolist() == [2, 0] and n_cooccur.tolist() == [2, 0]
+    assert math.isnan(exclusive[1].item()) and math.isnan(cooccur[1].item())  # class 2 has no test image
+
+
+def test_exclusive_cooccur_ap_errors():
+    targets = torch.zeros(4, 3)
+    with pytest.raises(ValueError, match=r"\(K, 2\)"):
+        exclusive_cooccur_ap(torch.rand(4, 3), targets, torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match="integer class indices"):
+        exclusive_cooccur_ap(torch.rand(4, 3), targets, torch.tensor([[0.0, 1.0]]))
+    with pytest.raises(ValueError, match=r"classes in \[0, 3\)"):
+        exclusive_cooccur_ap(torch.rand(4, 3), targets, torch.tensor([[0, 3]]))
+    with pytest.raises(ValueError, match="same shape"):
+        exclusive_cooccur_ap(torch.rand(4, 2), targets, torch.tensor([[0, 1]]))

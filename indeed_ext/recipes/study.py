@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--seeds", nargs="+", type=train._number(int, 0), default=[0, 1, 2], help="seeds per (N, run)")
     grid.add_argument("--cooccur", nargs="+", metavar="SPEC", type=train._cooccur_spec,
                       help="co-occurrence structures of the training label sets (indeed-train --cooccur), one axis of the grid; "
-                           "give the same structure at rho = 0 to measure the bias (default: uniform sets only)")
+                           "give the same structure at rho = 0 to measure the bias (without it: uniform sets only)")
     grid.add_argument("--ablation-norm", choices=NORMS, default="minmax", help="normalisation of identical-only and disparate-only")
     cell = p.add_argument_group("every cell (indeed-train flags)")
     cell.add_argument("--dataset", default="ml-digits", choices=sorted(DATASETS))

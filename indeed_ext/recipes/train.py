@@ -4,8 +4,9 @@
 
 Wires data (indeed_ext.recipes.data) -> model (backbones + INDeeD) -> loop (engine) -> metrics,
 and writes OUT/results.json (one object per trained model), OUT/table.md (per-class AP,
-the paper's Table 1 layout; with --cooccur the context score under it), OUT/confidence_<run>.png
-(paper Fig. 3) and the checkpoints OUT/<run>/checkpoint.pt. Flags avoid every prefix of a torchrun option, so the same
+the paper's Table 1 layout; with --cooccur the context score under it; on voc2007/coco2014 with
+--test-scheme entire, Singh et al.'s exclusive / co-occur AP of the most biased pairs),
+OUT/confidence_<run>.png (paper Fig. 3) and the checkpoints OUT/<run>/checkpoint.pt. Flags avoid every prefix of a torchrun option, so the same
 command line works after ``torchrun ... --no-python``:
 
     torchrun --nproc_per_node 2 --no-python indeed-train ... --device cpu --out OUT
@@ -32,7 +33,14 @@ from .data.cooccur import SYNTAX as COOCCUR_SYNTAX, canonical_spec
 from .data.registry import PHOTO_DATASETS, TEST_SCHEMES, TRAIN_SCHEMES
 from .ema import ModelEma
 from ..losses import INDeeDLoss
-from ..metrics import DEFAULT_PAIRS, ap_table_markdown, biased_pairs_by_cooccurrence, context_score
+from ..metrics import (
+    DEFAULT_PAIRS,
+    ap_table_markdown,
+    biased_pairs_by_cooccurrence,
+    biased_pairs_by_scores,
+    context_score,
+    exclusive_cooccur_ap,
+)
 from ..model import INDeeD
 from ..ops import BACKENDS
 from ..reference import NORMS
@@ -49,7 +57,7 @@ INIT_STREAM = 3  # seed stream of the model initialisation (engine uses 0-2 per 
 RESUME_MAY_CHANGE = ("epochs", "out", "resume", "workers", "device", "compile", "quiet", "backend", "channels_last")
 PER_RUN = ("method", "norm")  # the run's own method and norm replace the lists given on the command line
 INDEED_ONLY = ("norm", "blocks", "lam", "lam_warmup", "strategy", "self_pair_disparate", "global_pairs")  # no effect on a baseline
-REWEIGHT_ONLY = ("exclusive_weight", "biased_pairs")  # train the weighted loss alone (the others' evaluation is recomputed)
+REWEIGHT_ONLY = ("exclusive_weight", "biased_pairs", "bias_model")  # train the weighted loss alone (the others' evaluation is recomputed)
 DEFAULT_BACKBONE = "simple-cnn"  # the paper's ML-MNIST network
 # On 24 px ml-digits canvases the paper's network (no batch norm) stays at the label prior within a
 # demo's budget (docs/EXPERIMENTS.md): the batch-normed, globally pooled one learns them.
@@ -111,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--method", default="both", choices=METHODS,
                         help="both = baseline, then INDeeD; reweight = Singh et al.'s weighted loss (a debiasing baseline: "
                              "the loss of b weighted by --exclusive-weight on the images with b and without c, for the "
-                             "--biased-pairs most co-occurring pairs (b, c) of the training labels)")
+                             "--biased-pairs most biased pairs (b, c): see --bias-model)")
     method.add_argument("--norm", nargs="+", default=["minmax"], choices=NORMS, help="identical-map normalisation(s); one INDeeD model each")
     method.add_argument("--blocks", nargs="+", default=list(BLOCKS), choices=BLOCKS, help="INDeeD heads besides the originals (ablations: one of them)")
     method.add_argument("--lam", type=_number(float, 0.0), default=1.0, help="weight of the identical and disparate heads")
@@ -124,8 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--exclusive-weight", metavar="W", type=_number(float, 0.0, low_inclusive=False), default=10.0,
                         help="reweight: the weight of b's loss on its exclusive images (Singh et al.: 10)")
     method.add_argument("--biased-pairs", metavar="K", type=_number(int, 1), default=DEFAULT_PAIRS,
-                        help="reweight: the K biased pairs (b, c), each class b's most co-occurring c by P(c | b), then the top K "
-                             "(Singh et al.'s K; at most one per class)")
+                        help="the K biased pairs (b, c) of reweight and of the exclusive / co-occur evaluation: each class b's "
+                             "most biased c, then the top K (Singh et al.'s K; at most one per class)")
+    method.add_argument("--bias-model", metavar="CHECKPOINT",
+                        help="an indeed-train checkpoint (a baseline's) whose scores on the training images rank the biased pairs, "
+                             "Singh et al.'s way (default: with --method both on voc2007/coco2014 this run's baseline, "
+                             "else the annotations: P(c | b) of the training labels)")
     model = p.add_argument_group("model and optimisation")
     model.add_argument("--backbone", metavar="NAME", help=f"one of {', '.join(BACKBONES)} (default: {DEFAULT_BACKBONE} or, per data set, {DATASET_BACKBONES})")
     model.add_argument("--weights", metavar="PATH", help="local weights file for the backbone (nothing downloads)")
@@ -194,19 +206,53 @@ def unused_settings(method: str) -> tuple[str, ...]:
     return {"baseline": INDEED_ONLY + REWEIGHT_ONLY, "indeed": REWEIGHT_ONLY, "reweight": INDEED_ONLY}[method]
 
 
-def training_bias_pairs(args, bundle) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(pairs (K, 2) of (b, c), their strengths, how they were ranked) for the weighted loss: Singh et al.'s
-    ranking without a model, by the co-occurrence of the training labels."""
-    pairs, strength = biased_pairs_by_cooccurrence(bundle.train.targets, k=args.biased_pairs)
-    return pairs, strength, "annotation co-occurrence: P(c | b) of the training labels"
+def bias_pairs(args, bundle, device: torch.device, model: torch.nn.Module | None = None, source: str = "") -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(pairs (K, 2) of (b, c), their strengths, how they were ranked): by the model's bias on the training
+    images (Singh et al.'s way; the model's scores, gathered under torchrun) when one is given, else by the
+    co-occurrence of the training labels (their fallback without a model)."""
+    if model is None:
+        pairs, strength = biased_pairs_by_cooccurrence(bundle.train.targets, k=args.biased_pairs)
+        return pairs, strength, "annotation co-occurrence: P(c | b) of the training labels"
+    loader = engine.make_loader(
+        bundle.train_eval, args.batch_size, train=False, workers=args.workers, device=device, sampler=distributed.eval_sampler(bundle.train_eval)
+    )
+    memory_format = torch.channels_last if args.channels_last else torch.preserve_format
+    scores, targets = engine.predict_scores(model.to(device, memory_format=memory_format), loader, device=device,
+                                            amp_dtype=engine.AMP_DTYPES[args.amp], memory_format=memory_format)  # fmt: skip
+    pairs, bias = biased_pairs_by_scores(scores, targets, k=args.biased_pairs)
+    return pairs, bias, f"the bias of {source} on the training images: b's mean score with c / without c"
+
+
+def load_bias_model(path: str, class_names) -> torch.nn.Module:
+    """The eval-mode model of an indeed-train checkpoint (--bias-model), checked against the data set's classes."""
+    model, config = engine.load_model(path)
+    if list(config["class_names"]) != list(class_names):
+        raise ValueError(f"--bias-model {path} was trained on other classes ({len(config['class_names'])}) than this data set's ({len(class_names)})")
+    return model
 
 
 def _named_pairs(pairs: torch.Tensor, strength: torch.Tensor, class_names) -> list[dict]:
     return [{"b": class_names[b], "c": class_names[c], "strength": float(v)} for (b, c), v in zip(pairs.tolist(), strength)]
 
 
-def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool) -> dict:
-    """Trains one model; returns its results.json entry (plus "_"-keys for the table and picture)."""
+def exclusive_cooccur(ev: engine.Evaluation, pairs: torch.Tensor, strength: torch.Tensor, ranking: str, class_names) -> dict:
+    """Singh et al.'s evaluation of one model on the pairs: per pair b's exclusive and co-occur AP (%) and
+    their numbers of test images, and the means over the pairs (those with such images)."""
+    exclusive, cooccur, exclusive_images, cooccur_images = exclusive_cooccur_ap(ev.scores, ev.targets, pairs)
+    rows = _named_pairs(pairs, strength, class_names)
+    for row, values in zip(rows, zip(exclusive.tolist(), cooccur.tolist(), exclusive_images.tolist(), cooccur_images.tolist())):
+        row.update(zip(("exclusive_ap", "cooccur_ap"), map(_json_number, values[:2])), exclusive_images=values[2], cooccur_images=values[3])
+
+    def mean(values: torch.Tensor) -> float | None:
+        known = values[~values.isnan()]
+        return known.mean().item() if known.numel() else None
+
+    return {"ranking": ranking, "pairs": rows, "exclusive_mAP": mean(exclusive), "cooccur_mAP": mean(cooccur)}
+
+
+def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool, bias_model: torch.nn.Module | None = None) -> dict:
+    """Trains one model; returns its results.json entry (plus "_"-keys for the table, the picture, the bias
+    evaluation and the model). bias_model: ranks the weighted loss's pairs (see bias_pairs)."""
     config = vars(args)
     num_classes = len(bundle.class_names)
     torch.manual_seed(engine.derive_seed(args.seed, INIT_STREAM))  # every run starts from the same weights
@@ -217,7 +263,7 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
     ema = ModelEma(model, args.ema) if args.ema else None
     weighted = {}  # the weighted loss's pairs, for its results.json entry
     if run["method"] == "reweight":
-        pairs, strength, ranking = training_bias_pairs(args, bundle)
+        pairs, strength, ranking = bias_pairs(args, bundle, device, bias_model, args.bias_model)
         weighted = {"biased_pairs": _named_pairs(pairs, strength, bundle.class_names), "biased_pairs_ranking": ranking}
         log(f"[{run['name']}] weight {args.exclusive_weight:g} on the exclusive images of {len(pairs)} pairs (b, c) by {ranking}: "
             + ", ".join(f"{p['b']}-{p['c']}" for p in weighted["biased_pairs"]))  # fmt: skip
@@ -279,7 +325,12 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
         "class_names": list(bundle.class_names),
         "seed": args.seed, "epochs": args.epochs, "world_size": distributed.world_size(), "train_time_s": result.train_time_s,
         "history": result.history, "config": config, "_per_class_ap": torch.tensor(ev.per_class_ap), "_confidence": ev.confidence_map,
+        "_evaluations": (ev, ev_ema), "_model": model,
     }
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
 
 
 def _json_number(value: float) -> float | None:
@@ -302,11 +353,33 @@ def context_table(results: list[dict], spec: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def exclusive_table(results: list[dict]) -> str:
+    """The markdown lines of the runs' exclusive / co-occur APs (under the AP table, on voc2007/coco2014)."""
+    first = results[0]["exclusive_cooccur"]
+    lines = [
+        f"Exclusive / co-occur AP (%) of Singh et al. (CVPR 2020) on the {len(first['pairs'])} most biased pairs (b, c) "
+        f"(ranking: {first['ranking']}). Exclusive: b's AP on the test images with b and without c; co-occur: with b and c; "
+        "each against all the test images without b.",
+        "",
+        "| b | c | strength | test images: exclusive / co-occur | " + " | ".join(f"{r['title']}: exclusive | co-occur" for r in results) + " |",
+        "|---|---|---:|---:|" + "---:|---:|" * len(results),
+    ]
+    for i, pair in enumerate(first["pairs"]):
+        values = [_percent(r["exclusive_cooccur"]["pairs"][i][key]) for r in results for key in ("exclusive_ap", "cooccur_ap")]
+        lines.append(f"| {pair['b']} | {pair['c']} | {pair['strength']:.2f} | {pair['exclusive_images']} / {pair['cooccur_images']} | "
+                     + " | ".join(values) + " |")  # fmt: skip
+    means = [_percent(r["exclusive_cooccur"][key]) for r in results for key in ("exclusive_mAP", "cooccur_mAP")]
+    lines.append("| mean | | | | " + " | ".join(means) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(out: str, results: list[dict], class_names, cooccur: str | None = None) -> str:
     """results.json, table.md and the confidence-map PNGs; returns the markdown of table.md."""
     table = ap_table_markdown({r["title"]: r["_per_class_ap"] for r in results}, list(class_names))
     if any("context_score" in r for r in results):
         table += "\n" + context_table(results, cooccur)
+    if any("exclusive_cooccur" in r for r in results):
+        table += "\n" + exclusive_table(results)
     for r in results:
         if r["_confidence"] is not None:
             save_confidence_map(r["_confidence"], os.path.join(out, f"confidence_{r['name']}.png"), list(class_names), r["title"])
@@ -328,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             raise FileNotFoundError(f"--weights {args.weights!r} is not a file")
         if args.weights is not None and args.init != "torch":  # only when --init was given
             raise ValueError(f"--init {args.init} would overwrite the --weights; use one of them")
+        if args.bias_model is not None and not os.path.isfile(args.bias_model):
+            raise FileNotFoundError(f"--bias-model {args.bias_model!r} is not a file")
         options = DataOptions(
             root=args.root, labels_per_image=args.labels_per_image, train_size=args.train_size, test_size=args.test_size,
             seed=args.seed, split_test_set=args.split_test_set, cutout=args.cutout, randaugment=args.randaugment,
@@ -342,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{size}{shared} is smaller than one batch (--batch-size {args.batch_size})")
         if args.ema is not None and args.ema >= 1.0:
             raise ValueError(f"--ema must be below 1, got {args.ema}")
+        bias_model = None if args.bias_model is None else load_bias_model(args.bias_model, bundle.class_names)
         os.makedirs(args.out, exist_ok=True)
     except (ValueError, OSError, ImportError) as e:
         parser.error(str(e))  # exits with status 2 and the usage line, no traceback
@@ -349,13 +425,15 @@ def main(argv: list[str] | None = None) -> int:
         context = distributed.setup(device)
     except ValueError as e:  # WORLD_SIZE > 1 without the rest of torchrun's environment
         parser.error(str(e))
-    status = _train_and_report(args, bundle, device, context, parser.prog)
+    status = _train_and_report(args, bundle, device, context, parser.prog, bias_model)
     distributed.teardown(context)  # not after an exception: the process ends, and torchrun stops the others
     return status
 
 
-def _train_and_report(args, bundle, device: torch.device, context: distributed.Context, prog: str) -> int:
-    """Every planned run; rank 0 logs and writes the report."""
+def _train_and_report(args, bundle, device: torch.device, context: distributed.Context, prog: str, bias_model=None) -> int:
+    """Every planned run, then on voc2007/coco2014 (test scheme entire) Singh et al.'s exclusive / co-occur
+    evaluation of each, on pairs ranked by --bias-model, else this run's baseline, else the annotations;
+    rank 0 logs and writes the report."""
     log = print if context.is_main else lambda *_: None
     title = args.dataset if args.dataset in PHOTO_DATASETS else f"{args.dataset}-{args.labels_per_image}"
     if args.cooccur:
@@ -363,15 +441,29 @@ def _train_and_report(args, bundle, device: torch.device, context: distributed.C
     processes = f" x {context.world_size} processes" if context.world_size > 1 else ""
     log(f"{title}: {len(bundle.train)} training / {len(bundle.test)} test images of shape {tuple(bundle.image_shape)}, "
         f"{len(bundle.class_names)} classes; backbone {args.backbone} on {device}{processes}")  # fmt: skip
-    results = []
+    results, baseline_model = [], None
     progress = context.is_main and not args.quiet and sys.stderr.isatty()  # tqdm's bars would litter piped logs
     began = time.perf_counter()
+    exclusive = args.dataset in PHOTO_DATASETS and args.test_scheme == "entire"  # a multi-label test set
     try:
         for run in planned_runs(args):
-            results.append(train_run(run, args, bundle, device, log, progress=progress))
+            results.append(train_run(run, args, bundle, device, log, progress=progress, bias_model=bias_model))
+            model = results[-1].pop("_model")
+            if exclusive and run["method"] == "baseline" and bias_model is None:
+                baseline_model = model  # kept to rank the pairs for every run
     except (engine.CheckpointError, FloatingPointError) as e:  # a checkpoint of other settings, a diverged loss
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
+    if exclusive:
+        ranker, source = (bias_model, args.bias_model) if bias_model is not None else (baseline_model, "this run's baseline")
+        pairs, strength, ranking = bias_pairs(args, bundle, device, ranker, source)
+        for r in results:
+            ev, ev_ema = r["_evaluations"]
+            r["exclusive_cooccur"] = exclusive_cooccur(ev, pairs, strength, ranking, bundle.class_names)
+            if ev_ema is not None:
+                r["exclusive_cooccur_ema"] = exclusive_cooccur(ev_ema, pairs, strength, ranking, bundle.class_names)
+            log(f"[{r['name']}] exclusive / co-occur AP of {len(pairs)} biased pairs (by {ranking}): "
+                f"{_percent(r['exclusive_cooccur']['exclusive_mAP'])} / {_percent(r['exclusive_cooccur']['cooccur_mAP'])}")  # fmt: skip
     if context.is_main:
         table = write_report(args.out, results, bundle.class_names, args.cooccur)
         log(f"\nAP per class and mAP (%), {title}, seed {args.seed}, {args.epochs} epochs:\n\n{table}\n")

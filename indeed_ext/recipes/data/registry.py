@@ -14,6 +14,7 @@ them up by the name given to ``--dataset``.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable
 
@@ -63,6 +64,7 @@ class DataBundle:
     std: tuple[float, ...]
     object_size: int | None = None  # side of one object (a grid cell) in px, for sizing a model
     context: torch.Tensor | None = None  # (c, c) bool, row k: the classes k co-occurs with by construction (--cooccur)
+    train_eval: Dataset | None = None  # the training images with the test transform, to score them (the bias ranking)
 
 
 DATASETS: dict[str, Callable[[DataOptions], DataBundle]] = {}
@@ -95,7 +97,15 @@ def composite_bundle(train_pool: ObjectPool, test_pool: ObjectPool, options: Dat
     test = SingleLabelCanvas(test_pool, options.test_size, (options.seed, TEST_STREAM), CanvasTransform(mean, std))
     object_size = max(train.object_h, train.object_w)
     context = None if cooccurrence is None else cooccurrence.context_matrix()
-    return DataBundle(train, test, train_pool.class_names, train.image_shape, mean, std, object_size, context)
+    return DataBundle(train, test, train_pool.class_names, train.image_shape, mean, std, object_size, context,
+                      _with_transform(train, CanvasTransform(mean, std)))  # fmt: skip
+
+
+def _with_transform(dataset: Dataset, transform: Callable) -> Dataset:
+    """The same images (a shallow copy) through another transform."""
+    view = copy.copy(dataset)
+    view.transform = transform
+    return view
 
 
 def _require_root(name: str, options: DataOptions) -> str:
@@ -143,7 +153,8 @@ def photo_bundle(dataset_class, options: DataOptions) -> DataBundle:
     size = options.image_size
     train = dataset_class(options.root, options.train_scheme, train_transform(size, options.cutout, options.randaugment))
     test = dataset_class(options.root, options.test_scheme, eval_transform(size))
-    return DataBundle(train, test, train.class_names, (3, size, size), IMAGENET_MEAN, IMAGENET_STD)
+    return DataBundle(train, test, train.class_names, (3, size, size), IMAGENET_MEAN, IMAGENET_STD,
+                      train_eval=_with_transform(train, eval_transform(size)))  # fmt: skip
 
 
 @register_dataset("voc2007")
