@@ -50,17 +50,22 @@ def voc_xml(image_id, objects):
     return "".join(parts) + "</annotation>"
 
 
-@pytest.fixture
-def voc_root(tmp_path):
-    voc = tmp_path / "VOCdevkit" / "VOC2007"
+def write_voc_tree(root, trainval: dict, test: dict, colour=lambda image_id: (200, 30, 60)):
+    """ROOT/VOCdevkit/VOC2007 with the images {id: [(class, difficult), ...]} of trainval and test."""
+    voc = root / "VOCdevkit" / "VOC2007"
     for part in ("Annotations", "ImageSets/Main", "JPEGImages"):
         (voc / part).mkdir(parents=True)
-    for image_set, images in (("trainval", VOC_TRAINVAL), ("test", VOC_TEST)):
+    for image_set, images in (("trainval", trainval), ("test", test)):
         (voc / "ImageSets" / "Main" / f"{image_set}.txt").write_text("".join(f"{i}\n" for i in images))
         for image_id, objects in images.items():
             (voc / "Annotations" / f"{image_id}.xml").write_text(voc_xml(image_id, objects))
-            write_jpeg(voc / "JPEGImages" / f"{image_id}.jpg")
-    return tmp_path
+            write_jpeg(voc / "JPEGImages" / f"{image_id}.jpg", colour=colour(image_id))
+    return root
+
+
+@pytest.fixture
+def voc_root(tmp_path):
+    return write_voc_tree(tmp_path, VOC_TRAINVAL, VOC_TEST)
 
 
 # COCO: categories listed out of id order with gaps; image 7 and image 6 have no annotations.
@@ -278,3 +283,90 @@ def test_cutout_fills_one_rectangle_with_one_colour():
         Cutout(0.5)(torch.zeros(3, 4, 4))
     with pytest.raises(ValueError, match="fraction"):
         Cutout(1.5)
+
+
+# ----------------------------------------------------------------------------- Singh et al.'s evaluation
+# dog and person co-occur in 3 of their 4 training images each, cat and sofa in 1 of 2; the test set holds
+# exclusive and co-occur images of both pairs.
+BIAS_TRAINVAL = {
+    "000101": [("dog", 0), ("person", 0)], "000102": [("dog", 0), ("person", 0)], "000103": [("dog", 0), ("person", 0)],
+    "000104": [("dog", 0)], "000105": [("person", 0)], "000106": [("cat", 0)], "000107": [("cat", 0), ("sofa", 0)],
+    "000108": [("sofa", 0)],
+}  # fmt: skip
+BIAS_TEST = {
+    "000201": [("dog", 0)], "000202": [("dog", 0), ("person", 0)], "000203": [("person", 0)], "000204": [("cat", 0)],
+    "000205": [("sofa", 0), ("cat", 0)], "000206": [("horse", 0)], "000207": [("person", 0), ("horse", 0)],
+}  # fmt: skip
+
+
+def _colour(image_id):  # images that differ, so that the scores do
+    k = int(image_id)
+    return (k * 37 % 256, k * 91 % 256, k * 13 % 256)
+
+
+def _test_scores(checkpoint, dataset):
+    from indeed_ext.recipes.engine import load_model
+
+    model, _ = load_model(str(checkpoint))
+    with torch.no_grad():
+        return torch.sigmoid(model(torch.stack([dataset[i][0] for i in range(len(dataset))])))
+
+
+def test_exclusive_cooccur_evaluation_through_indeed_train(tmp_path):
+    """--method both on VOC: the baseline's training-set scores rank the pairs for both models, each model's
+    exclusive / co-occur APs are the metric's on its test scores; --bias-model CHECKPOINT ranks the same."""
+    from indeed_ext.metrics import biased_pairs_by_scores, exclusive_cooccur_ap
+    from indeed_ext.recipes import train
+
+    root = write_voc_tree(tmp_path / "data", BIAS_TRAINVAL, BIAS_TEST, colour=_colour)
+    common = ["--dataset", "voc2007", "--root", str(root), "--image-size", "32", "--batch-size", "4", "--epochs", "1",
+              "--device", "cpu", "--quiet", "--backend", "reference"]  # fmt: skip
+    assert train.main([*common, "--method", "both", "--out", str(tmp_path / "both")]) == 0
+    results = json.loads((tmp_path / "both" / "results.json").read_text())
+    train_set = VOC2007(str(root), "all", transform=eval_transform(32))
+    baseline_train = _test_scores(tmp_path / "both" / "baseline" / "checkpoint.pt", train_set)
+    pairs, bias = biased_pairs_by_scores(baseline_train, train_set.targets)
+    test_set = VOC2007(str(root), "entire", transform=eval_transform(32))
+    for r in results:
+        evaluation = r["exclusive_cooccur"]
+        assert evaluation["ranking"].startswith("the bias of this run's baseline on the training images")
+        assert [(p["b"], p["c"]) for p in evaluation["pairs"]] == [(VOC_CLASSES[b], VOC_CLASSES[c]) for b, c in pairs.tolist()]
+        assert [p["strength"] for p in evaluation["pairs"]] == pytest.approx(bias.tolist(), rel=1e-4)
+        scores = _test_scores(tmp_path / "both" / r["name"] / "checkpoint.pt", test_set)
+        exclusive, cooccur, n_exclusive, n_cooccur = exclusive_cooccur_ap(scores, test_set.targets, pairs)
+        for key, expected in (("exclusive_ap", exclusive), ("cooccur_ap", cooccur)):
+            ours = [p[key] for p in evaluation["pairs"]]
+            assert [v is None for v in ours] == expected.isnan().tolist()  # no such test image: null in the JSON
+            assert [v for v in ours if v is not None] == pytest.approx(expected[~expected.isnan()].tolist(), abs=1e-3)
+        assert [(p["exclusive_images"], p["cooccur_images"]) for p in evaluation["pairs"]] == list(zip(n_exclusive.tolist(), n_cooccur.tolist()))
+        assert evaluation["exclusive_mAP"] == pytest.approx(exclusive.nanmean().item(), abs=1e-3)
+    assert {tuple(sorted(p)) for p in pairs.tolist()} <= {(11, 14), (7, 17)}  # dog-person and cat-sofa
+    table = (tmp_path / "both" / "table.md").read_text()
+    assert "Exclusive / co-occur AP (%) of Singh et al." in table and "| Baseline: exclusive | co-occur | INDeeD (Min-max): exclusive" in table
+
+    checkpoint = str(tmp_path / "both" / "baseline" / "checkpoint.pt")
+    assert train.main([*common, "--method", "indeed", "--bias-model", checkpoint, "--out", str(tmp_path / "model")]) == 0
+    (result,) = json.loads((tmp_path / "model" / "results.json").read_text())
+    assert result["exclusive_cooccur"]["ranking"].startswith(f"the bias of {checkpoint}")
+    assert result["exclusive_cooccur"]["pairs"] == results[1]["exclusive_cooccur"]["pairs"]  # the same INDeeD model, the same pairs
+
+
+def test_exclusive_cooccur_evaluation_by_annotations_on_coco(coco_root, tmp_path):
+    """Without a baseline the training annotations rank the pairs: person's most co-occurring class is car (a tie
+    with toothbrush, the lower index first), whose co-occur AP has no test image here (n/a)."""
+    from indeed_ext.recipes import train
+
+    argv = ["--dataset", "coco2014", "--root", str(coco_root), "--image-size", "16", "--batch-size", "2", "--epochs", "1",
+            "--device", "cpu", "--quiet", "--backend", "reference", "--method", "indeed", "--out", str(tmp_path)]  # fmt: skip
+    assert train.main(argv) == 0
+    (result,) = json.loads((tmp_path / "results.json").read_text())
+    evaluation = result["exclusive_cooccur"]
+    assert evaluation["ranking"] == "annotation co-occurrence: P(c | b) of the training labels"
+    (pair,) = evaluation["pairs"]
+    assert (pair["b"], pair["c"], pair["strength"]) == ("person", "car", 0.5)
+    assert (pair["exclusive_images"], pair["cooccur_images"]) == (1, 0) and pair["cooccur_ap"] is None
+    test_set = COCO2014(str(coco_root), "entire", transform=eval_transform(16))  # images 2 (car), 4 (person, dog), 8
+    person = _test_scores(tmp_path / "indeed-minmax" / "checkpoint.pt", test_set)[:, 0]
+    # One positive: 1 / its rank, ties counted at once (the fixture's images are all alike).
+    assert pair["exclusive_ap"] == pytest.approx(100 / int((person >= person[1]).sum()), abs=1e-3)
+    assert evaluation["cooccur_mAP"] is None and "| person | car | 0.50 | 1 / 0 |" in (tmp_path / "table.md").read_text()
