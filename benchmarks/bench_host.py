@@ -5,7 +5,8 @@
 
 1. Tiny CPU tensors (B = 8, n = 16, c = 5, one thread), forward + backward of: the baseline
    loss (Linear + BCE with logits summed over classes, mean), indeed_ext.six_head_bce (.sum()),
-   and INDeeDLoss (mine_pairs + six_head_bce + its reduction). Aten ops: every aten:: event of
+   INDeeDLoss (mine_pairs + six_head_bce + its reduction), and INDeeDLoss with "cooccur" pairs
+   (its co-occurrence statistic's update and weights besides). Aten ops: every aten:: event of
    a torch.profiler trace of one step (tests/test_aten_counts.py pins them). Host time: the
    steps take turns, `--calls` calls each per round, for `--rounds` rounds; per round the
    mean time per call, each step's ratio to the baseline within the round; the table gives
