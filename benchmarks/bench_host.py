@@ -5,16 +5,22 @@
 
 1. Tiny CPU tensors (B = 8, n = 16, c = 5, one thread), forward + backward of: the baseline
    loss (Linear + BCE with logits summed over classes, mean), indeed_ext.six_head_bce (.sum()),
-   and INDeeDLoss (mine_pairs + six_head_bce + its reduction). Aten ops: every aten:: event of
+   INDeeDLoss (mine_pairs + six_head_bce + its reduction), and INDeeDLoss with "cooccur" pairs
+   (its co-occurrence statistic's update and weights besides). Aten ops: every aten:: event of
    a torch.profiler trace of one step (tests/test_aten_counts.py pins them). Host time: the
    steps take turns, `--calls` calls each per round, for `--rounds` rounds; per round the
    mean time per call, each step's ratio to the baseline within the round; the table gives
    the medians over rounds (a loaded machine slows all steps of a round alike).
 2. mine_pairs at B = 4096, c = 80 for three label statistics (COCO-like sparse, 3 of 10
-   classes per image, dense), through the public API (seed draw included): the CPU kernel
-   with 1 and with torch's default threads, and for comparison the batched Python sampler
-   that the "any" strategy used before the op (now the "matching" rounds' sampler); with a
-   GPU, the CUDA and Triton kernels (CUDA events). Median of repeated calls.
+   classes per image, dense), through the public API (seed draw included): the CPU kernels
+   of "any" and "cooccur" with 1 and with torch's default threads, and for comparison the
+   batched Python sampler that the "any" strategy used before the op (now the "matching"
+   rounds' sampler); with a GPU, the CUDA and Triton kernels (CUDA events). "cooccur" runs
+   with random weights in [0, 2^16] on every contrast (every row takes the weighted draw, its
+   full cost) and with zero weights (the "any" draw after the masses: what labels without
+   co-occurrence cost). On the CPU the strategies take turns in rounds, and "× any" is the
+   median over rounds of the ratio to "any" in the same round (issue 17's goal: <= 2 for the
+   weighted draw). Medians of repeated calls.
 
 Writes host_<device>.json and host_<device>.md into --out and prints the markdown.
 """
@@ -52,6 +58,7 @@ def tiny_steps() -> dict:
     index_a = torch.arange(8)
     index_b = torch.randperm(8, generator=g)
     criterion = INDeeDLoss()
+    cooccur = INDeeDLoss(strategy="cooccur", num_classes=5)
 
     def baseline():
         logits = classifier(features)
@@ -64,7 +71,10 @@ def tiny_steps() -> dict:
     def indeed_loss():
         criterion(features, targets, classifier).loss.backward()
 
-    return {"baseline": baseline, "six_head_bce": six_head_bce, "INDeeDLoss": indeed_loss}
+    def cooccur_loss():  # the statistic's update and weights, then the "cooccur" op
+        cooccur(features, targets, classifier).loss.backward()
+
+    return {"baseline": baseline, "six_head_bce": six_head_bce, "INDeeDLoss": indeed_loss, "INDeeDLoss cooccur": cooccur_loss}
 
 
 def count_aten_ops(step) -> int:
@@ -128,22 +138,45 @@ def python_sampler(targets):
     return pairs._draw_partners(batch, batch, pairs._Candidates(batch), None)
 
 
+def interleaved_ms(fns: dict, rounds: int, calls: int = 3) -> dict:
+    """{name: (median ms per call, median ratio to the first fn)} over rounds in which the fns take turns."""
+    per_round = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            fn()
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            per_round[name].append((time.perf_counter() - t0) / calls * 1e3)
+    first = next(iter(per_round.values()))
+    return {name: (statistics.median(t), statistics.median(x / f for x, f in zip(t, first))) for name, t in per_round.items()}
+
+
 def mine_pairs_times(B: int, c: int, repeats: int) -> list[dict]:
     rows = []
     default_threads = torch.get_num_threads()
+    weighted = torch.randint(0, 2**16 + 1, (c, c), generator=torch.Generator().manual_seed(1))
+    zero = torch.zeros_like(weighted)
+
+    def strategies(targets, backend):
+        return {"any": lambda: pairs.mine_pairs(targets, backend=backend),
+                "cooccur, weighted": lambda: pairs.mine_pairs(targets, "cooccur", backend=backend, contrast_weights=weighted.to(targets.device)),
+                "cooccur, zero weights": lambda: pairs.mine_pairs(targets, "cooccur", backend=backend, contrast_weights=zero.to(targets.device))}
+
     for stats, targets in label_statistics(B, c).items():
-        cases = [("cpu", f"C++, {t} thread{'s' * (t > 1)}", t, lambda: pairs.mine_pairs(targets, backend="cpu"))
-                 for t in sorted({1, default_threads})]
-        cases.append(("cpu", f"Python sampler (old), {default_threads} threads", default_threads,
-                      lambda: python_sampler(targets)))
+        for threads in sorted({1, default_threads}):
+            torch.set_num_threads(threads)
+            times = interleaved_ms(strategies(targets, "cpu"), repeats)
+            rows += [{"labels": stats, "impl": f"C++ {name}, {threads} thread{'s' * (threads > 1)}", "device": "cpu", "ms": ms,
+                      "x_any": None if name == "any" else ratio} for name, (ms, ratio) in times.items()]
+        rows.append({"labels": stats, "impl": f"Python sampler (old), {default_threads} threads", "device": "cpu",
+                     "ms": median_ms(lambda: python_sampler(targets), torch.device("cpu"), repeats), "x_any": None})
         if torch.cuda.is_available():
             on_gpu = targets.cuda()
-            cases += [("cuda", f"{backend}", default_threads,
-                       lambda backend=backend: pairs.mine_pairs(on_gpu, backend=backend)) for backend in ("cuda", "triton")]
-        for device, impl, threads, fn in cases:
-            torch.set_num_threads(threads)
-            rows.append({"labels": stats, "impl": impl, "device": device,
-                         "ms": median_ms(fn, torch.device(device), repeats)})
+            for backend in ("cuda", "triton"):
+                times = {name: median_ms(fn, on_gpu.device, repeats) for name, fn in strategies(on_gpu, backend).items()}
+                rows += [{"labels": stats, "impl": f"{backend} {name}", "device": "cuda", "ms": ms,
+                          "x_any": None if name == "any" else ms / times["any"]} for name, ms in times.items()]
     torch.set_num_threads(default_threads)
     return rows
 
@@ -173,8 +206,10 @@ def markdown(report: dict) -> str:
         us, ratio = report["host_time"][name]
         lines.append(f"| {name} | {count} | {count / base_count:.2f} | {us:.0f} | {ratio:.2f} |")
     lines += ["", f"mine_pairs, B = {report['B']}, c = {report['c']}, public API (median ms):", "",
-              "| labels | implementation | ms |", "|---|---|---|"]
-    lines += [f"| {r['labels']} | {r['impl']} | {r['ms']:.2f} |" for r in report["mine_pairs"]]
+              "| labels | implementation | ms | × any |", "|---|---|---|---|"]
+    for r in report["mine_pairs"]:
+        ratio = "" if r["x_any"] is None else f"{r['x_any']:.2f}"
+        lines.append(f"| {r['labels']} | {r['impl']} | {r['ms']:.2f} | {ratio} |")
     return "\n".join(lines) + "\n"
 
 

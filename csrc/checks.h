@@ -94,6 +94,27 @@ inline void check_mine_pairs(const at::Tensor& targets, const at::Tensor& seed) 
                     ", ", seed.device());
 }
 
+// mine_pairs_cooccur: check_mine_pairs, and contrast_weights (c, c) int64 on the targets' device;
+// its values are checked by the CPU kernel, which reads them anyway. The masses of a row's
+// contrasts sum to at most c * (c - 1) * B * 2^16, which must stay below 2^63.
+constexpr int64_t kContrastScale = int64_t(1) << 16;
+
+inline void check_mine_pairs_cooccur(const at::Tensor& targets, const at::Tensor& seed,
+                                     const at::Tensor& contrast_weights) {
+  check_mine_pairs(targets, seed);
+  const int64_t B = targets.size(0), c = targets.size(1);
+  TORCH_CHECK_VALUE(contrast_weights.dim() == 2 && contrast_weights.size(0) == c && contrast_weights.size(1) == c,
+                    "contrast_weights must have shape (c, c) = (", c, ", ", c, "), got ", contrast_weights.sizes());
+  TORCH_CHECK_TYPE(contrast_weights.scalar_type() == at::kLong, "contrast_weights must be int64, got ",
+                   contrast_weights.scalar_type());
+  TORCH_CHECK_VALUE(contrast_weights.device() == targets.device(), "targets, contrast_weights are on different devices: ",
+                    targets.device(), ", ", contrast_weights.device());
+  // c * (c - 1) * B * 2^16 < 2^63, without overflowing on the way (B < 2^31, c - 1 < c).
+  const bool fits = c < 2 || static_cast<double>(c) * static_cast<double>(c - 1) * static_cast<double>(B) <
+                                  static_cast<double>(int64_t(1) << 47);
+  TORCH_CHECK_VALUE(fits, "mine_pairs_cooccur needs c * (c - 1) * B * 2^16 < 2^63, got c = ", c, ", B = ", B);
+}
+
 // Host-side range check of pair indices (CPU tensors; reading them there is free).
 inline void check_index_values(const char* name, const at::Tensor& index, int64_t B) {
   const int64_t* p = index.data_ptr<int64_t>();  // caller passes a contiguous CPU tensor

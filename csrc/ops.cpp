@@ -39,6 +39,8 @@ TORCH_LIBRARY(indeed, m) {
         " Tensor targets, Tensor index_a, Tensor index_b, Tensor logits, Tensor ident_logits,"
         " str norm, float eps) -> (Tensor grad_features, Tensor grad_weight, Tensor grad_bias)");
   m.def("mine_pairs(Tensor targets, Tensor seed) -> (Tensor index_a, Tensor index_b, Tensor is_partial)");
+  m.def("mine_pairs_cooccur(Tensor targets, Tensor seed, Tensor contrast_weights)"
+        " -> (Tensor index_a, Tensor index_b, Tensor is_partial)");
 }
 
 TORCH_LIBRARY_IMPL(indeed, CompositeImplicitAutograd, m) {

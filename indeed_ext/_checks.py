@@ -103,3 +103,23 @@ def check_mine_pairs(targets, seed) -> None:
     if seed.numel() != 1:
         raise ValueError(f"seed must have one element, got shape {tuple(seed.shape)}")
     _check_same_device("targets, seed", (targets, seed))
+
+
+CONTRAST_SCALE = 2**16  # contrast weights are round(S * 2^16) for S in [0, 1]
+
+
+def check_mine_pairs_cooccur(targets, seed, contrast_weights, check_weight_values: bool = True) -> None:
+    """check_mine_pairs, and contrast_weights: (c, c) int64 on the targets' device, values in
+    [0, 2^16] when asked (a host sync on GPU); the masses' sum below 2^63 from the shapes."""
+    check_mine_pairs(targets, seed)
+    B, c = targets.shape
+    if tuple(contrast_weights.shape) != (c, c):
+        raise ValueError(f"contrast_weights must have shape (c, c) = ({c}, {c}), got {tuple(contrast_weights.shape)}")
+    if contrast_weights.dtype != torch.int64:
+        raise TypeError(f"contrast_weights must be int64, got {contrast_weights.dtype}")
+    _check_same_device("targets, contrast_weights", (targets, contrast_weights))
+    if c * (c - 1) * B * CONTRAST_SCALE >= 2**63:
+        raise ValueError(f"mine_pairs_cooccur needs c * (c - 1) * B * 2^16 < 2^63, got c = {c}, B = {B}")
+    if check_weight_values and contrast_weights.numel():
+        if bool(((contrast_weights < 0) | (contrast_weights > CONTRAST_SCALE)).any()):
+            raise ValueError(f"contrast_weights has values outside [0, 2^16] = [0, {CONTRAST_SCALE}]")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _checks, ops, reference
-from .pairs import STRATEGIES, mine_pairs
+from .pairs import COOCCURRENCE_STATISTICS, STRATEGIES, CooccurrenceStatistic, mine_pairs
 
 BLOCKS = ("identical", "disparate")
 SELF_PAIR_OPTIONS = ("zero_target", "skip")
@@ -46,7 +46,10 @@ class INDeeDLoss(nn.Module):
         original features, mean over samples of the sum over classes, no pairs).
     norm, eps: the identical map's normalisation ("minmax" or "l2") and its clamp.
     blocks: the head groups that enter the loss besides the originals; ("identical",)
-        and ("disparate",) are the paper's ablations (its Tables 4 and 5).
+        and ("disparate",) are the paper's ablations (its Tables 4 and 5). () keeps the
+        original heads of the mined pairs only, the mean over pairs of orig_a + orig_b (lam > 0
+        then only says "mine pairs"; lam = 0 is still the baseline): the reweighting control,
+        the same pairs as full INDeeD without its decomposition.
     self_pair_disparate: what a self-pair (a, a) contributes, for a sample with no valid
         partner in the batch. Its disparate target ya * (1 - ya) is empty (all zeros for
         0/1 labels). "zero_target" keeps the disparate terms: they push the classifier's
@@ -55,8 +58,14 @@ class INDeeDLoss(nn.Module):
         original and identical terms (the identical target of (a, a) is ya itself). The
         paper uses the default pair (Xa, Xa) without saying which; "zero_target" is the
         plain reading of its formulas.
-    strategy: pair mining, "any" or "matching" (see indeed_ext.pairs.mine_pairs).
+    strategy: pair mining, "any", "matching" or "cooccur" (see indeed_ext.pairs.mine_pairs).
     backend: passed to indeed_ext.ops.six_head_bce ("auto", "cpu", "cuda", "triton", "reference").
+    num_classes: the c of the targets, checked when given; strategy "cooccur" needs it.
+    cooccur_statistic, cooccur_z: strategy "cooccur" only ("excess" or "lift", and the z of its
+        significance test: see pairs.CooccurrenceStatistic). The loss owns that statistic,
+        ``self.cooccurrence`` (its counts are in the loss's state_dict), updates it with each
+        batch's targets in training mode (lam = 0 included) and mines with its contrast
+        weights; ``self.cooccurrence.seed_from_labels(labels)`` starts it from a data set's labels.
     """
 
     def __init__(
@@ -68,6 +77,9 @@ class INDeeDLoss(nn.Module):
         strategy: str = "any",
         backend: str = "auto",
         eps: float = 1e-12,
+        num_classes: int | None = None,
+        cooccur_statistic: str = "excess",
+        cooccur_z: float = 3.0,
     ):
         super().__init__()
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
@@ -81,8 +93,6 @@ class INDeeDLoss(nn.Module):
             raise ValueError(f"unknown block {unknown[0]!r} in blocks; expected names from {BLOCKS}")
         if len(set(blocks)) != len(blocks):
             raise ValueError(f"blocks has a repeated name: {blocks}")
-        if not blocks and lam > 0:
-            raise ValueError(f"blocks is empty; name at least one of {BLOCKS} (lam=0 trains the baseline)")
         if self_pair_disparate not in SELF_PAIR_OPTIONS:
             raise ValueError(
                 f"unknown self_pair_disparate {self_pair_disparate!r}; expected one of {SELF_PAIR_OPTIONS}"
@@ -95,11 +105,22 @@ class INDeeDLoss(nn.Module):
         self.blocks, self.self_pair_disparate = blocks, self_pair_disparate
         self.strategy, self.backend = strategy, backend
         self._weights_key = self._weights = None  # see _head_weights
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+        if strategy == "cooccur" and num_classes is None:
+            raise ValueError("strategy='cooccur' needs num_classes, the c of the targets (B, c)")
+        if strategy != "cooccur" and (cooccur_statistic != COOCCURRENCE_STATISTICS[0] or cooccur_z != 3.0):
+            raise ValueError(f"cooccur_statistic and cooccur_z are settings of strategy='cooccur', not {strategy!r}")
+        self.num_classes = num_classes
+        self.cooccurrence = None
+        if strategy == "cooccur":
+            self.cooccurrence = CooccurrenceStatistic(num_classes, cooccur_statistic, cooccur_z)
 
     def extra_repr(self) -> str:
         return (
             f"lam={self.lam}, norm={self.norm!r}, blocks={self.blocks}, "
             f"self_pair_disparate={self.self_pair_disparate!r}, strategy={self.strategy!r}, backend={self.backend!r}"
+            + ("" if self.num_classes is None else f", num_classes={self.num_classes}")
         )
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor, classifier: nn.Module, generator=None) -> LossOutput:
@@ -120,9 +141,18 @@ class INDeeDLoss(nn.Module):
         return self._loss(features, targets, weight, bias, generator)
 
     def _loss(self, features, targets, weight, bias, generator) -> LossOutput:
+        if self.num_classes is not None and targets.shape[1] != self.num_classes:
+            raise ValueError(f"targets have c = {targets.shape[1]} classes, but the loss has num_classes = {self.num_classes}")
+        contrast_weights = None
+        if self.cooccurrence is not None:
+            self.cooccurrence.follow(targets.device)
+            if self.training:
+                self.cooccurrence.update(targets)
+            if self.lam != 0:
+                contrast_weights = self.cooccurrence.contrast_weights()
         if self.lam == 0:
             return self._baseline(features, targets, weight, bias)
-        index_a, index_b, is_partial = mine_pairs(targets, self.strategy, generator, self.backend)
+        index_a, index_b, is_partial = mine_pairs(targets, self.strategy, generator, self.backend, contrast_weights)
         per_head = ops.six_head_bce(
             features, weight, bias, targets, index_a, index_b,
             self.norm, self.eps, backend=self.backend, check_indices=False,

@@ -21,6 +21,7 @@ OP_NAMES = (
     "_six_head_bce_forward",
     "_six_head_bce_backward",
     "mine_pairs",
+    "mine_pairs_cooccur",
 )
 
 
@@ -63,10 +64,19 @@ def _fake_six_head_bce_backward(grad, features, weight, bias, targets, index_a, 
     return _contiguous_like(features), _contiguous_like(weight), weight.new_empty((weight.shape[0],))
 
 
-def _fake_mine_pairs(targets, seed):
-    _checks.check_mine_pairs(targets, seed)
+def _empty_pairs(targets):
     index_a = targets.new_empty((targets.shape[0],), dtype=torch.int64)
     return index_a, torch.empty_like(index_a), torch.empty_like(index_a, dtype=torch.bool)
+
+
+def _fake_mine_pairs(targets, seed):
+    _checks.check_mine_pairs(targets, seed)
+    return _empty_pairs(targets)
+
+
+def _fake_mine_pairs_cooccur(targets, seed, contrast_weights):
+    _checks.check_mine_pairs_cooccur(targets, seed, contrast_weights, check_weight_values=False)
+    return _empty_pairs(targets)
 
 
 # ----------------------------------------------------------------------------- autograd (indeed_triton)
@@ -93,6 +103,7 @@ _FAKES = {
     "_six_head_bce_forward": _fake_six_head_bce_forward,
     "_six_head_bce_backward": _fake_six_head_bce_backward,
     "mine_pairs": _fake_mine_pairs,
+    "mine_pairs_cooccur": _fake_mine_pairs_cooccur,
 }
 
 

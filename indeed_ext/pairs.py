@@ -7,6 +7,12 @@ come from a seed tensor drawn with torch's generator and a counter-based generat
 (Philox) inside the kernel, so a CUDA graph captures it. Same generator state, same
 pairs, on every backend.
 
+"cooccur" is the op ``torch.ops.indeed.mine_pairs_cooccur`` with the same contract: each
+valid partner b of a is drawn with a weight, the sum of contrast_weights[i, j] over the labels i
+the pair shares and the labels j that separate it, so that pairs contrast labels that co-occur.
+``CooccurrenceStatistic`` learns those weights from the labels it sees; where labels co-occur no
+more than chance they are 0 and the pairs are exactly the "any" pairs.
+
 "matching" runs Python rounds on the targets' device with batched tensor ops; the
 rounds' sizes are read on the host, so it syncs and cannot be graph-captured. Its
 rounds draw a uniform valid partner among a subset of the batch without a B×B matrix:
@@ -38,13 +44,17 @@ grows like log B.
 """
 from __future__ import annotations
 
+import math
 import sys
 
 import torch
+import torch.distributed as dist
+from torch import nn
 
-from . import _checks, ops
+from . import _checks, ops, reference
 
-STRATEGIES = ("any", "matching")
+STRATEGIES = ("any", "matching", "cooccur")
+COOCCURRENCE_STATISTICS = ("excess", "lift")
 
 _DRAWS = 4  # proposals of each kind per row before the exact fallback
 _FALLBACK_ELEMENTS = 1 << 22  # rows x candidates per chunk of the exact fallback
@@ -251,8 +261,106 @@ def _matching(batch: _LabelSets, generator):
     return index_a, index_b, index_a != index_b
 
 
+class CooccurrenceStatistic(nn.Module):
+    """Running label co-occurrence counts, and the contrast weights of strategy "cooccur".
+
+    Buffers (in the state_dict): counts (c, c) float64, counts[i, j] = the samples seen with
+    labels i and j (the diagonal: n_i, the samples with i), and samples, all samples seen.
+    ``update`` adds a batch's targets; ``seed_from_labels`` a data set's labels, for users who
+    know them; ``reset`` forgets. The buffers follow the targets to their device.
+
+    contrast_weights()[i, j] weighs "i shared, j separates": with p_ij = P(j | i) = counts[i, j] / n_i
+    and a null rate p0, S = d = p_ij - p0 where d passes a one-sided binomial test,
+    d > z * sqrt(p0 (1 - p0) / n_i), else 0; quantised to round(S * 2^16).
+
+    - "excess" (default): p0 = i's mean co-label rate, the mean of p_ij over j != i. It sees
+      partner groups and a hub that joins every class (P(hub | i) far above i's other co-labels).
+    - "lift": p0 = P(j) = n_j / samples. It sees partner groups, but not such a hub, whose
+      P(hub | i) is P(hub).
+
+    Labels that co-occur no more than chance give weights 0 up to z-sigma noise, and then
+    "cooccur" draws the "any" pairs. Under torch.distributed with several processes ``update``
+    all-reduces (sums) each batch's counts, so every process holds the same statistic; set
+    ``sync = False`` where every process already sees the same targets (recipes' GlobalPairsLoss).
+    """
+
+    def __init__(self, num_classes: int, statistic: str = "excess", z: float = 3.0):
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+        if statistic not in COOCCURRENCE_STATISTICS:
+            raise ValueError(f"unknown co-occurrence statistic {statistic!r}; expected one of {COOCCURRENCE_STATISTICS}")
+        if isinstance(z, bool) or not isinstance(z, (int, float)) or not math.isfinite(z) or z < 0:
+            raise ValueError(f"z must be a finite number >= 0, got {z!r}")
+        self.num_classes, self.statistic, self.z = num_classes, statistic, float(z)
+        self.sync = True
+        self.register_buffer("counts", torch.zeros((num_classes, num_classes), dtype=torch.float64))
+        self.register_buffer("samples", torch.zeros((), dtype=torch.float64))
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, statistic={self.statistic!r}, z={self.z}, sync={self.sync}"
+
+    def _labels(self, name: str, targets: torch.Tensor) -> torch.Tensor:
+        if not isinstance(targets, torch.Tensor) or targets.dim() != 2 or targets.shape[1] != self.num_classes:
+            shape = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
+            raise ValueError(f"{name} must be (N, num_classes) = (N, {self.num_classes}), got {shape}")
+        return (targets if targets.dtype == torch.bool else targets.detach() > 0.5).to(torch.float64)
+
+    def follow(self, device: torch.device) -> None:
+        """Moves the buffers to device unless they are there."""
+        if self.counts.device != device:
+            self.to(device)
+
+    @torch.no_grad()
+    def update(self, targets: torch.Tensor) -> None:
+        """Adds the (B, c) targets' labels (> 0.5, or bool), summed over the processes when synced."""
+        labels = self._labels("targets", targets)
+        self.follow(labels.device)
+        co_counts = torch.mm(labels.t(), labels)
+        if self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            increment = torch.cat((co_counts.flatten(), labels.new_full((1,), labels.shape[0])))
+            dist.all_reduce(increment)
+            self.counts += increment[:-1].view_as(co_counts)
+            self.samples += increment[-1]
+        else:
+            self.counts += co_counts
+            self.samples += labels.shape[0]
+
+    @torch.no_grad()
+    def seed_from_labels(self, labels: torch.Tensor, chunk: int = 1 << 16) -> None:
+        """Adds a data set's (N, c) labels, in chunks of rows; never all-reduced: give every process all of them."""
+        for part in self._labels("labels", labels).split(chunk):
+            part = part.to(self.counts.device)
+            self.counts += torch.mm(part.t(), part)
+        self.samples += labels.shape[0]
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        self.counts.zero_()
+        self.samples.zero_()
+
+    def contrast_weights(self) -> torch.Tensor:
+        """(c, c) int64 in [0, 2^16]: round(S * 2^16), S[i, j] the weight of "i shared, j separates"
+        (0 on the diagonal). Tensor ops only: no host sync."""
+        n = self.counts.diagonal()
+        seen = n.clamp_min(1).unsqueeze(1)
+        p = self.counts / seen  # P(j | i); 0 in the rows of unseen labels, whose excess is then <= 0
+        if self.statistic == "excess":
+            null = (p.sum(1, keepdim=True) - p.diagonal().unsqueeze(1)) / max(self.num_classes - 1, 1)
+        else:
+            null = n / self.samples.clamp_min(1)  # P(j), along the rows
+        excess = p - null
+        threshold = (null * (1 - null) / seen).sqrt_().mul_(self.z)
+        weights = excess.masked_fill_(excess <= threshold, 0).mul_(_checks.CONTRAST_SCALE).round_().to(torch.int64)
+        return weights.fill_diagonal_(0)
+
+
 def mine_pairs(
-    targets: torch.Tensor, strategy: str = "any", generator: torch.Generator | None = None, backend: str = "auto"
+    targets: torch.Tensor,
+    strategy: str = "any",
+    generator: torch.Generator | None = None,
+    backend: str = "auto",
+    contrast_weights: torch.Tensor | None = None,
 ):
     """Pairs (index_a, index_b, is_partial) for the INDeeD loss.
 
@@ -263,6 +371,11 @@ def mine_pairs(
       among its valid partners, independently of the other rows, or itself when it has
       none. One op (torch.ops.indeed.mine_pairs, chosen by backend as in
       indeed_ext.ops): no host sync, CUDA-graph capturable.
+    - "cooccur": as "any", but a's partner b is drawn with probability w(a, b) / W_a, w(a, b) =
+      the sum of contrast_weights[i, j] over the labels i in ya & yb and j in ya ^ yb, W_a = the
+      sum over b; "any"'s draw where W_a = 0. contrast_weights: (c, c) int64 in [0, 2^16] on the
+      targets' device (CooccurrenceStatistic.contrast_weights()). One op,
+      torch.ops.indeed.mine_pairs_cooccur; values are checked on the CPU only (no host sync).
     - "matching": disjoint pairs (each sample in exactly one pair), a maximal random
       matching of the valid-partner graph (see the module docstring); the samples left
       over are paired with themselves. Pairs are sorted by index_a, and index_a <= index_b.
@@ -281,10 +394,22 @@ def mine_pairs(
             f"generator is on {generator.device} but targets are on {targets.device}; "
             f"pass torch.Generator(device=targets.device)"
         )
-    if strategy == "any":
+    if (contrast_weights is None) != (strategy != "cooccur"):
+        raise ValueError(
+            "strategy='cooccur' needs contrast_weights, a (c, c) int64 tensor such as "
+            "CooccurrenceStatistic.contrast_weights()" if strategy == "cooccur"
+            else f"contrast_weights are used by strategy='cooccur' only, not {strategy!r}"
+        )
+    if strategy in ("any", "cooccur"):
         # The op's randomness: one int64 drawn on the device (a graph replays the draw).
         seed = torch.randint(-(2**63), 2**63 - 1, (), generator=generator, device=targets.device)
-        _checks.check_mine_pairs(targets, seed)
-        return ops.resolve_backend(backend, targets.device, "mine_pairs").mine_pairs(targets, seed)
+        if strategy == "any":
+            _checks.check_mine_pairs(targets, seed)
+            return ops.resolve_backend(backend, targets.device, "mine_pairs").mine_pairs(targets, seed)
+        op = ops.resolve_backend(backend, targets.device, "mine_pairs_cooccur")
+        # The CPU kernels read the weights anyway and check their values; the reference does not.
+        check_values = op is reference and targets.device.type == "cpu" and not torch.compiler.is_compiling()
+        _checks.check_mine_pairs_cooccur(targets, seed, contrast_weights, check_weight_values=check_values)
+        return op.mine_pairs_cooccur(targets, seed, contrast_weights)
     with torch.no_grad():
         return _matching(_LabelSets.of_batch(targets.detach()), generator)

@@ -99,8 +99,9 @@ _PHILOX_MULTIPLIERS = (0xD2511F53, 0xCD9E8D57)
 _PHILOX_KEY_STEPS = (0x9E3779B9, 0xBB67AE85)
 
 
-def _mulhilo32(multiplier: int, x: torch.Tensor):
-    """(high, low) 32-bit halves of multiplier * x for x in [0, 2^32), in int64 without overflow."""
+def _mulhilo32(multiplier, x: torch.Tensor):
+    """(high, low) 32-bit halves of multiplier * x for multiplier (an int or an int64 tensor) and x
+    in [0, 2^32), in int64 without overflow."""
     high_part, low_part = multiplier * (x >> 16), multiplier * (x & 0xFFFF)  # each < 2^48
     high = (high_part + (low_part >> 16)) >> 16
     low = (((high_part & 0xFFFF) << 16) + low_part) & _LOW32
@@ -122,11 +123,44 @@ def philox4x32(seed: torch.Tensor, counter):
     return c0, c1, c2, c3
 
 
+def _rank(lo: torch.Tensor, hi: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    return (hi * count + ((lo * count) >> 32)) >> 32
+
+
 def partner_rank(seed: torch.Tensor, rows: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """floor(u * count), u = (hi * 2^32 + lo) / 2^64 from Philox(key seed, counter (0, 0, row, 0))."""
     zero = torch.zeros_like(rows)
     lo, hi = philox4x32(seed, (zero, zero, rows, zero))[:2]
-    return (hi * count + ((lo * count) >> 32)) >> 32
+    return _rank(lo, hi, count)
+
+
+def _mulhi64(u_lo: torch.Tensor, u_hi: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """floor(u * total / 2^64) for u = u_hi * 2^32 + u_lo (words in [0, 2^32)) and 0 <= total < 2^63,
+    exact in int64: the 32-bit limbs' products that could reach 2^64 go through _mulhilo32."""
+    t_lo, t_hi = total & _LOW32, total >> 32  # t_hi < 2^31: the products with it fit in int64
+    low_high = _mulhilo32(u_lo, t_lo)[0]
+    cross_high, cross_low = _mulhilo32(u_hi, t_lo)
+    other_cross = u_lo * t_hi
+    middle = low_high + cross_low + (other_cross & _LOW32)  # < 3 * 2^32
+    return u_hi * t_hi + cross_high + (other_cross >> 32) + (middle >> 32)
+
+
+def _labels(targets: torch.Tensor) -> torch.Tensor:
+    return targets if targets.dtype == torch.bool else targets > 0.5
+
+
+def _valid_partners(labels: torch.Tensor) -> torch.Tensor:
+    """(B, B) bool: ya & yb != 0 and ya != yb."""
+    y = labels.double()
+    shared = y @ y.T  # |ya & yb|; ya == yb iff it equals both set sizes
+    sizes = y.sum(1)
+    same_set = (shared == sizes[:, None]) & (shared == sizes[None, :])
+    return (shared > 0) & ~same_set
+
+
+def _nth(mask: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+    """Per row, the column of its rank-th (0-based) True entry; 0 where there is none."""
+    return (mask & (mask.cumsum(1) == rank[:, None] + 1)).to(torch.uint8).argmax(1)
 
 
 def mine_pairs(targets: torch.Tensor, seed: torch.Tensor):
@@ -136,15 +170,66 @@ def mine_pairs(targets: torch.Tensor, seed: torch.Tensor):
     ya != yb for the labels y = targets > 0.5; b = a when a has none (is_partial False).
     Builds the B x B validity matrix: a spec, not a sampler for large batches.
     """
-    labels = (targets if targets.dtype == torch.bool else targets > 0.5).double()
-    B = labels.shape[0]
-    shared = labels @ labels.T  # |ya & yb|; ya == yb iff it equals both set sizes
-    sizes = labels.sum(1)
-    same_set = (shared == sizes[:, None]) & (shared == sizes[None, :])
-    valid = (shared > 0) & ~same_set
+    valid = _valid_partners(_labels(targets))
     count = valid.sum(1)
-    rows = torch.arange(B, device=targets.device)
+    rows = torch.arange(valid.shape[0], device=targets.device)
     rank = partner_rank(seed.reshape(()), rows, count)
-    chosen = valid & (valid.cumsum(1) == rank[:, None] + 1)
     is_partial = count > 0
-    return rows, torch.where(is_partial, chosen.to(torch.uint8).argmax(1), rows), is_partial
+    return rows, torch.where(is_partial, _nth(valid, rank), rows), is_partial
+
+
+def _contrast_masses(labels: torch.Tensor, contrast_weights: torch.Tensor):
+    """(masses, counts), each (B, c, c) int64, of the contrasts (i, j) of each row a: counts[a, i, j]
+    = the rows with i and without j when j is in ya, with i and j when it is not (the rows that i
+    joins to a and j separates from it); masses = S[i, j] * counts for i in ya, j != i, else 0."""
+    c = labels.shape[1]
+    y = labels.double()
+    co = (y.T @ y).long()  # co-counts: exact below 2^53 rows
+    counts = torch.where(labels[:, None, :], co.diagonal()[:, None] - co, co)
+    contrasts = labels[:, :, None] & ~torch.eye(c, dtype=torch.bool, device=labels.device)
+    return torch.where(contrasts, contrast_weights * counts, 0), counts
+
+
+def mine_pairs_cooccur(targets: torch.Tensor, seed: torch.Tensor, contrast_weights: torch.Tensor):
+    """(index_a, index_b, is_partial), each (B,): pairs (a, b) for a = 0..B-1, b drawn with
+    probability w(a, b) / W_a, w(a, b) = sum of contrast_weights[i, j] over i in ya & yb, j in ya ^ yb.
+
+    The draw: the contrasts (i, j) of a (i in ya, j != i, i then j ascending) have masses
+    S[i, j] * count(i, j) (_contrast_masses), W_a their sum; r = floor(u * W_a / 2^64) from Philox
+    words 2 and 3 of a's counter picks the first contrast whose cumulative mass exceeds r, and b is
+    the rank-th of its rows in batch order, rank from words 0 and 1 as partner_rank(seed, a,
+    count(i, j)). W_a = 0: mine_pairs' draw. Builds (B, c, c) and B x B tensors: a spec, not a
+    sampler for large batches.
+    """
+    labels = _labels(targets)
+    B, c = labels.shape
+    rows = torch.arange(B, device=targets.device)
+    zero = torch.zeros_like(rows)
+    lo, hi, u_lo, u_hi = philox4x32(seed.reshape(()), (zero, zero, rows, zero))
+    masses, counts = _contrast_masses(labels, contrast_weights)
+    total = masses.sum((1, 2))
+    contrast = (masses.flatten(1).cumsum(1) > _mulhi64(u_lo, u_hi, total)[:, None]).to(torch.uint8).argmax(1)
+    i, j = contrast // c, contrast % c
+    # Row b is eligible for a's contrast (i, j) when it has i and differs from a at j.
+    eligible = labels.T[i] & (labels.T[j] != labels[rows, j][:, None])
+    weighted = _nth(eligible, _rank(lo, hi, counts[rows, i, j]))
+    valid = _valid_partners(labels)
+    count = valid.sum(1)
+    uniform = torch.where(count > 0, _nth(valid, _rank(lo, hi, count)), rows)
+    return rows, torch.where(total > 0, weighted, uniform), count > 0
+
+
+def cooccur_partner_probabilities(targets: torch.Tensor, contrast_weights: torch.Tensor) -> torch.Tensor:
+    """(B, B) float64: P(b | a) of mine_pairs_cooccur, w(a, b) / W_a; uniform over a's valid
+    partners where W_a = 0 (mine_pairs' draw), and 1 at b = a for a row without one."""
+    labels = _labels(targets)
+    y = labels.double()
+    shared = y[:, None, :] * y[None, :, :]
+    differs = (y[:, None, :] != y[None, :, :]).double()
+    weights = torch.einsum("abi,ij,abj->ab", shared, contrast_weights.double(), differs)
+    valid = _valid_partners(labels)
+    self_pairs = torch.eye(y.shape[0], dtype=torch.bool, device=y.device)
+    uniform = torch.where(valid.any(1, keepdim=True), valid, self_pairs).double()
+    uniform = uniform / uniform.sum(1, keepdim=True)
+    total = weights.sum(1, keepdim=True)
+    return torch.where(total > 0, weights / total.clamp_min(1), uniform)

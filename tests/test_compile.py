@@ -57,3 +57,24 @@ def test_compile_loss_fullgraph_matches_eager(self_pair_disparate):
         assert_close(c, e, torch.float32, what=name)
     for what, e, c in zip(("features", "weight", "bias"), eager_grads, compiled_grads):
         assert_close(c, e, torch.float32, backward=True, what=f"grad {what}")
+
+
+@torch._inductor.config.patch(fallback_random=True)
+def test_compile_cooccur_loss_fullgraph_matches_eager():
+    """The statistic's update and weights, the "cooccur" op and the heads in one graph: no host sync."""
+    torch._dynamo.reset()
+    features, weight, bias, targets, _, _ = make_six_head_inputs(12, 1, 16, 5)
+    classifier = nn.Linear(16, 5)
+    eager, compiled = (INDeeDLoss(strategy="cooccur", num_classes=5, cooccur_z=0.0) for _ in range(2))
+    step = torch.compile(lambda f, t: compiled(f, t, classifier), fullgraph=True)
+    outs = []
+    for loss_fn in (lambda f, t: eager(f, t, classifier), step):
+        torch.manual_seed(4)
+        for _ in range(3):  # later steps mine with the weights of the batches before
+            out = loss_fn(features.clone().requires_grad_(), targets)
+            out.loss.backward()
+        outs.append(out)
+    assert_close(outs[1].loss, outs[0].loss, torch.float32, what="loss")
+    assert torch.equal(outs[1].num_partial, outs[0].num_partial)
+    assert torch.equal(compiled.cooccurrence.counts, eager.cooccurrence.counts)
+    assert compiled.cooccurrence.samples == 3 * 12 and compiled.cooccurrence.contrast_weights().any()

@@ -252,6 +252,7 @@ def _opcheck_cases(norm):
         "_six_head_bce_forward": (*req(features, weight, bias), *six[3:]),
         "_six_head_bce_backward": (grad, *six[:6], logits, ident_logits, norm, 1e-12),
         "mine_pairs": (targets, torch.tensor(3)),
+        "mine_pairs_cooccur": (targets, torch.tensor(3), torch.randint(0, 2**16 + 1, (3, 3), generator=torch.Generator().manual_seed(0))),
     }
 
 

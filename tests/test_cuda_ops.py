@@ -20,6 +20,7 @@ CUDA_OPS = (
     "_six_head_bce_forward",
     "_six_head_bce_backward",
     "mine_pairs",
+    "mine_pairs_cooccur",
 )
 KINDS = ("relu", "ties", "negative", "zeros")
 # (rows, n): single element, two elements, odd n (scalar loads), a vectorisable n, and rows

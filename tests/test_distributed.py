@@ -5,6 +5,8 @@ One spawn of 2 workers (module fixture) runs every in-process scenario:
   one process on the 16-row global batches (SGD, so a wrong gradient scale shows; a
   BatchNorm-free model, since BatchNorm statistics stay per process under DDP), and
   mining within each process's rows does not;
+- strategy "cooccur": with and without --global-pairs both ranks end with the co-occurrence
+  counts of all rows, each counted once;
 - indeed_ext.recipes.train.main inside the workers' process group: 2 epochs straight equal 1
   epoch + --resume to 2 (bitwise, on CPU); rank 0 alone writes checkpoints and reports.
 Then the issue's torchrun command line as a subprocess.
@@ -63,6 +65,16 @@ def ddp_steps(global_pairs: bool):
                        distributed.GlobalPairsLoss(criterion) if global_pairs else criterion)  # fmt: skip
 
 
+def cooccur_counts(global_pairs: bool):
+    """The co-occurrence counts of a "cooccur" loss after the DDP steps of ddp_steps."""
+    dataset = toy_data()
+    loader = torch.utils.data.DataLoader(dataset, LOCAL_BATCH, sampler=distributed.eval_sampler(dataset))
+    criterion = INDeeDLoss(strategy="cooccur", num_classes=CLASSES, backend=BACKEND)
+    train_steps(distributed.wrap(toy_model(), torch.device("cpu")), loader,
+                distributed.GlobalPairsLoss(criterion) if global_pairs else criterion)  # fmt: skip
+    return criterion.cooccurrence.counts
+
+
 def single_process_steps():
     """The global batches DDP sees: rank 0's rows, then rank 1's."""
     batches = [[r + WORLD * (step * LOCAL_BATCH + j) for r in range(WORLD) for j in range(LOCAL_BATCH)] for step in range(STEPS)]
@@ -80,6 +92,8 @@ def _worker(rank, init_file, out):
         scenarios = {"global": ddp_steps(global_pairs=True), "local": ddp_steps(global_pairs=False)}
         if rank == 0:
             torch.save(scenarios, os.path.join(out, "steps.pt"))
+        counts = {"global": cooccur_counts(global_pairs=True), "local": cooccur_counts(global_pairs=False)}
+        torch.save(counts, os.path.join(out, f"cooccur_rank{rank}.pt"))
 
         writes = {"checkpoints": 0, "reports": 0}
         save_checkpoint, write_report = engine.save_checkpoint, train.write_report
@@ -121,6 +135,16 @@ def test_global_pairs_match_one_process_on_the_global_batch(spawned):
     # Pairs mined within each process's 8 rows train something else.
     local_weights = steps["local"][1]
     assert any(not torch.allclose(local_weights[name], value, atol=1e-4) for name, value in weights.items())
+
+
+def test_cooccurrence_counts_are_the_same_on_every_rank(spawned):
+    """Each rank counts the whole global batch once: all-reduced per process, or gathered by --global-pairs."""
+    ranks = [torch.load(spawned / f"cooccur_rank{r}.pt") for r in range(WORLD)]
+    targets = toy_data().tensors[1]
+    expected = (targets.T @ targets).double()  # every row is in one process's batch once
+    for pairs in ("global", "local"):
+        for counts in ranks:
+            assert torch.equal(counts[pairs], expected), pairs
 
 
 def test_ddp_resume_matches_uninterrupted_run(spawned):

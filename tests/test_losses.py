@@ -205,7 +205,6 @@ def test_bool_and_soft_targets():
         (dict(eps=0.0), ValueError, "eps must be a positive"),
         (dict(blocks=("identical", "shared")), ValueError, "unknown block 'shared'"),
         (dict(blocks=("identical", "identical")), ValueError, "repeated"),
-        (dict(blocks=()), ValueError, "blocks is empty"),
         (dict(blocks="identical"), TypeError, r"\('identical',\)"),
         (dict(self_pair_disparate="drop"), ValueError, "unknown self_pair_disparate 'drop'"),
         (dict(strategy="all"), ValueError, "unknown pair strategy 'all'"),

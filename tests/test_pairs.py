@@ -140,12 +140,19 @@ def test_each_proposal_kind_is_uniform_when_accepted(kind, monkeypatch):
     assert_uniform_over_partners(torch.cat(chosen))
 
 
+def strategy_args(strategy, c):
+    """Random contrast weights for "cooccur" (its own pairs, not "any"'s), nothing for the others."""
+    if strategy != "cooccur":
+        return {}
+    return {"contrast_weights": torch.randint(0, 2**16 + 1, (c, c), generator=torch.Generator().manual_seed(0))}
+
+
 @pytest.mark.parametrize("strategy", pairs.STRATEGIES)
 def test_seeded_generator_is_deterministic(strategy):
     targets = random_targets(500, 20, 0.15)
-    first = mine_pairs(targets, strategy, generator=generator(7))
-    second = mine_pairs(targets, strategy, generator=generator(7))
-    other = mine_pairs(targets, strategy, generator=generator(8))
+    first = mine_pairs(targets, strategy, generator=generator(7), **strategy_args(strategy, 20))
+    second = mine_pairs(targets, strategy, generator=generator(7), **strategy_args(strategy, 20))
+    other = mine_pairs(targets, strategy, generator=generator(8), **strategy_args(strategy, 20))
     for x, y in zip(first, second):
         assert torch.equal(x, y)
     assert not torch.equal(first[1], other[1])
@@ -189,12 +196,13 @@ def test_soft_labels_threshold_at_half():
 @pytest.mark.parametrize("strategy", pairs.STRATEGIES)
 def test_tiny_batches(strategy):
     for B in (0, 1):
-        index_a, index_b, is_partial = mine_pairs(torch.ones(B, 3), strategy, generator=generator(0))
+        index_a, index_b, is_partial = mine_pairs(torch.ones(B, 3), strategy, generator=generator(0), **strategy_args(strategy, 3))
         assert index_a.tolist() == index_b.tolist() == list(range(B))
         assert not is_partial.any()
-    index_a, index_b, is_partial = mine_pairs(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), strategy, generator=generator(0))
-    assert is_partial.tolist() == ([True, True] if strategy == "any" else [True])
-    assert index_b.tolist() == ([1, 0] if strategy == "any" else [1])
+    two = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    index_a, index_b, is_partial = mine_pairs(two, strategy, generator=generator(0), **strategy_args(strategy, 2))
+    assert is_partial.tolist() == ([True] if strategy == "matching" else [True, True])
+    assert index_b.tolist() == ([1] if strategy == "matching" else [1, 0])
 
 
 def test_bad_arguments():

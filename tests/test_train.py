@@ -78,6 +78,38 @@ def test_resume_matches_uninterrupted_run(tmp_path, warmup):
     assert json.loads((tmp_path / "split" / "results.json").read_text())[0]["mAP"] == a["history"][-1]["mAP"]
 
 
+def test_cooccur_pairs_resume_with_their_statistic(tmp_path):
+    """--pairs cooccur: the checkpoint holds the loss's co-occurrence counts and a resumed run continues
+    with them (z = 0: the weights, and so the pairs, depend on the counts); --blocks none trains the
+    original heads of those pairs only."""
+    common = ["--method", "indeed", "--pairs", "cooccur", "--cooccur-z", "0", "--blocks", "none", "--seed", "7"]
+    assert run(tmp_path / "straight", *common, "--epochs", "2") == 0
+    assert run(tmp_path / "split", *common, "--epochs", "1") == 0
+    assert run(tmp_path / "split", *common, "--epochs", "2", "--resume") == 0
+    a, b = (engine.load_checkpoint(str(tmp_path / f / "indeed-minmax" / "checkpoint.pt")) for f in ("straight", "split"))
+    assert a["criterion"]["cooccurrence.samples"] == b["criterion"]["cooccurrence.samples"] == 2 * 64  # two epochs' rows
+    assert torch.equal(a["criterion"]["cooccurrence.counts"], b["criterion"]["cooccurrence.counts"])
+    for name, value in a["model"].items():
+        assert torch.equal(value, b["model"][name]), name
+    (result,) = json.loads((tmp_path / "split" / "results.json").read_text())
+    assert result["title"] == "INDeeD (Min-max, cooccur, orig heads only)"
+    assert (result["config"]["strategy"], result["config"]["cooccur_z"], result["config"]["blocks"]) == ("cooccur", 0.0, ["none"])
+    assert all(h["ident"] == h["disp"] == 0 for h in result["history"])
+
+
+def test_pair_flags_and_titles():
+    parser = train.build_parser()
+
+    def titles(*argv):
+        return [r["title"] for r in train.planned_runs(train.parse_args(parser, ["--method", "both", *argv]))]
+
+    assert titles() == ["Baseline", "INDeeD (Min-max)"]
+    assert titles("--strategy", "matching") == ["Baseline", "INDeeD (Min-max, matching)"]
+    assert titles("--pairs", "cooccur", "--blocks", "none", "--norm", "minmax", "l2") == [
+        "Baseline", "INDeeD (Min-max, cooccur, orig heads only)", "INDeeD (L2, cooccur, orig heads only)"]
+    assert train.loss_blocks(["none"]) == () and train.loss_blocks(["identical"]) == ("identical",)
+
+
 def test_compiled_training_matches_eager(tmp_path, monkeypatch):
     """--compile (inductor on the CPU) trains the same model as eager, up to float rounding."""
     modes, compile = [], torch.compile
@@ -283,6 +315,11 @@ BAD_INPUTS = [
     (["--blocks", "both"], "invalid choice: 'both'"),
     (["--schedule", "cosine"], "invalid choice: 'cosine'"),
     (["--strategy", "all"], "invalid choice: 'all'"),
+    (["--pairs", "all"], "invalid choice: 'all'"),
+    (["--cooccur-statistic", "pmi"], "invalid choice: 'pmi'"),
+    (["--cooccur-z", "-1"], "must be >= 0.0"),
+    (["--cooccur-z", "inf"], "--cooccur-z must be finite"),
+    (["--blocks", "none", "identical"], "--blocks none leaves the blocks out: give it alone, not with identical"),
     (["--backend", "tpu"], "invalid choice: 'tpu'"),
     (["--amp", "fp8"], "invalid choice: 'fp8'"),
     (["--device", "tpu"], "unknown device 'tpu'"),

@@ -213,6 +213,7 @@ def _opcheck_samples():
         "_six_head_bce_backward": (torch.randn_like(loss), *(t.detach() for t in six[:3]), *six[3:],
                                    logits, ident, "minmax", 1e-12),
         "mine_pairs": (six[3], torch.tensor(3, device=DEVICE)),
+        "mine_pairs_cooccur": (six[3], torch.tensor(3, device=DEVICE), torch.randint(0, 2**16 + 1, (5, 5), device=DEVICE)),
     }
 
 

@@ -17,8 +17,8 @@ Cases: identical_map and decompose forward and backward, six_head_bce forward an
 backward; float32 (IEEE and TF32 tl.dot), float64, bfloat16, float16; both norms; n and c
 that give every block configuration the launch code chooses (one row per tile, several,
 rows longer than a tile; one and several class blocks), bias or none, the atomic and the
-deterministic dF reduction; mine_pairs for bool and every float dtype of targets. Prints a
-table; exits 1 if a launch fails to compile or a kernel spills registers. The outputs of the wrappers are garbage (nothing runs).
+deterministic dF reduction; mine_pairs and mine_pairs_cooccur for bool and every float dtype of
+targets. Prints a table; exits 1 if a launch fails to compile or a kernel spills registers. The outputs of the wrappers are garbage (nothing runs).
 """
 from __future__ import annotations
 
@@ -146,11 +146,15 @@ def cases(dtype, norm):
 
 
 def mine_pairs_cases():
-    """(label, launch) for mine_pairs: one kernel variant per targets dtype (W and B are runtime values)."""
+    """(label, launch) for mine_pairs and mine_pairs_cooccur: one kernel variant per targets dtype
+    (W, B and c are runtime values)."""
+    weights = torch.randint(0, 2**16 + 1, (130, 130))
     for dtype in DTYPES + (torch.bool,):
         targets = torch.rand(40, 130) < 0.3 if dtype == torch.bool else torch.rand(40, 130, dtype=dtype)
-        yield f"mine_pairs {str(dtype).removeprefix('torch.')}", functools.partial(
-            mine_pairs_kernels.mine_pairs, targets, torch.tensor(1))
+        name = str(dtype).removeprefix('torch.')
+        yield f"mine_pairs {name}", functools.partial(mine_pairs_kernels.mine_pairs, targets, torch.tensor(1))
+        yield f"mine_pairs_cooccur {name}", functools.partial(
+            mine_pairs_kernels.mine_pairs_cooccur, targets, torch.tensor(1), weights)
 
 
 def check(arch: int) -> tuple[list[dict], list[str]]:

@@ -1,10 +1,19 @@
-// CPU kernel of mine_pairs: for each row a, the rank-th of its valid partners b (ya & yb != 0,
-// ya != yb, labels = targets > 0.5) in batch order, rank drawn by partner_rank; b = a without one.
-// Rows with equal label sets have the same valid partners, so the work is done once per label
-// set: the rows sharing a label with the set are the OR of its labels' carrier bitsets (one bit
-// per batch row), and clearing the set's own rows leaves exactly its valid partners. Each member
-// then counts and selects bits of that bitset: at most B * (labels per row + 2) * B / 64 word
-// operations, against B^2 * W for testing every candidate's packed labels.
+// CPU kernels of mine_pairs and mine_pairs_cooccur. Both pack the labels (targets > 0.5) twice,
+// per row and per label (the bitset of the rows carrying it), and group the rows by label set:
+// rows with equal sets have the same valid partners and the same contrasts, so that work is
+// done once per set.
+//
+// mine_pairs: the rows sharing a label with the set are the OR of its labels' carrier bitsets,
+// and clearing the set's own rows leaves exactly its valid partners. Each member then counts and
+// selects bits of that bitset: at most B * (labels per row + 2) * B / 64 word operations, against
+// B^2 * W for testing every candidate's packed labels.
+//
+// mine_pairs_cooccur: the set's contrasts (i, j) have masses S[i, j] * count(i, j), with count
+// from the batch's co-count matrix (popcounts of carrier ANDs, c^2 B / 128 word operations per
+// batch): |ya| * c vectorised additions per set (see Contrasts). Each member draws a contrast
+// from them, then its partner among the contrast's rows, carriers[i] & carriers[j] (or
+// & ~carriers[j]): one pass of AND, popcount and select over B / 64 words. A set whose masses
+// are all 0 draws as mine_pairs.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -33,6 +42,7 @@ struct PackedLabels {
   std::vector<Word> row_words, carriers;
 
   const Word* row(int64_t b) const { return row_words.data() + b * W; }
+  const Word* carriers_of(int64_t k) const { return carriers.data() + k * row_bits; }
 };
 
 template <typename scalar_t>
@@ -71,10 +81,12 @@ LabelSets group_by_label_set(const PackedLabels& labels) {
   return sets;
 }
 
-// The position of the rank-th set bit (rank < the number of set bits).
-[[gnu::always_inline]] inline int64_t select_bit(const Word* bits, int64_t rank) {
+// The position of the rank-th set bit of the bitset whose w-th word is word_at(w) (rank < the
+// number of set bits).
+template <typename WordAt>
+[[gnu::always_inline]] inline int64_t select_bit(const WordAt& word_at, int64_t rank) {
   for (int64_t w = 0;; ++w) {
-    Word word = bits[w];
+    Word word = word_at(w);
     const int64_t count = std::popcount(word);
     if (rank < count) {
       for (; rank > 0; --rank) word &= word - 1;
@@ -84,65 +96,233 @@ LabelSets group_by_label_set(const PackedLabels& labels) {
   }
 }
 
-struct Pairs {
-  int64_t *index_a, *index_b;
-  bool* is_partial;
+// The packed, grouped batch and the outputs both ops fill.
+struct Batch {
+  PackedLabels labels;
+  LabelSets sets;
+  uint64_t seed;
+  at::Tensor index_a, index_b, is_partial;
+  int64_t *index_a_ptr, *index_b_ptr;
+  bool* is_partial_ptr;
+
+  int64_t num_sets() const { return static_cast<int64_t>(sets.starts.size()) - 1; }
+
+  void set_pair(int64_t a, int64_t b) const {
+    index_a_ptr[a] = a;
+    index_b_ptr[a] = b;
+    is_partial_ptr[a] = b != a;
+  }
 };
 
-// The pairs of the rows of label sets [begin, end); partners: scratch of row_bits words. Cloned
-// for the popcount instruction and wider ORs, which the baseline x86-64 build lacks.
-INDEED_SIMD_CLONES void pair_label_sets(const PackedLabels& labels, const LabelSets& sets, uint64_t seed,
-                                        int64_t begin, int64_t end, Word* __restrict partners, const Pairs& out) {
-  const int64_t row_bits = labels.row_bits;
-  for (int64_t s = begin; s < end; ++s) {
-    const int64_t first = sets.starts[s], last = sets.starts[s + 1];
-    std::fill(partners, partners + row_bits, Word(0));
-    const Word* set_labels = labels.row(sets.rows[first]);
-    for (int64_t w = 0; w < labels.W; ++w) {
-      for (Word rest = set_labels[w]; rest != 0; rest &= rest - 1) {
-        const Word* __restrict carriers = labels.carriers.data() + (w * 64 + std::countr_zero(rest)) * row_bits;
-        for (int64_t i = 0; i < row_bits; ++i) partners[i] |= carriers[i];
-      }
+Batch prepare(const at::Tensor& targets_in, const at::Tensor& seed) {
+  const at::Tensor targets = targets_in.contiguous();
+  Batch batch;
+  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kBool, targets.scalar_type(), "indeed::mine_pairs",
+                                  [&] { batch.labels = pack_labels<scalar_t>(targets); });
+  batch.sets = group_by_label_set(batch.labels);
+  batch.seed = static_cast<uint64_t>(*seed.const_data_ptr<int64_t>());
+  const int64_t B = batch.labels.B;
+  batch.index_a = at::empty({B}, targets.options().dtype(at::kLong));
+  batch.index_b = at::empty({B}, batch.index_a.options());
+  batch.is_partial = at::empty({B}, targets.options().dtype(at::kBool));
+  batch.index_a_ptr = batch.index_a.mutable_data_ptr<int64_t>();
+  batch.index_b_ptr = batch.index_b.mutable_data_ptr<int64_t>();
+  batch.is_partial_ptr = batch.is_partial.mutable_data_ptr<bool>();
+  return batch;
+}
+
+// Runs pair_sets(begin, end) over the label sets in tasks of about GRAIN_SIZE operations, given
+// the operations per set.
+template <typename PairSets>
+void for_label_sets(const Batch& batch, int64_t ops_per_set, const PairSets& pair_sets) {
+  const int64_t sets_per_task = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, ops_per_set));
+  at::parallel_for(0, batch.num_sets(), sets_per_task, pair_sets);
+}
+
+// mine_pairs' draw for the rows of label set s; partners: scratch of row_bits words.
+[[gnu::always_inline]] inline void any_pairs_of_set(const Batch& batch, int64_t s, Word* __restrict partners) {
+  const PackedLabels& labels = batch.labels;
+  const std::vector<int64_t>& rows = batch.sets.rows;
+  const int64_t first = batch.sets.starts[s], last = batch.sets.starts[s + 1], row_bits = labels.row_bits;
+  std::fill(partners, partners + row_bits, Word(0));
+  const Word* set_labels = labels.row(rows[first]);
+  for (int64_t w = 0; w < labels.W; ++w) {
+    for (Word rest = set_labels[w]; rest != 0; rest &= rest - 1) {
+      const Word* __restrict carriers = labels.carriers_of(w * 64 + std::countr_zero(rest));
+      for (int64_t i = 0; i < row_bits; ++i) partners[i] |= carriers[i];
     }
-    for (int64_t i = first; i < last; ++i) partners[sets.rows[i] / 64] &= ~(Word(1) << (sets.rows[i] % 64));
-    int64_t count = 0;
-    for (int64_t i = 0; i < row_bits; ++i) count += std::popcount(partners[i]);
-    for (int64_t i = first; i < last; ++i) {
-      const int64_t a = sets.rows[i];
-      out.index_a[a] = a;
-      out.index_b[a] = count > 0 ? select_bit(partners, partner_rank(seed, a, count)) : a;
-      out.is_partial[a] = count > 0;
+  }
+  for (int64_t i = first; i < last; ++i) partners[rows[i] / 64] &= ~(Word(1) << (rows[i] % 64));
+  int64_t count = 0;
+  for (int64_t i = 0; i < row_bits; ++i) count += std::popcount(partners[i]);
+  const auto word_at = [&](int64_t w) { return partners[w]; };
+  for (int64_t i = first; i < last; ++i) {
+    const int64_t a = rows[i];
+    batch.set_pair(a, count > 0 ? select_bit(word_at, partner_rank(row_random(batch.seed, a), count)) : a);
+  }
+}
+
+// Cloned for the popcount instruction and wider ORs, which the baseline x86-64 build lacks.
+INDEED_SIMD_CLONES void any_pairs(const Batch& batch, int64_t begin, int64_t end, Word* partners) {
+  for (int64_t s = begin; s < end; ++s) any_pairs_of_set(batch, s, partners);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_pairs(const at::Tensor& targets, const at::Tensor& seed) {
+  check_mine_pairs(targets, seed);
+  const Batch batch = prepare(targets, seed);
+  const int64_t row_bits = batch.labels.row_bits;
+  for_label_sets(batch, row_bits * 4, [&](int64_t begin, int64_t end) {
+    std::vector<Word> partners(row_bits);
+    any_pairs(batch, begin, end, partners.data());
+  });
+  return {batch.index_a, batch.index_b, batch.is_partial};
+}
+
+// mine_pairs_cooccur's tables: weights[i * c + j] = S[i, j] (0 on the diagonal, so that the
+// contrasts' loops need not skip j = i), co[i * c + j] = the rows carrying labels i and j, and
+// the masses of label i's contrasts in two parts: alone[i] = sum_j S[i, j] co[i, j], its sum for
+// the set {i}, and joined[i * c + k] = S[i, k] (co[i, i] - 2 co[i, k]), what k's joining the set
+// adds (k's rows with i leave contrast (i, k), i's rows without k enter it). A set's mass of i is
+// then alone[i] plus joined[i, k] over its labels k: c additions of joined[i, k] & (the set as a
+// mask), which vectorise, per label i of the set; none for a label whose weights S[i, :] are all 0.
+struct Contrasts {
+  std::vector<uint32_t> weights, co;
+  std::vector<int64_t> alone, joined;
+  std::vector<uint8_t> weighted;  // S[i, :] has a weight
+};
+
+// co[i * c + j] = co[j * c + i] for the labels i in [begin, end) and j >= i.
+INDEED_SIMD_CLONES void co_counts(const PackedLabels& labels, int64_t begin, int64_t end, uint32_t* co) {
+  const int64_t c = labels.c;
+  for (int64_t i = begin; i < end; ++i) {
+    const Word* __restrict carriers_i = labels.carriers_of(i);
+    for (int64_t j = i; j < c; ++j) {
+      const Word* __restrict carriers_j = labels.carriers_of(j);
+      int64_t both = 0;
+      for (int64_t w = 0; w < labels.row_bits; ++w) both += std::popcount(carriers_i[w] & carriers_j[w]);
+      co[i * c + j] = co[j * c + i] = static_cast<uint32_t>(both);
     }
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_pairs(const at::Tensor& targets_in, const at::Tensor& seed) {
-  check_mine_pairs(targets_in, seed);
-  const at::Tensor targets = targets_in.contiguous();
-  PackedLabels labels;
-  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kBool, targets.scalar_type(), "indeed::mine_pairs",
-                                  [&] { labels = pack_labels<scalar_t>(targets); });
-  const LabelSets sets = group_by_label_set(labels);
-  const uint64_t seed_value = static_cast<uint64_t>(*seed.const_data_ptr<int64_t>());
+Contrasts contrasts_of(const PackedLabels& labels, const at::Tensor& contrast_weights) {
+  const int64_t c = labels.c;
+  Contrasts contrasts{std::vector<uint32_t>(c * c), std::vector<uint32_t>(c * c)};
+  const at::Tensor weights = contrast_weights.contiguous();
+  const int64_t* w = weights.const_data_ptr<int64_t>();
+  for (int64_t k = 0; k < c * c; ++k) {
+    TORCH_CHECK_VALUE(w[k] >= 0 && w[k] <= kContrastScale, "contrast_weights has values outside [0, 2^16] = [0, ",
+                      kContrastScale, "]: ", w[k]);
+    contrasts.weights[k] = k % (c + 1) == 0 ? 0 : static_cast<uint32_t>(w[k]);
+  }
+  const int64_t labels_per_task = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, c * labels.row_bits));
+  at::parallel_for(0, c, labels_per_task,
+                   [&](int64_t begin, int64_t end) { co_counts(labels, begin, end, contrasts.co.data()); });
+  contrasts.alone.assign(c, 0);
+  contrasts.joined.resize(c * c);
+  contrasts.weighted.assign(c, 0);
+  for (int64_t i = 0; i < c; ++i) {
+    const int64_t co_ii = contrasts.co[i * c + i];
+    for (int64_t k = 0; k < c; ++k) {
+      const int64_t weight = contrasts.weights[i * c + k], co_ik = contrasts.co[i * c + k];
+      contrasts.alone[i] += weight * co_ik;
+      contrasts.joined[i * c + k] = weight * (co_ii - 2 * co_ik);
+      contrasts.weighted[i] |= weight != 0;
+    }
+  }
+  return contrasts;
+}
 
-  const int64_t B = labels.B;
-  at::Tensor index_a = at::empty({B}, targets.options().dtype(at::kLong));
-  at::Tensor index_b = at::empty({B}, index_a.options());
-  at::Tensor is_partial = at::empty({B}, targets.options().dtype(at::kBool));
-  const Pairs out{index_a.mutable_data_ptr<int64_t>(), index_b.mutable_data_ptr<int64_t>(),
-                  is_partial.mutable_data_ptr<bool>()};
-  const int64_t num_sets = static_cast<int64_t>(sets.starts.size()) - 1;
-  // Tasks of about GRAIN_SIZE word operations.
-  const int64_t sets_per_task = std::max<int64_t>(1, at::internal::GRAIN_SIZE / (labels.row_bits * 4));
-  at::parallel_for(0, num_sets, sets_per_task, [&](int64_t begin, int64_t end) {
-    std::vector<Word> partners(labels.row_bits);
-    pair_label_sets(labels, sets, seed_value, begin, end, partners.data(), out);
+// Per-task scratch of mine_pairs_cooccur: the set's labels, their masses (the sums of their
+// contrasts' masses), the set as a mask of c words (all ones for its labels), and mine_pairs'
+// partner bitset.
+struct CooccurScratch {
+  std::vector<int64_t> set_labels;
+  std::vector<uint64_t> label_masses;
+  std::vector<int64_t> in_set;
+  std::vector<Word> partners;
+};
+
+// Rows with label i and without label j when j is in the set, with both when it is not.
+[[gnu::always_inline]] inline uint32_t contrast_count(const uint32_t* co_i, uint32_t co_ii, bool in_set_j, int64_t j) {
+  return in_set_j ? co_ii - co_i[j] : co_i[j];
+}
+
+INDEED_SIMD_CLONES void cooccur_pairs(const Batch& batch, const Contrasts& contrasts, int64_t begin, int64_t end,
+                                      CooccurScratch& scratch) {
+  const PackedLabels& labels = batch.labels;
+  const int64_t c = labels.c;
+  int64_t* __restrict in_set = scratch.in_set.data();
+  for (int64_t s = begin; s < end; ++s) {
+    const int64_t first = batch.sets.starts[s], last = batch.sets.starts[s + 1];
+    const Word* set_words = labels.row(batch.sets.rows[first]);
+    scratch.set_labels.clear();
+    for (int64_t w = 0; w < labels.W; ++w) {
+      for (Word rest = set_words[w]; rest != 0; rest &= rest - 1) scratch.set_labels.push_back(w * 64 + std::countr_zero(rest));
+    }
+    for (const int64_t k : scratch.set_labels) in_set[k] = -1;
+    uint64_t total = 0;
+    scratch.label_masses.clear();
+    for (const int64_t i : scratch.set_labels) {
+      int64_t mass = 0;
+      if (contrasts.weighted[i]) {
+        const int64_t* __restrict joined_i = contrasts.joined.data() + i * c;
+        mass = contrasts.alone[i];
+        for (int64_t k = 0; k < c; ++k) mass += joined_i[k] & in_set[k];
+      }
+      scratch.label_masses.push_back(static_cast<uint64_t>(mass));
+      total += static_cast<uint64_t>(mass);
+    }
+    if (total == 0) {
+      any_pairs_of_set(batch, s, scratch.partners.data());
+    } else {
+      for (int64_t r = first; r < last; ++r) {
+        const int64_t a = batch.sets.rows[r];
+        const RowRandom random = row_random(batch.seed, a);
+        // The first contrast whose cumulative mass exceeds the draw: its label i, then its j.
+        uint64_t drawn = contrast_draw(random, total);
+        size_t k = 0;
+        for (; drawn >= scratch.label_masses[k]; ++k) drawn -= scratch.label_masses[k];
+        const int64_t i = scratch.set_labels[k];
+        const uint32_t* weights_i = contrasts.weights.data() + i * c;
+        const uint32_t* co_i = contrasts.co.data() + i * c;
+        int64_t j = 0;
+        uint32_t count = 0;
+        for (;; ++j) {
+          count = contrast_count(co_i, co_i[i], in_set[j], j);
+          const uint64_t mass = uint64_t(weights_i[j]) * count;
+          if (drawn < mass) break;
+          drawn -= mass;
+        }
+        const Word* __restrict carriers_i = labels.carriers_of(i);
+        const Word* __restrict carriers_j = labels.carriers_of(j);
+        const Word flip = static_cast<Word>(in_set[j]);
+        const auto word_at = [&](int64_t w) { return carriers_i[w] & (carriers_j[w] ^ flip); };
+        batch.set_pair(a, select_bit(word_at, partner_rank(random, count)));
+      }
+    }
+    for (const int64_t k : scratch.set_labels) in_set[k] = 0;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_pairs_cooccur(const at::Tensor& targets, const at::Tensor& seed,
+                                                                  const at::Tensor& contrast_weights) {
+  check_mine_pairs_cooccur(targets, seed, contrast_weights);
+  const Batch batch = prepare(targets, seed);
+  const Contrasts contrasts = contrasts_of(batch.labels, contrast_weights);
+  const int64_t c = batch.labels.c, row_bits = batch.labels.row_bits;
+  for_label_sets(batch, row_bits * 4 + c * 4, [&](int64_t begin, int64_t end) {
+    CooccurScratch scratch{{}, {}, std::vector<int64_t>(c, 0), std::vector<Word>(row_bits)};
+    cooccur_pairs(batch, contrasts, begin, end, scratch);
   });
-  return {index_a, index_b, is_partial};
+  return {batch.index_a, batch.index_b, batch.is_partial};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(indeed, CPU, m) { m.impl("mine_pairs", &mine_pairs); }
+TORCH_LIBRARY_IMPL(indeed, CPU, m) {
+  m.impl("mine_pairs", &mine_pairs);
+  m.impl("mine_pairs_cooccur", &mine_pairs_cooccur);
+}
 
 }  // namespace indeed::cpu

@@ -1,7 +1,17 @@
-// CUDA kernels of mine_pairs: the labels packed into 64-bit words (one thread per row and
-// word), then one warp per row a. Its lanes test 32 candidates at a time (an AND and an
-// equality per word), __ballot_sync and __popc count the valid ones; a second pass stops at
-// the rank-th valid partner. O(B^2 W) word operations, no host sync, nothing read on the host.
+// CUDA kernels of mine_pairs and mine_pairs_cooccur. The labels are packed into 64-bit words (one
+// thread per word), then one warp works on each row a.
+//
+// mine_pairs: the warp's lanes test 32 candidates at a time (an AND and an equality per word),
+// __ballot_sync and __popc count the valid ones; a second pass stops at the rank-th valid partner.
+// O(B^2 W) word operations, no host sync, nothing read on the host.
+//
+// mine_pairs_cooccur: the labels are also packed per label (carrier bitsets of the rows), which
+// give the batch's co-count matrix (one thread per label pair, popcounts of ANDs). The warp's
+// lanes then take 32 labels j at a time for each label i of the row: the contrasts' masses
+// S[i, j] * count(i, j), summed over the warp for the total, and in a second pass a warp scan
+// finds the contrast where the cumulative mass passes the draw. The partner is the rank-th row of
+// carriers[i] & carriers[j] (or & ~carriers[j]): lanes over words, popcounts and a warp scan. A row
+// whose masses are all 0 draws as mine_pairs.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -17,21 +27,41 @@ namespace {
 
 using Word = unsigned long long;
 constexpr int kWarp = 32;
+constexpr unsigned kAllLanes = 0xffffffffu;
 constexpr int kRowsPerBlock = 8;  // one warp per row
-constexpr int kPackThreads = 256;
+constexpr int kThreads = 256;
 
-// words[b * W + w]: labels w*64 .. w*64+63 of row b as bits.
+// bits[o * num_words + w]: bit t says whether element (o, w * 64 + t) of the targets is a label,
+// where element (o, k) is targets[o * stride_outer + k * stride_inner] for k < inner. Rows of
+// labels (o = row, k = label) and carrier bitsets (o = label, k = row) alike.
 template <typename scalar_t>
-__global__ void pack_labels_kernel(const scalar_t* __restrict__ targets, int64_t stride_b, int64_t stride_c,
-                                   int64_t B, int64_t c, int64_t W, Word* __restrict__ words) {
+__global__ void pack_bits_kernel(const scalar_t* __restrict__ targets, int64_t stride_outer, int64_t stride_inner,
+                                 int64_t outer, int64_t inner, int64_t num_words, Word* __restrict__ bits) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= B * W) return;
-  const int64_t b = i / W, first = (i % W) * 64, end = min(c, first + 64);
+  if (i >= outer * num_words) return;
+  const int64_t o = i / num_words, first = (i % num_words) * 64, end = min(inner, first + 64);
   Word word = 0;
   for (int64_t k = first; k < end; ++k) {
-    if (is_label(targets[b * stride_b + k * stride_c])) word |= Word(1) << (k - first);
+    if (is_label(targets[o * stride_outer + k * stride_inner])) word |= Word(1) << (k - first);
   }
-  words[i] = word;
+  bits[i] = word;
+}
+
+// Packs the targets' labels: per row (W words each) or, by_label, per label (row_bits words each).
+at::Tensor pack_bits(const at::Tensor& targets, bool by_label, cudaStream_t stream) {
+  const int64_t B = targets.size(0), c = targets.size(1);
+  const int64_t outer = by_label ? c : B, inner = by_label ? B : c;
+  const int64_t num_words = by_label ? (B + 63) / 64 : std::max<int64_t>(1, (c + 63) / 64);
+  at::Tensor bits = at::empty({outer, num_words}, targets.options().dtype(at::kLong));
+  if (bits.numel() == 0) return bits;
+  const auto blocks = static_cast<unsigned>((bits.numel() + kThreads - 1) / kThreads);
+  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kBool, targets.scalar_type(), "indeed_mine_pairs_cuda", [&] {
+    pack_bits_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+        targets.data_ptr<scalar_t>(), targets.stride(by_label ? 1 : 0), targets.stride(by_label ? 0 : 1), outer, inner,
+        num_words, reinterpret_cast<Word*>(bits.data_ptr<int64_t>()));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return bits;
 }
 
 // Whether candidate b is a valid partner of the row with words `row`: ya & yb != 0, ya != yb.
@@ -47,65 +77,223 @@ __device__ __forceinline__ bool is_valid_partner(const Word* __restrict__ words,
   return shares && differs;
 }
 
+// mine_pairs' draw for row a, by its whole warp: the rank-th valid partner, or a without one.
+__device__ int64_t uniform_partner(const Word* __restrict__ words, int64_t a, int64_t B, int W,
+                                   const RowRandom& random, int lane) {
+  const Word* row = words + a * W;
+  int64_t count = 0;
+  for (int64_t start = 0; start < B; start += kWarp) {
+    count += __popc(__ballot_sync(kAllLanes, is_valid_partner(words, row, start + lane, B, W)));
+  }
+  if (count == 0) return a;
+  int64_t rank = partner_rank(random, count);
+  for (int64_t start = 0;; start += kWarp) {
+    unsigned valid = __ballot_sync(kAllLanes, is_valid_partner(words, row, start + lane, B, W));
+    const int n = __popc(valid);
+    if (rank < n) {
+      for (; rank > 0; --rank) valid &= valid - 1;
+      return start + __ffs(valid) - 1;
+    }
+    rank -= n;
+  }
+}
+
+__device__ __forceinline__ void write_pair(int64_t a, int64_t b, int lane, int64_t* __restrict__ index_a,
+                                           int64_t* __restrict__ index_b, bool* __restrict__ is_partial) {
+  if (lane == 0) {
+    index_a[a] = a;
+    index_b[a] = b;
+    is_partial[a] = b != a;
+  }
+}
+
 __global__ void __launch_bounds__(kWarp * kRowsPerBlock)
     mine_pairs_kernel(const Word* __restrict__ words, int64_t B, int W, const int64_t* __restrict__ seed,
                       int64_t* __restrict__ index_a, int64_t* __restrict__ index_b, bool* __restrict__ is_partial) {
   const int64_t a = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (a >= B) return;  // the whole warp: a is the same for its lanes
-  const Word* row = words + a * W;
-  int64_t count = 0;
-  for (int64_t start = 0; start < B; start += kWarp) {
-    count += __popc(__ballot_sync(0xffffffffu, is_valid_partner(words, row, start + lane, B, W)));
+  const RowRandom random = row_random(static_cast<uint64_t>(*seed), a);
+  write_pair(a, uniform_partner(words, a, B, W, random, lane), lane, index_a, index_b, is_partial);
+}
+
+// co[i * c + j]: the rows carrying labels i and j.
+__global__ void co_counts_kernel(const Word* __restrict__ carriers, int64_t c, int64_t row_bits,
+                                 int64_t* __restrict__ co) {
+  const int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (k >= c * c) return;
+  const Word *x = carriers + (k / c) * row_bits, *y = carriers + (k % c) * row_bits;
+  int64_t both = 0;
+  for (int64_t w = 0; w < row_bits; ++w) both += __popcll(x[w] & y[w]);
+  co[k] = both;
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_inclusive_sum(T x, int lane) {
+  for (int d = 1; d < kWarp; d *= 2) {
+    const T y = __shfl_up_sync(kAllLanes, x, d);
+    if (lane >= d) x += y;
   }
-  int64_t partner = a;
-  if (count > 0) {
-    int64_t rank = partner_rank(static_cast<uint64_t>(*seed), a, count);
-    for (int64_t start = 0;; start += kWarp) {
-      unsigned valid = __ballot_sync(0xffffffffu, is_valid_partner(words, row, start + lane, B, W));
-      const int n = __popc(valid);
-      if (rank < n) {
-        for (; rank > 0; --rank) valid &= valid - 1;
-        partner = start + __ffs(valid) - 1;
-        break;
+  return x;
+}
+
+// A row's contrasts: label i of the row (ascending) with label j != i; count(i, j) = the rows with
+// i and without j when the row has j, with both when it has not.
+struct Contrasts {
+  const Word* row;
+  const int64_t *weights, *co;
+  int64_t c;
+  int W;
+
+  __device__ bool has(int64_t k) const { return (row[k / 64] >> (k % 64)) & 1; }
+  __device__ uint64_t count(int64_t i, int64_t j) const {
+    return has(j) ? co[i * c + i] - co[i * c + j] : co[i * c + j];
+  }
+  // S[i, j] * count(i, j), 0 for j = i and past the last label.
+  __device__ uint64_t mass(int64_t i, int64_t j) const {
+    return j < c && j != i ? static_cast<uint64_t>(weights[i * c + j]) * count(i, j) : 0;
+  }
+  // visit(i, start) for each label i of the row and each start of 32 labels j, in order; stops
+  // when visit returns true.
+  template <typename Visit>
+  __device__ void for_each_tile(const Visit& visit) const {
+    for (int w = 0; w < W; ++w) {
+      for (Word rest = row[w]; rest != 0; rest &= rest - 1) {
+        const int64_t i = w * 64 + __ffsll(static_cast<long long>(rest)) - 1;
+        for (int64_t start = 0; start < c; start += kWarp) {
+          if (visit(i, start)) return;
+        }
       }
-      rank -= n;
     }
   }
-  if (lane == 0) {
-    index_a[a] = a;
-    index_b[a] = partner;
-    is_partial[a] = count > 0;
+};
+
+// The rank-th row of carriers_i & (carriers_j ^ flip), by the warp (lanes over words); -1 past the last.
+__device__ int64_t select_row(const Word* __restrict__ carriers_i, const Word* __restrict__ carriers_j, Word flip,
+                              int64_t row_bits, int64_t rank, int lane) {
+  for (int64_t start = 0; start < row_bits; start += kWarp) {
+    const int64_t w = start + lane;
+    const Word word = w < row_bits ? carriers_i[w] & (carriers_j[w] ^ flip) : 0;
+    const int64_t through = warp_inclusive_sum<int64_t>(__popcll(word), lane);
+    const unsigned past = __ballot_sync(kAllLanes, through > rank);
+    if (past != 0) {
+      const int holder = __ffs(past) - 1;
+      Word bits = __shfl_sync(kAllLanes, word, holder);
+      int64_t left = rank - (__shfl_sync(kAllLanes, through, holder) - __popcll(bits));
+      for (; left > 0; --left) bits &= bits - 1;
+      return (start + holder) * 64 + __ffsll(static_cast<long long>(bits)) - 1;
+    }
+    rank -= __shfl_sync(kAllLanes, through, kWarp - 1);
   }
+  return -1;
 }
+
+__global__ void __launch_bounds__(kWarp * kRowsPerBlock)
+    mine_pairs_cooccur_kernel(const Word* __restrict__ words, const Word* __restrict__ carriers,
+                              const int64_t* __restrict__ weights, const int64_t* __restrict__ co, int64_t B,
+                              int64_t c, int W, int64_t row_bits, const int64_t* __restrict__ seed,
+                              int64_t* __restrict__ index_a, int64_t* __restrict__ index_b,
+                              bool* __restrict__ is_partial) {
+  const int64_t a = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (a >= B) return;  // the whole warp
+  const RowRandom random = row_random(static_cast<uint64_t>(*seed), a);
+  const Contrasts contrasts{words + a * W, weights, co, c, W};
+  uint64_t lane_mass = 0;
+  contrasts.for_each_tile([&](int64_t i, int64_t start) {
+    lane_mass += contrasts.mass(i, start + lane);
+    return false;
+  });
+  for (int d = kWarp / 2; d > 0; d /= 2) lane_mass += __shfl_xor_sync(kAllLanes, lane_mass, d);
+  const uint64_t total = lane_mass;
+  int64_t partner = a;
+  if (total == 0) {
+    partner = uniform_partner(words, a, B, W, random, lane);
+  } else {
+    // The first contrast whose cumulative mass exceeds the draw.
+    const uint64_t drawn = contrast_draw(random, total);
+    uint64_t before = 0;
+    int64_t first = -1, second = -1;
+    contrasts.for_each_tile([&](int64_t i, int64_t start) {
+      const uint64_t through = before + warp_inclusive_sum(contrasts.mass(i, start + lane), lane);
+      const unsigned past = __ballot_sync(kAllLanes, through > drawn);
+      if (past != 0) {
+        first = i;
+        second = start + __ffs(past) - 1;
+        return true;
+      }
+      before = __shfl_sync(kAllLanes, through, kWarp - 1);
+      return false;
+    });
+    if (first >= 0) {  // always, for weights in [0, 2^16]: garbage weights leave the self-pair
+      const int64_t rank = partner_rank(random, static_cast<int64_t>(contrasts.count(first, second)));
+      const Word flip = contrasts.has(second) ? ~Word(0) : Word(0);
+      const int64_t row = select_row(carriers + first * row_bits, carriers + second * row_bits, flip, row_bits, rank, lane);
+      partner = row >= 0 ? row : a;
+    }
+  }
+  write_pair(a, partner, lane, index_a, index_b, is_partial);
+}
+
+struct Outputs {
+  at::Tensor index_a, index_b, is_partial;
+};
+
+Outputs empty_outputs(const at::Tensor& targets) {
+  const int64_t B = targets.size(0);
+  at::Tensor index_a = at::empty({B}, targets.options().dtype(at::kLong));
+  return {index_a, at::empty({B}, index_a.options()), at::empty({B}, targets.options().dtype(at::kBool))};
+}
+
+unsigned row_blocks(int64_t B) { return static_cast<unsigned>((B + kRowsPerBlock - 1) / kRowsPerBlock); }
+
+const Word* word_ptr(const at::Tensor& bits) { return reinterpret_cast<const Word*>(bits.data_ptr<int64_t>()); }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_pairs(const at::Tensor& targets, const at::Tensor& seed) {
   check_mine_pairs(targets, seed);
   const c10::cuda::CUDAGuard device_guard(targets.device());
-  const int64_t B = targets.size(0), c = targets.size(1), W = std::max<int64_t>(1, (c + 63) / 64);
-  at::Tensor index_a = at::empty({B}, targets.options().dtype(at::kLong));
-  at::Tensor index_b = at::empty({B}, index_a.options());
-  at::Tensor is_partial = at::empty({B}, targets.options().dtype(at::kBool));
-  if (B == 0) return {index_a, index_b, is_partial};
-  at::Tensor words = at::empty({B, W}, index_a.options());
-  Word* words_ptr = reinterpret_cast<Word*>(words.data_ptr<int64_t>());
+  Outputs out = empty_outputs(targets);
+  const int64_t B = targets.size(0);
+  if (B == 0) return {out.index_a, out.index_b, out.is_partial};
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const auto pack_blocks = static_cast<unsigned>((B * W + kPackThreads - 1) / kPackThreads);
-  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kBool, targets.scalar_type(), "indeed_mine_pairs_cuda", [&] {
-    pack_labels_kernel<scalar_t><<<pack_blocks, kPackThreads, 0, stream>>>(
-        targets.data_ptr<scalar_t>(), targets.stride(0), targets.stride(1), B, c, W, words_ptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  const auto blocks = static_cast<unsigned>((B + kRowsPerBlock - 1) / kRowsPerBlock);
-  mine_pairs_kernel<<<blocks, kWarp * kRowsPerBlock, 0, stream>>>(
-      words_ptr, B, static_cast<int>(W), seed.data_ptr<int64_t>(), index_a.data_ptr<int64_t>(),
-      index_b.data_ptr<int64_t>(), is_partial.data_ptr<bool>());
+  const at::Tensor words = pack_bits(targets, /*by_label=*/false, stream);
+  mine_pairs_kernel<<<row_blocks(B), kWarp * kRowsPerBlock, 0, stream>>>(
+      word_ptr(words), B, static_cast<int>(words.size(1)), seed.data_ptr<int64_t>(), out.index_a.data_ptr<int64_t>(),
+      out.index_b.data_ptr<int64_t>(), out.is_partial.data_ptr<bool>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {index_a, index_b, is_partial};
+  return {out.index_a, out.index_b, out.is_partial};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_pairs_cooccur(const at::Tensor& targets, const at::Tensor& seed,
+                                                                  const at::Tensor& contrast_weights) {
+  check_mine_pairs_cooccur(targets, seed, contrast_weights);
+  const c10::cuda::CUDAGuard device_guard(targets.device());
+  Outputs out = empty_outputs(targets);
+  const int64_t B = targets.size(0), c = targets.size(1), row_bits = (B + 63) / 64;
+  if (B == 0) return {out.index_a, out.index_b, out.is_partial};
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const at::Tensor words = pack_bits(targets, /*by_label=*/false, stream);
+  const at::Tensor carriers = pack_bits(targets, /*by_label=*/true, stream);
+  const at::Tensor weights = contrast_weights.contiguous();
+  at::Tensor co = at::empty({c, c}, weights.options());
+  if (c > 0) {
+    co_counts_kernel<<<static_cast<unsigned>((c * c + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+        word_ptr(carriers), c, row_bits, co.data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  mine_pairs_cooccur_kernel<<<row_blocks(B), kWarp * kRowsPerBlock, 0, stream>>>(
+      word_ptr(words), c > 0 ? word_ptr(carriers) : nullptr, weights.data_ptr<int64_t>(), co.data_ptr<int64_t>(), B, c,
+      static_cast<int>(words.size(1)), row_bits, seed.data_ptr<int64_t>(), out.index_a.data_ptr<int64_t>(),
+      out.index_b.data_ptr<int64_t>(), out.is_partial.data_ptr<bool>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {out.index_a, out.index_b, out.is_partial};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(indeed, CUDA, m) { m.impl("mine_pairs", &mine_pairs); }
+TORCH_LIBRARY_IMPL(indeed, CUDA, m) {
+  m.impl("mine_pairs", &mine_pairs);
+  m.impl("mine_pairs_cooccur", &mine_pairs_cooccur);
+}
 
 }  // namespace indeed::gpu

@@ -13,7 +13,9 @@ a no-op for one process, so the driver has one code path.
   (every process mines the same pairs: their pair generators share a seed). Each
   process's rows keep their gradient (see ``gather_rows``), and with DDP's averaging of
   gradients the update equals a single-process step on the whole global batch, apart
-  from BatchNorm, whose statistics stay per process as in any DDP run.
+  from BatchNorm, whose statistics stay per process as in any DDP run. A co-occurrence
+  statistic (strategy "cooccur") all-reduces each batch's counts when pairs are mined per
+  process, and counts the gathered batch once under GlobalPairsLoss: the same on every process.
 - Evaluation: each process predicts its share of the test set (DistributedSampler
   without shuffling) and ``gather_shards`` puts the scores back in test-set order.
 - Only rank 0 writes files (checkpoints, results, pictures); every rank reads a
@@ -28,6 +30,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, DistributedSampler
+
+from ..pairs import CooccurrenceStatistic
 
 ENV_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # what torchrun sets
 
@@ -218,6 +222,9 @@ class GlobalPairsLoss(nn.Module):
     def __init__(self, criterion: nn.Module):
         super().__init__()
         self.criterion = criterion
+        for module in criterion.modules():  # a co-occurrence statistic sees the global targets: no all-reduce
+            if isinstance(module, CooccurrenceStatistic):
+                module.sync = False
 
     @property
     def lam(self) -> float:  # the wrapped loss's λ, which fit's warm-up sets

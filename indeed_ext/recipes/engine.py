@@ -321,8 +321,9 @@ def fit(
     """Trains for ``epochs`` epochs (continuing from ``checkpoint_path`` when ``resume``), evaluating after each.
 
     The checkpoint holds the model (unwrapped), optimizer, scheduler, scaler and EMA states,
-    the number of finished epochs, the history, ``fingerprint`` (settings a resume must
-    match) and ``checkpoint_extra`` (what indeed-predict needs to rebuild the model).
+    the criterion's state when it has one (INDeeDLoss "cooccur": its co-occurrence counts), the
+    number of finished epochs, the history, ``fingerprint`` (settings a resume must match) and
+    ``checkpoint_extra`` (what indeed-predict needs to rebuild the model).
     Under torchrun every process resumes from the checkpoint and rank 0 alone writes it.
     ema, clip_grad, memory_format: see train_one_epoch; the EMA weights are evaluated too.
     lam_schedule: λ of (epoch, batch) (see warmed_up_lam); None keeps the criterion's λ.
@@ -341,6 +342,8 @@ def fit(
             scaler.load_state_dict(state["scaler"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
+        if state.get("criterion"):
+            criterion.load_state_dict(state["criterion"])
         start, result.history, result.train_time_s = state["epoch"], state["history"], state["train_time_s"]
         log(f"[{name}] resumed from {checkpoint_path} after epoch {start}")
     rank = distributed.rank()
@@ -372,6 +375,7 @@ def fit(
         shown = "  ".join(f"{key} {value:.2f}" for key, value in scores.items())
         log(f"[{name}] epoch {epoch + 1}/{epochs}  loss {losses['loss']:.4f}  lr {lr:.2e}  {shown}  ({train_time:.1f}s)")
         if checkpoint_path and distributed.is_main():
+            criterion_state = criterion.state_dict()  # a loss with state: the co-occurrence statistic
             save_checkpoint(checkpoint_path, {
                 "epoch": epoch + 1,
                 "model": unwrap(model).state_dict(),
@@ -379,6 +383,7 @@ def fit(
                 "scheduler": None if scheduler is None else scheduler.state_dict(),
                 "scaler": None if scaler is None else scaler.state_dict(),
                 "ema": None if ema is None else ema.state_dict(),
+                **({"criterion": criterion_state} if criterion_state else {}),
                 "history": result.history,
                 "train_time_s": result.train_time_s,
                 "fingerprint": fingerprint,

@@ -43,20 +43,22 @@ from ..metrics import (
 )
 from ..model import INDeeD
 from ..ops import BACKENDS
+from ..pairs import COOCCURRENCE_STATISTICS, STRATEGIES
 from ..reference import NORMS
 from ..reweighting import ExclusiveWeightedBCE
 from .viz import save_confidence_map
 
 METHODS = ("baseline", "indeed", "both", "reweight")
 BLOCKS = ("identical", "disparate")
-STRATEGIES = ("any", "matching")
+NO_BLOCKS = "none"  # --blocks none: the original heads of the mined pairs only (blocks=())
 SELF_PAIR_DISPARATE = ("zero_target", "skip")
 NORM_TITLES = {"minmax": "Min-max", "l2": "L2"}
 INIT_STREAM = 3  # seed stream of the model initialisation (engine uses 0-2 per epoch)
 # Settings a resumed run may change; every other one must match the checkpoint.
 RESUME_MAY_CHANGE = ("epochs", "out", "resume", "workers", "device", "compile", "quiet", "backend", "channels_last")
 PER_RUN = ("method", "norm")  # the run's own method and norm replace the lists given on the command line
-INDEED_ONLY = ("norm", "blocks", "lam", "lam_warmup", "strategy", "self_pair_disparate", "global_pairs")  # no effect on a baseline
+INDEED_ONLY = ("norm", "blocks", "lam", "lam_warmup", "strategy", "cooccur_statistic", "cooccur_z", "self_pair_disparate",
+               "global_pairs")  # no effect on a baseline
 REWEIGHT_ONLY = ("exclusive_weight", "biased_pairs", "bias_model")  # train the weighted loss alone (the others' evaluation is recomputed)
 DEFAULT_BACKBONE = "simple-cnn"  # the paper's ML-MNIST network
 # On 24 px ml-digits canvases the paper's network (no batch norm) stays at the label prior within a
@@ -66,7 +68,7 @@ DATASET_BACKBONES = {"ml-digits": "simple-cnn-gap"}
 # epochs, with He's it learnt in the first (docs/EXPERIMENTS.md). Other backbones keep their own init.
 BACKBONE_INITS = {"simple-cnn": "kaiming"}
 # What a setting was before indeed-train recorded it: how a checkpoint or study cell without it ran.
-UNRECORDED_SETTINGS = {"init": "torch"}
+UNRECORDED_SETTINGS = {"init": "torch", "cooccur_statistic": "excess", "cooccur_z": 3.0}
 
 
 def _number(kind, low=None, low_inclusive=True, high=None):
@@ -121,12 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
                              "the loss of b weighted by --exclusive-weight on the images with b and without c, for the "
                              "--biased-pairs most biased pairs (b, c): see --bias-model)")
     method.add_argument("--norm", nargs="+", default=["minmax"], choices=NORMS, help="identical-map normalisation(s); one INDeeD model each")
-    method.add_argument("--blocks", nargs="+", default=list(BLOCKS), choices=BLOCKS, help="INDeeD heads besides the originals (ablations: one of them)")
+    method.add_argument("--blocks", nargs="+", default=list(BLOCKS), choices=BLOCKS + (NO_BLOCKS,),
+                        help=f"INDeeD heads besides the originals (ablations: one of them; {NO_BLOCKS}: the original heads of the pairs only, the reweighting control)")
     method.add_argument("--lam", type=_number(float, 0.0), default=1.0, help="weight of the identical and disparate heads")
     method.add_argument("--lam-warmup", metavar="EPOCHS", type=_number(int, 0), default=0,
                         help="ramp λ linearly per step from 0 to --lam over the first EPOCHS epochs (0 = off, the paper's constant λ; "
                              "with simple-cnn a ramp kept INDeeD at the label prior: docs/EXPERIMENTS.md)")
-    method.add_argument("--strategy", default="any", choices=STRATEGIES, help="pair mining")
+    method.add_argument("--pairs", "--strategy", dest="strategy", default="any", choices=STRATEGIES,
+                        help="pair mining: a uniform valid partner, a matching, or partners weighted by label co-occurrence")
+    method.add_argument("--cooccur-statistic", default="excess", choices=COOCCURRENCE_STATISTICS,
+                        help="--pairs cooccur: the null rate of the co-occurrence weights (excess sees hubs, lift does not)")
+    method.add_argument("--cooccur-z", type=_number(float, 0.0), default=3.0, help="--pairs cooccur: the z of the weights' significance test")
     method.add_argument("--self-pair-disparate", default="zero_target", choices=SELF_PAIR_DISPARATE, help="disparate heads of self-pairs")
     method.add_argument("--backend", default="auto", choices=BACKENDS, help="INDeeD operator backend")
     method.add_argument("--exclusive-weight", metavar="W", type=_number(float, 0.0, low_inclusive=False), default=10.0,
@@ -187,14 +194,24 @@ def resolve_device(text: str) -> torch.device:
     return device
 
 
+def loss_blocks(blocks: list[str]) -> tuple[str, ...]:
+    """INDeeDLoss's blocks of --blocks: () for none."""
+    if NO_BLOCKS in blocks and len(blocks) > 1:
+        raise ValueError(f"--blocks {NO_BLOCKS} leaves the blocks out: give it alone, not with {', '.join(b for b in blocks if b != NO_BLOCKS)}")
+    return () if blocks == [NO_BLOCKS] else tuple(blocks)
+
+
 def planned_runs(args) -> list[dict]:
-    """One dict per model to train: name, method, norm, lam and the table row title."""
+    """One dict per model to train: name, method, norm, lam and the table row title (which names
+    the pairs other than "any", and the original heads only for --blocks none)."""
     runs = []
     if args.method in ("baseline", "both"):
         runs.append({"name": "baseline", "method": "baseline", "norm": None, "lam": 0.0, "title": "Baseline"})
     if args.method in ("indeed", "both"):
+        variant = ([args.strategy] if args.strategy != "any" else []) + (["orig heads only"] if not loss_blocks(args.blocks) else [])
         for norm in dict.fromkeys(args.norm):
-            runs.append({"name": f"indeed-{norm}", "method": "indeed", "norm": norm, "lam": args.lam, "title": f"INDeeD ({NORM_TITLES[norm]})"})
+            title = f"INDeeD ({', '.join([NORM_TITLES[norm], *variant])})"
+            runs.append({"name": f"indeed-{norm}", "method": "indeed", "norm": norm, "lam": args.lam, "title": title})
     if args.method == "reweight":
         runs.append({"name": "reweight", "method": "reweight", "norm": None, "lam": 0.0,
                      "title": f"Weighted loss (Singh et al., w = {args.exclusive_weight:g})"})  # fmt: skip
@@ -269,9 +286,14 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
             + ", ".join(f"{p['b']}-{p['c']}" for p in weighted["biased_pairs"]))  # fmt: skip
         criterion = ExclusiveWeightedBCE(pairs, args.exclusive_weight)
     else:
+        pair_settings = {}  # a baseline mines no pairs
+        if run["method"] != "baseline":
+            pair_settings = {"strategy": args.strategy}
+            if args.strategy == "cooccur":
+                pair_settings |= {"num_classes": num_classes, "cooccur_statistic": args.cooccur_statistic, "cooccur_z": args.cooccur_z}
         criterion = INDeeDLoss(
-            lam=run["lam"], norm=run["norm"] or "minmax", blocks=tuple(args.blocks), self_pair_disparate=args.self_pair_disparate,
-            strategy=args.strategy, backend=args.backend,
+            lam=run["lam"], norm=run["norm"] or "minmax", blocks=loss_blocks(args.blocks), self_pair_disparate=args.self_pair_disparate,
+            backend=args.backend, **pair_settings,
         )
     if args.global_pairs:
         criterion = distributed.GlobalPairsLoss(criterion)
@@ -417,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{size}{shared} is smaller than one batch (--batch-size {args.batch_size})")
         if args.ema is not None and args.ema >= 1.0:
             raise ValueError(f"--ema must be below 1, got {args.ema}")
+        loss_blocks(args.blocks)
+        if not math.isfinite(args.cooccur_z):
+            raise ValueError(f"--cooccur-z must be finite, got {args.cooccur_z}")
         bias_model = None if args.bias_model is None else load_bias_model(args.bias_model, bundle.class_names)
         os.makedirs(args.out, exist_ok=True)
     except (ValueError, OSError, ImportError) as e:

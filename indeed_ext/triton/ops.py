@@ -100,6 +100,14 @@ def mine_pairs(targets, seed):
     return _mine.mine_pairs(targets, seed)
 
 
+def mine_pairs_cooccur(targets, seed, contrast_weights):
+    # The weights' values are read on the host only for CPU tensors, as six_head_bce's indices.
+    on_cpu = targets.device.type == "cpu"
+    _checks.check_mine_pairs_cooccur(targets, seed, contrast_weights, check_weight_values=on_cpu)
+    require_runnable(targets.device)
+    return _mine.mine_pairs_cooccur(targets, seed, contrast_weights)
+
+
 _KERNELS = {
     "identical_map": identical_map,
     "_identical_map_backward": identical_map_backward,
@@ -108,6 +116,7 @@ _KERNELS = {
     "_six_head_bce_forward": six_head_bce_forward,
     "_six_head_bce_backward": six_head_bce_backward,
     "mine_pairs": mine_pairs,
+    "mine_pairs_cooccur": mine_pairs_cooccur,
 }
 for _name, _kernel in _KERNELS.items():
     for _key in ("CPU", "CUDA"):
