@@ -68,7 +68,7 @@ DATASET_BACKBONES = {"ml-digits": "simple-cnn-gap"}
 # epochs, with He's it learnt in the first (docs/EXPERIMENTS.md). Other backbones keep their own init.
 BACKBONE_INITS = {"simple-cnn": "kaiming"}
 # What a setting was before indeed-train recorded it: how a checkpoint or study cell without it ran.
-UNRECORDED_SETTINGS = {"init": "torch", "cooccur_statistic": "excess", "cooccur_z": 3.0}
+UNRECORDED_SETTINGS = {"init": "torch", "cooccur_statistic": "excess", "cooccur_z": 3.0, "bias_model": None}
 
 
 def _number(kind, low=None, low_inclusive=True, high=None):
