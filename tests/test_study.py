@@ -185,7 +185,11 @@ def test_cooccur_runs_and_cells_of_a_cooccur_axis():
     assert argv["cooccur-orig"][-8:] == ["--method", "indeed", "--pairs", "cooccur", "--blocks", "none", "--cooccur", "hub=7:0"]
     assert argv["minmax"][-6:] == ["--method", "indeed", "--norm", "minmax", "--cooccur", "hub=7:0"]
     assert study_report.unbiased_reference("pairs:0.9", ["pairs:0", "pairs:0.9"]) == "pairs:0"
-    assert study_report.unbiased_reference("pairs:0.9", ["hub:0", "pairs:0.9"]) is None
+    # rho = 0 draws the same uniform sets for every structure: another structure's rho = 0 cells serve
+    assert study_report.unbiased_reference("hub:0.9", ["pairs:0", "hub:0.9", "hub:0"]) == "hub:0"
+    assert study_report.unbiased_reference("pairs:0.9", ["hub:0", "pairs:0.9"]) == "hub:0"
+    assert study_report.unbiased_reference("pairs:0.9", ["hub:0.5", "pairs:0.9"]) is None
+    assert study_report.unbiased_reference("pairs:0", ["pairs:0", "pairs:0.9"]) is None
 
 
 @pytest.fixture(scope="module")

@@ -109,11 +109,15 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def unbiased_reference(spec: str | None, specs: list[str | None]) -> str | None:
-    """The grid's SPEC of the same structure at rho = 0, for a SPEC with rho > 0; None when the grid lacks it."""
+    """The grid's SPEC at rho = 0 for a SPEC with rho > 0: the same structure's, else another structure's (rho = 0
+    draws the same uniform label sets whatever the structure, so its cells trained on the same data); None
+    when the grid has no rho = 0 spec."""
     if spec is None or CooccurSpec.parse(spec).rho == 0:
         return None
     reference = str(CooccurSpec.parse(spec).with_rho(0.0))
-    return reference if reference in specs else None
+    if reference in specs:
+        return reference
+    return next((other for other in specs if other is not None and CooccurSpec.parse(other).rho == 0), None)
 
 
 def summarize(cells: list[dict], runs: list[dict], dataset: str, ablation_norm: str, specs=None, compare=()) -> dict:
@@ -278,17 +282,18 @@ def markdown(summary: dict, runs: list[dict], settings: dict, cells: list[dict] 
         others = [run["name"] for run in runs if run["name"] != "baseline"]
         lines += [
             "",
-            "The bias the data causes: the baseline's mAP at the same structure with ρ = 0 minus at the structure "
-            "(paired by seed), and the part of that loss each run recovers (its mean paired gain over the baseline "
-            "/ the mean loss, over the seeds of both).",
+            "The bias the data causes: the baseline's mAP at ρ = 0 (the spec named, the same structure's where the grid "
+            "has it: ρ = 0 draws the same uniform label sets for every structure) minus at the structure (paired by "
+            "seed), and the part of that loss each run recovers (its mean paired gain over the baseline / the mean "
+            "loss, over the seeds of both).",
             "",
-            "| " + " | ".join(key_header + ["seeds", "baseline at ρ = 0", "baseline", "loss", "95 % interval"]
+            "| " + " | ".join(key_header + ["seeds", "ρ = 0 spec", "baseline at ρ = 0", "baseline", "loss", "95 % interval"]
                              + [f"recovered: {titles[name]}" for name in others]) + " |",  # fmt: skip
-            "|" + "---|" * (len(key_header) + 5 + len(others)),
+            "|" + "---|" * (len(key_header) + 6 + len(others)),
         ]
         for b in summary["bias"]:
             loss = b["loss"]
-            row = key_cells(b["cooccur"], b["n"]) + [", ".join(map(str, loss["seeds"])), _number(b["baseline_reference"]),
+            row = key_cells(b["cooccur"], b["n"]) + [", ".join(map(str, loss["seeds"])), f"`{b['reference']}`", _number(b["baseline_reference"]),
                                                       _number(b["baseline"]), _signed(loss["mean"]), _interval(loss["low"], loss["high"])]  # fmt: skip
             for name in others:
                 r = b["recovered"].get(name)
