@@ -8,9 +8,11 @@ Every cell (N, run, seed) is an ordinary indeed-train run in S/cells/n<N>-<run>-
 (results.json written, with the same settings) are read back, not re-run; a cell that was stopped mid-way
 continues from its last epoch's checkpoint (indeed-train --resume). So a killed study,
 re-run with the same command, continues where it stopped. Runs: baseline, l2, minmax
-(INDeeD with that identical-map normalisation) and the paper's Table 4 ablations
-identical-only and disparate-only (normalised with --ablation-norm). Cells of one seed
-share the data, the initial weights and the data order, so INDeeD − baseline is paired.
+(INDeeD with that identical-map normalisation), the paper's Table 4 ablations
+identical-only and disparate-only (normalised with --ablation-norm), and asl, asl-minmax
+(the baseline and min-max INDeeD with the Asymmetric Loss as the base loss). Cells of one
+seed share the data, the initial weights and the data order, so INDeeD − baseline is paired
+(asl-minmax − asl for the ASL runs).
 
 After every finished cell the study prints one line (its mAP and time, the study's ETA)
 and rewrites S/study.json (settings and every cell's per-epoch mAP), S/study.md (the
@@ -43,6 +45,8 @@ RUN_ARGS = {
     "minmax": ["--method", "indeed", "--norm", "minmax"],
     "identical-only": ["--method", "indeed", "--blocks", "identical"],
     "disparate-only": ["--method", "indeed", "--blocks", "disparate"],
+    "asl": ["--method", "baseline", "--loss", "asl"],  # issue 19: the baseline and INDeeD trained with ASL
+    "asl-minmax": ["--method", "indeed", "--norm", "minmax", "--loss", "asl"],
 }
 DEFAULT_RUNS = ("baseline", "l2", "minmax")  # the paper's Table 1
 RUN_NAME = re.compile(r"[a-z0-9][a-z0-9.-]*")

@@ -2,9 +2,11 @@
 
 Each finished cell is one dict: n (labels per image), run (its name), seed, mAP (final),
 epoch_mAP (after each epoch) and train_time_s. Runs are dicts {"name", "base", "flags"}
-(see indeed_ext.recipes.study.parse_run); the run named "baseline" is the reference. Runs of one seed start from the same weights and
-see the same data in the same order (indeed-train's seeding), so INDeeD − baseline is
-compared per seed (a paired difference) and its 95 % interval is Student's t over seeds.
+(see indeed_ext.recipes.study.parse_run); each run is compared with its reference run
+(reference_run: the one named "baseline", or "asl" for INDeeD trained with ASL). Runs of one
+seed start from the same weights and see the same data in the same order (indeed-train's
+seeding), so run − reference is compared per seed (a paired difference) and its 95 % interval
+is Student's t over seeds.
 """
 from __future__ import annotations
 
@@ -18,7 +20,12 @@ RUN_TITLES = {
     "minmax": "INDeeD (Min-max)",
     "identical-only": "Identical only",
     "disparate-only": "Disparate only",
+    "asl": "Baseline (ASL)",
+    "asl-minmax": "INDeeD (Min-max, ASL)",
 }
+# The run a run is paired with, by its base: INDeeD on ASL against the ASL baseline; every
+# other run (the ASL baseline too) against "baseline".
+REFERENCE_RUNS = {"asl-minmax": "asl"}
 
 # mAP (%) of the paper: Table 1 (ML-MNIST, simple CNN, 30 epochs), Table 2 (ML-CIFAR-10,
 # VGG-16, 300 epochs) and Table 4 (the ablations, per normalisation), by run and N.
@@ -49,6 +56,11 @@ def paper_map(dataset: str, run: dict, n: int, ablation_norm: str) -> float | No
     table = PAPER.get(dataset, {})
     key = f"{run['base']}/{ablation_norm}" if run["base"].endswith("-only") else run["base"]
     return table.get(key, {}).get(n)
+
+
+def reference_run(run: dict) -> str:
+    """The name of the run that run is compared with, paired by seed."""
+    return REFERENCE_RUNS.get(run["base"], "baseline")
 
 
 def run_title(run: dict) -> str:
@@ -84,23 +96,25 @@ def _by_key(cells: list[dict]) -> dict[tuple[int, str], dict[int, dict]]:
 
 
 def summarize(cells: list[dict], runs: list[dict], dataset: str, ablation_norm: str) -> dict:
-    """Per (N, run): mean/std over seeds and the paper's number; per (N, other run): the paired difference to "baseline"."""
+    """Per (N, run): mean/std over seeds and the paper's number; per (N, other run): the paired difference to its reference."""
     grouped = _by_key(cells)
     ns = sorted({cell["n"] for cell in cells})
     table, differences = [], []
     for n in ns:
-        base = grouped.get((n, "baseline"), {})
         for run in runs:
+            reference = reference_run(run)
+            base = grouped.get((n, reference), {})
             seeds = grouped.get((n, run["name"]), {})
             values = [seeds[s]["mAP"] for s in sorted(seeds)]
             table.append({
                 "n": n, "run": run["name"], "seeds": sorted(seeds), "mean": statistics.fmean(values) if values else None,
                 "std": statistics.stdev(values) if len(values) > 1 else None, "paper": paper_map(dataset, run, n, ablation_norm),
             })
-            paired = sorted(set(seeds) & set(base)) if run["name"] != "baseline" else []
+            paired = sorted(set(seeds) & set(base)) if run["name"] != reference else []
             if paired:
                 mean, low, high = paired_interval([seeds[s]["mAP"] - base[s]["mAP"] for s in paired])
-                differences.append({"n": n, "run": run["name"], "seeds": paired, "mean": mean, "low": low, "high": high})
+                differences.append({"n": n, "run": run["name"], "reference": reference, "seeds": paired, "mean": mean,
+                                    "low": low, "high": high})
     return {"table": table, "differences": differences}
 
 
@@ -139,15 +153,16 @@ def markdown(summary: dict, runs: list[dict], settings: dict, cells: list[dict] 
     if summary["differences"]:
         lines += [
             "",
-            "INDeeD − baseline, paired by seed (same initial weights and data order): mean and 95 % Student-t interval.",
+            "Run − its reference run, paired by seed (same initial weights and data order): mean and 95 % Student-t interval.",
             "",
-            "| N | run | seeds | mean difference | 95 % interval |",
-            "|---|---|---|---|---|",
+            "| N | run | − run | seeds | mean difference | 95 % interval |",
+            "|---|---|---|---|---|---|",
         ]
         for d in summary["differences"]:
             interval = "–" if math.isnan(d["low"]) else f"[{d['low']:+.1f}, {d['high']:+.1f}]"
             seeds = ", ".join(map(str, d["seeds"]))
-            lines.append(f"| {d['n']} | {titles[d['run']]} | {seeds} | {_signed(d['mean'])} | {interval} |")
+            reference = titles.get(d["reference"], d["reference"])
+            lines.append(f"| {d['n']} | {titles[d['run']]} | {reference} | {seeds} | {_signed(d['mean'])} | {interval} |")
     if per_seed:
         names = [run["name"] for run in runs]
         lines += ["", "mAP (%) per seed:", "", "| N | seed | " + " | ".join(titles[n] for n in names) + " |", "|---|---|" + "---|" * len(names)]

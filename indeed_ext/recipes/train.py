@@ -30,7 +30,7 @@ from .backbones import BACKBONES, INITS, build_backbone, initialize
 from .data import DATASETS, DataOptions, build_dataset
 from .data.registry import PHOTO_DATASETS, TEST_SCHEMES, TRAIN_SCHEMES
 from .ema import ModelEma
-from ..losses import INDeeDLoss
+from ..losses import BASES, INDeeDLoss
 from ..metrics import ap_table_markdown
 from ..model import INDeeD
 from ..ops import BACKENDS
@@ -42,6 +42,7 @@ BLOCKS = ("identical", "disparate")
 STRATEGIES = ("any", "matching")
 SELF_PAIR_DISPARATE = ("zero_target", "skip")
 NORM_TITLES = {"minmax": "Min-max", "l2": "L2"}
+LOSS_TITLES = {"bce": "", "asl": "ASL", "focal": "focal"}  # beside the run's title, for other bases than BCE
 INIT_STREAM = 3  # seed stream of the model initialisation (engine uses 0-2 per epoch)
 # Settings a resumed run may change; every other one must match the checkpoint.
 RESUME_MAY_CHANGE = ("epochs", "out", "resume", "workers", "device", "compile", "quiet", "backend", "channels_last")
@@ -55,7 +56,8 @@ DATASET_BACKBONES = {"ml-digits": "simple-cnn-gap"}
 # epochs, with He's it learnt in the first (docs/EXPERIMENTS.md). Other backbones keep their own init.
 BACKBONE_INITS = {"simple-cnn": "kaiming"}
 # What a setting was before indeed-train recorded it: how a checkpoint or study cell without it ran.
-UNRECORDED_SETTINGS = {"init": "torch"}
+UNRECORDED_SETTINGS = {"init": "torch", "loss": "bce", "gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05, "gamma": 2.0,
+                       "focal_grad": False}
 
 
 def _number(kind, low=None, low_inclusive=True, high=None):
@@ -103,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--strategy", default="any", choices=STRATEGIES, help="pair mining")
     method.add_argument("--self-pair-disparate", default="zero_target", choices=SELF_PAIR_DISPARATE, help="disparate heads of self-pairs")
     method.add_argument("--backend", default="auto", choices=BACKENDS, help="INDeeD operator backend")
+    loss = p.add_argument_group("base loss (of the baseline and of every INDeeD head)")
+    loss.add_argument("--loss", default="bce", choices=BASES,
+                      help="bce; asl, the Asymmetric Loss (ASL's defaults below); focal, ASL with gamma_neg = gamma_pos = --gamma and no clip")
+    loss.add_argument("--gamma-neg", type=_number(float, 0.0), default=4.0, help="asl: focusing exponent of the negatives")
+    loss.add_argument("--gamma-pos", type=_number(float, 0.0), default=0.0, help="asl: focusing exponent of the positives")
+    loss.add_argument("--clip", type=_number(float, 0.0), default=0.05,
+                      help="asl: probability margin of the negatives, in [0, 1) (not --clip-grad)")
+    loss.add_argument("--gamma", type=_number(float, 0.0), default=2.0, help="focal: focusing exponent")
+    loss.add_argument("--focal-grad", action="store_true",
+                      help="asl, focal: differentiate the focal weight too (ASL's default holds it constant in backward)")
     model = p.add_argument_group("model and optimisation")
     model.add_argument("--backbone", metavar="NAME", help=f"one of {', '.join(BACKBONES)} (default: {DEFAULT_BACKBONE} or, per data set, {DATASET_BACKBONES})")
     model.add_argument("--weights", metavar="PATH", help="local weights file for the backbone (nothing downloads)")
@@ -154,12 +166,14 @@ def resolve_device(text: str) -> torch.device:
 
 def planned_runs(args) -> list[dict]:
     """One dict per model to train: name, method, norm, lam and the table row title."""
+    loss = LOSS_TITLES[args.loss]
     runs = []
     if args.method in ("baseline", "both"):
-        runs.append({"name": "baseline", "method": "baseline", "norm": None, "lam": 0.0, "title": "Baseline"})
+        runs.append({"name": "baseline", "method": "baseline", "norm": None, "lam": 0.0, "title": f"Baseline ({loss})" if loss else "Baseline"})
     if args.method in ("indeed", "both"):
         for norm in dict.fromkeys(args.norm):
-            runs.append({"name": f"indeed-{norm}", "method": "indeed", "norm": norm, "lam": args.lam, "title": f"INDeeD ({NORM_TITLES[norm]})"})
+            title = ", ".join(filter(None, (NORM_TITLES[norm], loss)))
+            runs.append({"name": f"indeed-{norm}", "method": "indeed", "norm": norm, "lam": args.lam, "title": f"INDeeD ({title})"})
     return runs
 
 
@@ -175,7 +189,8 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
     ema = ModelEma(model, args.ema) if args.ema else None
     criterion = INDeeDLoss(
         lam=run["lam"], norm=run["norm"] or "minmax", blocks=tuple(args.blocks), self_pair_disparate=args.self_pair_disparate,
-        strategy=args.strategy, backend=args.backend,
+        strategy=args.strategy, backend=args.backend, base=args.loss, gamma_neg=args.gamma_neg, gamma_pos=args.gamma_pos,
+        clip=args.clip, gamma=args.gamma, focal_grad=args.focal_grad,
     )
     if args.global_pairs:
         criterion = distributed.GlobalPairsLoss(criterion)
@@ -268,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{size}{shared} is smaller than one batch (--batch-size {args.batch_size})")
         if args.ema is not None and args.ema >= 1.0:
             raise ValueError(f"--ema must be below 1, got {args.ema}")
+        if args.clip >= 1.0:
+            raise ValueError(f"--clip must be below 1, got {args.clip}")
         os.makedirs(args.out, exist_ok=True)
     except (ValueError, OSError, ImportError) as e:
         parser.error(str(e))  # exits with status 2 and the usage line, no traceback
