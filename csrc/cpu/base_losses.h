@@ -48,7 +48,7 @@ struct BceLoss {
 template <typename acc_t>
 struct AslLoss {
   acc_t gamma_neg, gamma_pos, clip, eps_log;
-  bool focal_grad;
+  acc_t focal_grad;  // 1 or 0: GCC vectorises a select on a float, not on a bool member
 
   struct Terms {
     acc_t p, xs_neg_unclipped, xs_neg, pos, neg, log_likelihood, gamma, base, weight;
@@ -82,7 +82,7 @@ struct AslLoss {
     const acc_t at_zero = t.gamma > 1 ? acc_t(0) : (t.gamma == 1 ? acc_t(1) : inf);
     const acc_t power = t.base > 0 ? t.weight / t.base : at_zero;
     const acc_t weight_grad = t.gamma == 0 ? acc_t(0) : t.gamma * power;
-    const acc_t grad_pt = focal_grad ? t.log_likelihood * weight_grad : acc_t(0);  // -(-A) d w / d base
+    const acc_t grad_pt = focal_grad != 0 ? t.log_likelihood * weight_grad : acc_t(0);  // -(-A) d w / d base
     const acc_t grad_pos = t.p > eps_log ? grad_log_likelihood * y / t.pos : acc_t(0);
     const acc_t grad_neg = t.xs_neg > eps_log ? grad_log_likelihood * (1 - y) / t.neg : acc_t(0);
     const acc_t grad_xs_neg = grad_neg + grad_pt * (1 - y);
