@@ -5,8 +5,9 @@
 
 1. Tiny CPU tensors (B = 8, n = 16, c = 5, one thread), forward + backward of: the baseline
    loss (Linear + BCE with logits summed over classes, mean), indeed_ext.six_head_bce (.sum()),
-   INDeeDLoss (mine_pairs + six_head_bce + its reduction), and INDeeDLoss with "cooccur" pairs
-   (its co-occurrence statistic's update and weights besides). Aten ops: every aten:: event of
+   INDeeDLoss (mine_pairs + six_head_loss + its reduction) with the BCE and the ASL base loss,
+   INDeeDLoss with "cooccur" pairs (its co-occurrence statistic's update and weights besides),
+   and ASL's own AsymmetricLoss on the baseline's logits (reference.asl_sum, eager). Aten ops: every aten:: event of
    a torch.profiler trace of one step (tests/test_aten_counts.py pins them). Host time: the
    steps take turns, `--calls` calls each per round, for `--rounds` rounds; per round the
    mean time per call, each step's ratio to the baseline within the round; the table gives
@@ -42,7 +43,7 @@ from torch import nn  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import indeed_ext  # noqa: E402
-from indeed_ext import pairs  # noqa: E402
+from indeed_ext import pairs, reference  # noqa: E402
 from indeed_ext.losses import INDeeDLoss  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------- tiny steps
 def tiny_steps() -> dict:
-    """{name: step()} for forward + backward of the baseline, six_head_bce and INDeeDLoss (B=8, n=16, c=5)."""
+    """{name: step()} for forward + backward of the baselines, six_head_bce and INDeeDLoss (B=8, n=16, c=5)."""
     g = torch.Generator().manual_seed(0)
     features = torch.randn(8, 16, generator=g).relu().requires_grad_()
     targets = (torch.rand(8, 5, generator=g) < 0.4).float()
@@ -59,6 +60,7 @@ def tiny_steps() -> dict:
     index_b = torch.randperm(8, generator=g)
     criterion = INDeeDLoss()
     cooccur = INDeeDLoss(strategy="cooccur", num_classes=5)
+    asl_criterion = INDeeDLoss(base="asl")
 
     def baseline():
         logits = classifier(features)
@@ -68,13 +70,20 @@ def tiny_steps() -> dict:
         heads = indeed_ext.six_head_bce(features, classifier.weight, classifier.bias, targets, index_a, index_b)
         heads.sum().backward()
 
+    def asl_baseline():
+        reference.asl_sum(classifier(features), targets).mean().backward()
+
     def indeed_loss():
         criterion(features, targets, classifier).loss.backward()
 
     def cooccur_loss():  # the statistic's update and weights, then the "cooccur" op
         cooccur(features, targets, classifier).loss.backward()
 
-    return {"baseline": baseline, "six_head_bce": six_head_bce, "INDeeDLoss": indeed_loss, "INDeeDLoss cooccur": cooccur_loss}
+    def indeed_asl_loss():
+        asl_criterion(features, targets, classifier).loss.backward()
+
+    return {"baseline": baseline, "six_head_bce": six_head_bce, "INDeeDLoss": indeed_loss, "INDeeDLoss cooccur": cooccur_loss,
+            "ASL baseline": asl_baseline, "INDeeDLoss(base=asl)": indeed_asl_loss}
 
 
 def count_aten_ops(step) -> int:

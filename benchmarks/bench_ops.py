@@ -5,9 +5,11 @@
     python benchmarks/bench_ops.py --device cuda --preset full      (make bench-gpu)
     python -m pytest benchmarks/bench_ops.py --benchmark-only       (pytest-benchmark, see below)
 
-Cases: identical_map, decompose and six_head_bce; forward (no grad) and forward+backward
-(torch.autograd.grad with random upstream gradients); B = P pairs, n features, c classes
-(six_head_bce only), the minmax norm. Backends: reference eager, torch.compile(reference)
+Cases: identical_map, decompose, six_head_bce and six_head_asl (six_head_loss with ASL's
+training setting: gamma_neg 4, gamma_pos 0, clip 0.05; its reference is ASL's formula on the six
+heads, reference.six_head_loss); forward (no grad) and forward+backward (torch.autograd.grad
+with random upstream gradients); B = P pairs, n features, c classes (the six-head ops only),
+the minmax norm. Backends: reference eager, torch.compile(reference)
 (dynamic=False, one compile per shape), and the package's kernels through its public API:
 cpu on CPU tensors, cuda and triton on CUDA tensors (triton never under the interpreter).
 Presets: small = B in {256, 1024}, n = 2048, c = 80, float32 (the CPU goal case among them);
@@ -40,6 +42,7 @@ import collections
 import csv
 import ctypes
 import datetime
+import functools
 import json
 import os
 import platform
@@ -67,6 +70,8 @@ import roofline  # noqa: E402
 from indeed_ext import reference  # noqa: E402
 
 OPS = roofline.OPS
+SIX_HEAD_OPS = roofline.SIX_HEAD_OPS
+ASL = dict(loss="asl", gamma_neg=4.0, gamma_pos=0.0, clip=0.05)  # six_head_asl: ASL's training script
 MODES = roofline.MODES
 PAIR_OPS = ("identical_map", "decompose")
 REFERENCE_BACKENDS = ("eager", "compile")
@@ -93,7 +98,7 @@ class Case:
     mode: str
     B: int  # feature rows; P = B pairs
     n: int
-    c: int | None  # classes, six_head_bce only
+    c: int | None  # classes, the six-head ops only
     dtype: str
 
     @property
@@ -105,7 +110,7 @@ class Case:
 def select_cases(ops, modes, sizes, ns, cs, dtypes) -> list[Case]:
     """The case matrix in run order: the headline shape (the largest n and c) first, then the rest."""
     cases = {
-        Case(op, mode, B, n, c if op == "six_head_bce" else None, dtype)
+        Case(op, mode, B, n, c if op in SIX_HEAD_OPS else None, dtype)
         for op in ops for mode in modes for B in sizes for n in ns for c in cs for dtype in dtypes
     }
     headline = max(ns), max(cs)
@@ -121,7 +126,7 @@ def compile_order(cases: list[Case], device: str) -> list[Case]:
     """torch.compile cases, most interesting first: the headline shape, fwd+bwd, the goal size, then by B."""
     goal = GOAL_SIZE[device]
     headline = max(k.n for k in cases), max(k.c or 0 for k in cases)
-    ops_first = ("six_head_bce", "decompose", "identical_map")
+    ops_first = ("six_head_bce", "six_head_asl", "decompose", "identical_map")
     return sorted(cases, key=lambda k: (not _is_headline(k, headline), -MODES.index(k.mode), k.B != goal, k.B,
                                         -k.n, -(k.c or 0), ops_first.index(k.op), k.dtype != "float32"))
 
@@ -179,14 +184,24 @@ def _compiled(op: str) -> Callable:
                       "accumulated_cache_size_limit"):  # one static graph per shape, dtype and mode
             if hasattr(torch._dynamo.config, limit):
                 setattr(torch._dynamo.config, limit, 4096)
-        _COMPILED[op] = torch.compile(getattr(reference, op), dynamic=False)
+        _COMPILED[op] = torch.compile(_reference(op), dynamic=False)
     return _COMPILED[op]
+
+
+def _reference(op: str) -> Callable:
+    """The eager reference of op: reference.<op>, or for six_head_asl ASL's formula on the six heads."""
+    if op == "six_head_asl":
+        return functools.partial(reference.six_head_loss, **ASL)
+    return getattr(reference, op)
 
 
 def _package_api(backend: str) -> Callable[[str], Callable]:
     def for_op(op: str) -> Callable:
-        if op == "six_head_bce":  # the indices are valid by construction: no host sync to check them
+        # the indices are valid by construction: no host sync to check them
+        if op == "six_head_bce":
             return lambda *args: indeed_ext.six_head_bce(*args, backend=backend, check_indices=False)
+        if op == "six_head_asl":
+            return lambda *args: indeed_ext.six_head_loss(*args, **ASL, backend=backend, check_indices=False)
         return lambda *args: getattr(indeed_ext, op)(*args, backend=backend)
 
     return for_op
@@ -195,7 +210,7 @@ def _package_api(backend: str) -> Callable[[str], Callable]:
 def available_backends(device: torch.device, wanted: list[str] | None = None) -> tuple[dict, list[str]]:
     """{name: op -> callable} of the backends that run on device, and notes on those left out."""
     notes = []
-    backends = {"eager": lambda op: getattr(reference, op), "compile": _compiled}
+    backends = {"eager": _reference, "compile": _compiled}
     if device.type == "cpu":
         backends["cpu"] = _package_api("cpu")
     else:
@@ -434,7 +449,7 @@ def run(cases: list[Case], device: torch.device, backend_names: list[str] | None
             continue
         try:
             with torch.no_grad():
-                out = getattr(reference, op)(*inputs["args"], NORM)
+                out = _reference(op)(*inputs["args"], NORM)
             expected = out if isinstance(out, tuple) else (out,)
         except Exception:  # noqa: BLE001 (eager's own row records the error; no accuracy check then)
             expected = None
@@ -495,7 +510,7 @@ PROFILE_CALLS = 5
 
 
 def profile_cases(cases: list[Case], device: torch.device) -> list[Case]:
-    """The goal cases in the selection: fwd+bwd of six_head_bce and decompose at the goal size, n = 2048, c = 80."""
+    """The goal cases in the selection: fwd+bwd of the six-head ops and decompose at the goal size, n = 2048, c = 80."""
     return [k for k in cases if k.mode == "fwd+bwd" and k.op != "identical_map" and k.B == GOAL_SIZE[device.type]
             and k.n == 2048 and k.c in (None, 80)]
 
@@ -655,13 +670,13 @@ def markdown(report: dict) -> str:
         cases = {key: per for key, per in by_case.items() if key[0] == op}
         if not cases:
             continue
-        shape = "n | c | B=P" if op == "six_head_bce" else "n | B=P"
+        shape = "n | c | B=P" if op in SIX_HEAD_OPS else "n | B=P"
         speed_cols = [f"{b} ×{base}" for b in ours for base in ("eager", "compile") if base in backends]
         lines += ["", f"### {op}", "", f"| mode | dtype | {shape} | " + " | ".join(f"{b} ms" for b in backends)
                   + "".join(f" | {c}" for c in speed_cols) + " |",
-                  "|---" * (4 + (op == "six_head_bce") + len(backends) + len(speed_cols)) + "|"]
+                  "|---" * (4 + (op in SIX_HEAD_OPS) + len(backends) + len(speed_cols)) + "|"]
         for (_, mode, dtype, n, c, B), per in cases.items():
-            cells = [mode, dtype, str(n)] + ([str(c)] if op == "six_head_bce" else []) + [str(B)]
+            cells = [mode, dtype, str(n)] + ([str(c)] if op in SIX_HEAD_OPS else []) + [str(B)]
             cells += [_fmt(per[b]["ms"], ".3f", per[b]["status"] if per[b]["status"] != "ok" else "-") for b in backends]
             cells += [_fmt(per[b][f"speedup_vs_{base}"], ".2f") for b in ours for base in ("eager", "compile")
                       if base in backends]
@@ -669,10 +684,10 @@ def markdown(report: dict) -> str:
         lines += ["", f"| mode | dtype | {shape} | min MB | GFLOP | roofline µs (bound) | "
                   + " | ".join(f"{b} % roofline" for b in backends) + " | "
                   + " | ".join(f"{b} peak MB" for b in backends) + " |",
-                  "|---" * (7 + (op == "six_head_bce") + 2 * len(backends)) + "|"]
+                  "|---" * (7 + (op in SIX_HEAD_OPS) + 2 * len(backends)) + "|"]
         for (_, mode, dtype, n, c, B), per in cases.items():
             first = next(iter(per.values()))
-            cells = [mode, dtype, str(n)] + ([str(c)] if op == "six_head_bce" else []) + [str(B)]
+            cells = [mode, dtype, str(n)] + ([str(c)] if op in SIX_HEAD_OPS else []) + [str(B)]
             cells += [f"{first['min_mb']:.1f}", f"{first['gflop']:.3g}", f"{first['roofline_us']:.0f} ({first['bound']})"]
             cells += [_fmt(per[b]["roofline_pct"], ".1f") for b in backends]
             cells += [_fmt(per[b]["peak_mb"], ".1f") for b in backends]
@@ -702,6 +717,7 @@ def markdown(report: dict) -> str:
 # The issues' speed-up goals, fwd+bwd at n = 2048, c = 80: (op, device, B, dtypes, ((base, target), ...)).
 GOALS = (
     ("six_head_bce", "cpu", 1024, ("float32",), (("eager", 3.0), ("compile", 1.5))),
+    ("six_head_asl", "cpu", 1024, ("float32",), (("eager", 3.0), ("compile", 1.5))),  # issue 19
     ("decompose", "cpu", 1024, ("float32",), (("eager", 4.0),)),
     ("six_head_bce", "cuda", 4096, ("float32", "bfloat16"), (("eager", 10.0), ("compile", 2.0))),
 )
@@ -811,7 +827,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--sizes", nargs="+", type=int, help="B = P values (default: the preset's)")
     p.add_argument("--n", nargs="+", type=int, help="feature counts (default: the preset's)")
-    p.add_argument("--c", nargs="+", type=int, help="class counts of six_head_bce (default: the preset's)")
+    p.add_argument("--c", nargs="+", type=int, help="class counts of the six-head ops (default: the preset's)")
     p.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16", "float16", "float64"))
     p.add_argument("--backends", nargs="+", help="a subset of eager compile cpu cuda triton (default: all available)")
     p.add_argument("--budget", type=float, help="seconds for the whole run (default: small 270, full 340)")
@@ -855,10 +871,10 @@ def main(argv: list[str] | None = None) -> int:
 
 # ----------------------------------------------------------------------------- pytest-benchmark
 # python -m pytest benchmarks/bench_ops.py --benchmark-only times the cases of
-# INDEED_BENCH_ARGS (options of the command line above; default: six_head_bce and decompose
+# INDEED_BENCH_ARGS (options of the command line above; default: the six-head ops and decompose
 # fwd+bwd, float32, B = 1024, n = 2048, c = 80 on CPU, the goal cases) with pytest-benchmark's
 # timer; benchmarks/conftest.py prints the ratios of the medians at the end of the session.
-PYTEST_DEFAULT_ARGS = "--ops six_head_bce decompose --modes fwd+bwd --sizes 1024"
+PYTEST_DEFAULT_ARGS = "--ops six_head_bce six_head_asl decompose --modes fwd+bwd --sizes 1024"
 PYTEST_ROUNDS, PYTEST_WARMUP = 10, 2
 
 

@@ -156,7 +156,7 @@ def table(results: list[dict]) -> str:
 
 def fused_kernels(fused: str, device: torch.device) -> str:
     """Which kernels the fused head runs: cpu, cuda, triton (or reference, when nothing else is there)."""
-    namespace = ops.resolve_backend(fused, device, "_six_head_bce_forward")
+    namespace = ops.resolve_backend(fused, device, "_six_head_loss_forward")
     if namespace is reference:
         return "reference"
     return device.type if namespace is torch.ops.indeed else "triton"

@@ -31,7 +31,8 @@ from typing import Callable
 
 import torch
 
-OPS = ("identical_map", "decompose", "six_head_bce")
+OPS = ("identical_map", "decompose", "six_head_bce", "six_head_asl")
+SIX_HEAD_OPS = ("six_head_bce", "six_head_asl")  # six_head_loss with BCE and with ASL: the same bytes and GEMMs
 MODES = ("fwd", "fwd+bwd")
 INDEX_BYTES = 8  # int64 pair indices
 
@@ -58,14 +59,14 @@ def _pair_op_rows(op: str) -> tuple[int, int]:
 def minimum_work(op: str, mode: str, B: int, n: int, c: int, dtype: torch.dtype, targets_bytes: int = 4) -> Work:
     """The bytes one call of `mode` must move and the GEMM FLOPs it must do (module docstring).
 
-    identical_map and decompose take B = P rows of fa and fb; six_head_bce takes B feature
+    identical_map and decompose take B = P rows of fa and fb; the six-head ops take B feature
     rows and P = B pairs, its targets are (B, c) elements of targets_bytes.
     """
     if op not in OPS or mode not in MODES:
         raise ValueError(f"unknown case {op!r} {mode!r}; expected an op of {OPS} and a mode of {MODES}")
     s, acc = _sizes(dtype)
     P = B
-    if op != "six_head_bce":
+    if op not in SIX_HEAD_OPS:
         fwd_rows, bwd_rows = _pair_op_rows(op)
         rows = fwd_rows + (bwd_rows if mode == "fwd+bwd" else 0)
         return Work(bytes=rows * P * n * s, flops=0)
@@ -80,8 +81,8 @@ def minimum_work(op: str, mode: str, B: int, n: int, c: int, dtype: torch.dtype,
 
 
 def cuda_kernel_bytes(op: str, mode: str, B: int, n: int, c: int, dtype: torch.dtype) -> int:
-    """Bytes the CUDA kernels move (the models in csrc/cuda/pair_rows.cuh and six_head_bce.cu)."""
-    if op != "six_head_bce":
+    """Bytes the CUDA kernels move (the models in csrc/cuda/pair_rows.cuh and six_head_loss.cu)."""
+    if op not in SIX_HEAD_OPS:
         return minimum_work(op, mode, B, n, c, dtype).bytes  # one pass, at the minimum
     s, acc = _sizes(dtype)
     P = B

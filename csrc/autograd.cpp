@@ -80,20 +80,23 @@ using SixHeadOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 // The logits outputs are saved for the backward op, not differentiated: their gradients are
 // never materialised (zeros would cost an allocation and a fill per step).
-class SixHeadBce : public torch::autograd::Function<SixHeadBce> {
+class SixHeadLoss : public torch::autograd::Function<SixHeadLoss> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& features, const at::Tensor& weight,
                                const std::optional<at::Tensor>& bias, const at::Tensor& targets,
                                const at::Tensor& index_a, const at::Tensor& index_b, c10::string_view norm,
-                               double eps) {
+                               double eps, c10::string_view loss, double gamma_neg, double gamma_pos, double clip,
+                               double eps_log, bool focal_grad) {
     static const auto op =
         find_op<SixHeadOutputs(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                               const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view, double)>(
-            "indeed::_six_head_bce_forward");
-    at::Tensor loss, logits, ident_logits;
+                               const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view, double,
+                               c10::string_view, double, double, double, double, bool)>(
+            "indeed::_six_head_loss_forward");
+    at::Tensor out, logits, ident_logits;
     {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
-      std::tie(loss, logits, ident_logits) = op.call(features, weight, bias, targets, index_a, index_b, norm, eps);
+      std::tie(out, logits, ident_logits) = op.call(features, weight, bias, targets, index_a, index_b, norm, eps, loss,
+                                                    gamma_neg, gamma_pos, clip, eps_log, focal_grad);
     }
     ctx->set_materialize_grads(false);
     ctx->mark_non_differentiable({logits, ident_logits});
@@ -101,22 +104,31 @@ class SixHeadBce : public torch::autograd::Function<SixHeadBce> {
                             ident_logits});
     ctx->saved_data["norm"] = std::string(norm);
     ctx->saved_data["eps"] = eps;
-    return {loss, logits, ident_logits};
+    ctx->saved_data["loss"] = std::string(loss);
+    ctx->saved_data["gamma_neg"] = gamma_neg;
+    ctx->saved_data["gamma_pos"] = gamma_pos;
+    ctx->saved_data["clip"] = clip;
+    ctx->saved_data["eps_log"] = eps_log;
+    ctx->saved_data["focal_grad"] = focal_grad;
+    return {out, logits, ident_logits};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = find_op<SixHeadOutputs(
         const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
         const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-        c10::string_view, double)>("indeed::_six_head_bce_backward");
-    variable_list input_grads(8);
+        c10::string_view, double, c10::string_view, double, double, double, double, bool)>(
+        "indeed::_six_head_loss_backward");
+    variable_list input_grads(14);
     if (!grads[0].defined()) return input_grads;  // the loss was not used
     const variable_list saved = ctx->get_saved_variables();
     const std::optional<at::Tensor> bias = saved[2].defined() ? std::optional<at::Tensor>(saved[2]) : std::nullopt;
-    const std::string norm = ctx->saved_data["norm"].toStringRef();
+    const auto& data = ctx->saved_data;
+    const std::string norm = data.at("norm").toStringRef(), loss = data.at("loss").toStringRef();
     auto [grad_features, grad_weight, grad_bias] =
         op.call(grads[0], saved[0], saved[1], bias, saved[3], saved[4], saved[5], saved[6], saved[7], norm,
-                ctx->saved_data["eps"].toDouble());
+                data.at("eps").toDouble(), loss, data.at("gamma_neg").toDouble(), data.at("gamma_pos").toDouble(),
+                data.at("clip").toDouble(), data.at("eps_log").toDouble(), data.at("focal_grad").toBool());
     input_grads[0] = grad_features;
     input_grads[1] = grad_weight;
     if (bias) input_grads[2] = grad_bias;
@@ -133,11 +145,13 @@ Features4 decompose(const at::Tensor& fa, const at::Tensor& fb, c10::string_view
   return {out[0], out[1], out[2], out[3]};
 }
 
-SixHeadOutputs six_head_bce_forward(const at::Tensor& features, const at::Tensor& weight,
-                                    const std::optional<at::Tensor>& bias, const at::Tensor& targets,
-                                    const at::Tensor& index_a, const at::Tensor& index_b, c10::string_view norm,
-                                    double eps) {
-  const variable_list out = SixHeadBce::apply(features, weight, bias, targets, index_a, index_b, norm, eps);
+SixHeadOutputs six_head_loss_forward(const at::Tensor& features, const at::Tensor& weight,
+                                     const std::optional<at::Tensor>& bias, const at::Tensor& targets,
+                                     const at::Tensor& index_a, const at::Tensor& index_b, c10::string_view norm,
+                                     double eps, c10::string_view loss, double gamma_neg, double gamma_pos,
+                                     double clip, double eps_log, bool focal_grad) {
+  const variable_list out = SixHeadLoss::apply(features, weight, bias, targets, index_a, index_b, norm, eps, loss,
+                                               gamma_neg, gamma_pos, clip, eps_log, focal_grad);
   return {out[0], out[1], out[2]};
 }
 
@@ -146,7 +160,7 @@ SixHeadOutputs six_head_bce_forward(const at::Tensor& features, const at::Tensor
 TORCH_LIBRARY_IMPL(indeed, Autograd, m) {
   m.impl("identical_map", &identical_map);
   m.impl("decompose", &decompose);
-  m.impl("_six_head_bce_forward", &six_head_bce_forward);
+  m.impl("_six_head_loss_forward", &six_head_loss_forward);
 }
 
 }  // namespace indeed

@@ -20,6 +20,32 @@ inline void check_eps(double eps) {
   TORCH_CHECK_VALUE(std::isfinite(eps) && eps > 0, "eps must be a positive finite number, got ", eps);
 }
 
+// The base loss of six_head_loss with ASL's parameters (docs/SPEC.md); gammas and clip are 0 for BCE.
+enum class BaseLoss { Bce, Asl };
+
+struct LossParams {
+  BaseLoss loss;
+  double gamma_neg, gamma_pos, clip, eps_log;
+  bool focal_grad;
+};
+
+inline LossParams parse_loss(std::string_view loss, double gamma_neg, double gamma_pos, double clip, double eps_log,
+                             bool focal_grad) {
+  TORCH_CHECK_VALUE(loss == "bce" || loss == "asl", "unknown loss '", std::string(loss),
+                    "'; expected one of ('bce', 'asl')");
+  TORCH_CHECK_VALUE(std::isfinite(gamma_neg) && gamma_neg >= 0, "gamma_neg must be a finite number >= 0, got ",
+                    gamma_neg);
+  TORCH_CHECK_VALUE(std::isfinite(gamma_pos) && gamma_pos >= 0, "gamma_pos must be a finite number >= 0, got ",
+                    gamma_pos);
+  TORCH_CHECK_VALUE(clip >= 0 && clip < 1, "clip must be a number in [0, 1), got ", clip);
+  TORCH_CHECK_VALUE(eps_log > 0 && eps_log < 1, "eps_log must be a number in (0, 1), got ", eps_log);
+  const BaseLoss parsed = loss == "bce" ? BaseLoss::Bce : BaseLoss::Asl;
+  TORCH_CHECK_VALUE(parsed == BaseLoss::Asl || (gamma_neg == 0 && gamma_pos == 0 && clip == 0),
+                    "gamma_neg, gamma_pos and clip shape loss='asl' only; loss='bce' needs them 0, got ", gamma_neg,
+                    ", ", gamma_pos, ", ", clip);
+  return {parsed, gamma_neg, gamma_pos, clip, eps_log, focal_grad};
+}
+
 inline void check_float(const char* name, const at::Tensor& t) {
   auto s = t.scalar_type();
   TORCH_CHECK_TYPE(s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16, name,
@@ -43,7 +69,7 @@ inline void check_pair(const at::Tensor& fa, const at::Tensor& fb) {
                    fb.scalar_type());
 }
 
-// Shapes, dtypes and devices of six_head_bce's inputs. Index values are checked by the
+// Shapes, dtypes and devices of six_head_loss's inputs. Index values are checked by the
 // caller where reading them is cheap (CPU); see check_index_values.
 inline void check_six_head(const at::Tensor& features, const at::Tensor& weight,
                            const std::optional<at::Tensor>& bias, const at::Tensor& targets,

@@ -5,22 +5,48 @@
 #include <ATen/ATen.h>
 
 namespace indeed {
+namespace {
 
-// The public op saves nothing itself: it forwards to _six_head_bce_forward, whose
-// extra outputs (the logits) are what the backward op needs, so the backward does
-// not recompute the three GEMMs.
-at::Tensor six_head_bce(const at::Tensor& features, const at::Tensor& weight,
-                        const std::optional<at::Tensor>& bias, const at::Tensor& targets,
-                        const at::Tensor& index_a, const at::Tensor& index_b,
-                        c10::string_view norm, double eps) {
+using SixHeadOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+// The public ops save nothing themselves: they forward to _six_head_loss_forward, whose
+// extra outputs (the logits) are what the backward op needs, so the backward does not
+// recompute the three GEMMs.
+SixHeadOutputs six_head_loss_forward(const at::Tensor& features, const at::Tensor& weight,
+                                     const std::optional<at::Tensor>& bias, const at::Tensor& targets,
+                                     const at::Tensor& index_a, const at::Tensor& index_b, c10::string_view norm,
+                                     double eps, c10::string_view loss, double gamma_neg, double gamma_pos,
+                                     double clip, double eps_log, bool focal_grad) {
   static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("indeed::_six_head_bce_forward", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                           const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                           const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                           c10::string_view, double)>();
-  return std::get<0>(op.call(features, weight, bias, targets, index_a, index_b, norm, eps));
+                       .findSchemaOrThrow("indeed::_six_head_loss_forward", "")
+                       .typed<SixHeadOutputs(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                             const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                             c10::string_view, double, c10::string_view, double, double, double,
+                                             double, bool)>();
+  return op.call(features, weight, bias, targets, index_a, index_b, norm, eps, loss, gamma_neg, gamma_pos, clip,
+                 eps_log, focal_grad);
 }
+
+at::Tensor six_head_loss(const at::Tensor& features, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                         const at::Tensor& targets, const at::Tensor& index_a, const at::Tensor& index_b,
+                         c10::string_view norm, double eps, c10::string_view loss, double gamma_neg,
+                         double gamma_pos, double clip, double eps_log, bool focal_grad) {
+  return std::get<0>(six_head_loss_forward(features, weight, bias, targets, index_a, index_b, norm, eps, loss,
+                                           gamma_neg, gamma_pos, clip, eps_log, focal_grad));
+}
+
+// The BCE case of six_head_loss (its ASL parameters are unused: zero, and the default eps_log).
+at::Tensor six_head_bce(const at::Tensor& features, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                        const at::Tensor& targets, const at::Tensor& index_a, const at::Tensor& index_b,
+                        c10::string_view norm, double eps) {
+  return std::get<0>(
+      six_head_loss_forward(features, weight, bias, targets, index_a, index_b, norm, eps, "bce", 0, 0, 0, 1e-8, false));
+}
+
+}  // namespace
+
+#define INDEED_SIX_HEAD_INPUTS "Tensor features, Tensor weight, Tensor? bias, Tensor targets, Tensor index_a, Tensor index_b"
+#define INDEED_LOSS_PARAMS "str loss, float gamma_neg, float gamma_pos, float clip, float eps_log, bool focal_grad"
 
 TORCH_LIBRARY(indeed, m) {
   m.def("identical_map(Tensor fa, Tensor fb, str norm=\"minmax\", float eps=1e-12) -> Tensor");
@@ -30,14 +56,15 @@ TORCH_LIBRARY(indeed, m) {
         " -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("_decompose_backward(Tensor grad_ia, Tensor grad_ib, Tensor grad_da, Tensor grad_db,"
         " Tensor fa, Tensor fb, str norm, float eps) -> (Tensor, Tensor)");
-  m.def("six_head_bce(Tensor features, Tensor weight, Tensor? bias, Tensor targets,"
-        " Tensor index_a, Tensor index_b, str norm=\"minmax\", float eps=1e-12) -> Tensor");
-  m.def("_six_head_bce_forward(Tensor features, Tensor weight, Tensor? bias, Tensor targets,"
-        " Tensor index_a, Tensor index_b, str norm, float eps)"
+  m.def("six_head_bce(" INDEED_SIX_HEAD_INPUTS ", str norm=\"minmax\", float eps=1e-12) -> Tensor");
+  m.def("six_head_loss(" INDEED_SIX_HEAD_INPUTS ", str norm=\"minmax\", float eps=1e-12, str loss=\"bce\","
+        " float gamma_neg=0.0, float gamma_pos=0.0, float clip=0.0, float eps_log=1e-8, bool focal_grad=False)"
+        " -> Tensor");
+  m.def("_six_head_loss_forward(" INDEED_SIX_HEAD_INPUTS ", str norm, float eps, " INDEED_LOSS_PARAMS ")"
         " -> (Tensor loss, Tensor logits, Tensor ident_logits)");
-  m.def("_six_head_bce_backward(Tensor grad, Tensor features, Tensor weight, Tensor? bias,"
-        " Tensor targets, Tensor index_a, Tensor index_b, Tensor logits, Tensor ident_logits,"
-        " str norm, float eps) -> (Tensor grad_features, Tensor grad_weight, Tensor grad_bias)");
+  m.def("_six_head_loss_backward(Tensor grad, " INDEED_SIX_HEAD_INPUTS ", Tensor logits, Tensor ident_logits,"
+        " str norm, float eps, " INDEED_LOSS_PARAMS ")"
+        " -> (Tensor grad_features, Tensor grad_weight, Tensor grad_bias)");
   m.def("mine_pairs(Tensor targets, Tensor seed) -> (Tensor index_a, Tensor index_b, Tensor is_partial)");
   m.def("mine_pairs_cooccur(Tensor targets, Tensor seed, Tensor contrast_weights)"
         " -> (Tensor index_a, Tensor index_b, Tensor is_partial)");
@@ -45,6 +72,7 @@ TORCH_LIBRARY(indeed, m) {
 
 TORCH_LIBRARY_IMPL(indeed, CompositeImplicitAutograd, m) {
   m.impl("six_head_bce", &six_head_bce);
+  m.impl("six_head_loss", &six_head_loss);
 }
 
 }  // namespace indeed

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .reference import NORMS
+from .reference import LOSSES, NORMS
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -20,6 +20,28 @@ def check_norm_eps(norm: str, eps: float) -> None:
         raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
     if not isinstance(eps, (int, float)) or math.isnan(eps) or eps <= 0 or math.isinf(eps):
         raise ValueError(f"eps must be a positive finite number, got {eps!r}")
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_loss(loss: str, gamma_neg: float, gamma_pos: float, clip: float, eps_log: float) -> None:
+    """The base loss of six_head_loss and ASL's parameters (csrc/checks.h check_loss makes the same checks)."""
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+    for name, gamma in (("gamma_neg", gamma_neg), ("gamma_pos", gamma_pos)):
+        if not _is_number(gamma) or gamma < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {gamma!r}")
+    if not _is_number(clip) or not 0 <= clip < 1:
+        raise ValueError(f"clip must be a number in [0, 1), got {clip!r}")
+    if not _is_number(eps_log) or not 0 < eps_log < 1:
+        raise ValueError(f"eps_log must be a number in (0, 1), got {eps_log!r}")
+    if loss == "bce" and (gamma_neg or gamma_pos or clip):
+        raise ValueError(
+            f"gamma_neg, gamma_pos and clip shape loss='asl' only; loss='bce' needs them 0, "
+            f"got {gamma_neg!r}, {gamma_pos!r}, {clip!r}"
+        )
 
 
 def _check_float(name: str, t: torch.Tensor) -> None:
@@ -56,7 +78,7 @@ def check_pair(fa: torch.Tensor, fb: torch.Tensor) -> None:
 
 
 def check_six_head(features, weight, bias, targets, index_a, index_b, check_index_values: bool = True) -> None:
-    """Shapes, dtypes and devices of six_head_bce's inputs; index values when asked (syncs on GPU)."""
+    """Shapes, dtypes and devices of six_head_loss's inputs; index values when asked (syncs on GPU)."""
     _check_rank("features", features, 2, "(B, n)")
     _check_rank("weight", weight, 2, "(c, n)")
     _check_rank("targets", targets, 2, "(B, c)")

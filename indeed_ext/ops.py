@@ -18,8 +18,9 @@ OP_NAMES = (
     "decompose",
     "_decompose_backward",
     "six_head_bce",
-    "_six_head_bce_forward",
-    "_six_head_bce_backward",
+    "six_head_loss",
+    "_six_head_loss_forward",
+    "_six_head_loss_backward",
     "mine_pairs",
     "mine_pairs_cooccur",
 )
@@ -51,16 +52,19 @@ def _fake_decompose_backward(grad_ia, grad_ib, grad_da, grad_db, fa, fb, norm, e
     return _contiguous_like(fa), _contiguous_like(fb)
 
 
-def _fake_six_head_bce_forward(features, weight, bias, targets, index_a, index_b, norm, eps):
+def _fake_six_head_loss_forward(features, weight, bias, targets, index_a, index_b, norm, eps, loss, gamma_neg,
+                                gamma_pos, clip, eps_log, focal_grad):
     _checks.check_six_head(features, weight, bias, targets, index_a, index_b, check_index_values=False)
     _checks.check_norm_eps(norm, eps)
+    _checks.check_loss(loss, gamma_neg, gamma_pos, clip, eps_log)
     P, B, c = index_a.shape[0], features.shape[0], weight.shape[0]
     cd = reference.compute_dtype(features.dtype)
     loss = features.new_empty((P, 6), dtype=reference.loss_dtype(features.dtype))
     return loss, features.new_empty((B, c), dtype=cd), features.new_empty((P, 2, c), dtype=cd)
 
 
-def _fake_six_head_bce_backward(grad, features, weight, bias, targets, index_a, index_b, logits, ident_logits, norm, eps):
+def _fake_six_head_loss_backward(grad, features, weight, bias, targets, index_a, index_b, logits, ident_logits, norm, eps,
+                                 loss, gamma_neg, gamma_pos, clip, eps_log, focal_grad):
     return _contiguous_like(features), _contiguous_like(weight), weight.new_empty((weight.shape[0],))
 
 
@@ -87,12 +91,12 @@ def _setup_pair(ctx, inputs, output):
 
 
 def _setup_six_head(ctx, inputs, output):
-    features, weight, bias, targets, index_a, index_b, norm, eps = inputs
+    features, weight, bias, targets, index_a, index_b, *settings = inputs  # norm, eps, the loss and its parameters
     _, logits, ident_logits = output
     ctx.mark_non_differentiable(logits, ident_logits)
     ctx.set_materialize_grads(False)  # the logits' gradients are never used
     ctx.save_for_backward(features, weight, bias, targets, index_a, index_b, logits, ident_logits)
-    ctx.norm, ctx.eps = norm, eps
+    ctx.settings = settings
 
 
 _FAKES = {
@@ -100,8 +104,8 @@ _FAKES = {
     "_identical_map_backward": _fake_identical_map_backward,
     "decompose": _fake_decompose,
     "_decompose_backward": _fake_decompose_backward,
-    "_six_head_bce_forward": _fake_six_head_bce_forward,
-    "_six_head_bce_backward": _fake_six_head_bce_backward,
+    "_six_head_loss_forward": _fake_six_head_loss_forward,
+    "_six_head_loss_backward": _fake_six_head_loss_backward,
     "mine_pairs": _fake_mine_pairs,
     "mine_pairs_cooccur": _fake_mine_pairs_cooccur,
 }
@@ -127,19 +131,20 @@ def register_autograd(namespace: str) -> None:
         grad_fa, grad_fb = ops._decompose_backward(grad_ia, grad_ib, grad_da, grad_db, fa, fb, ctx.norm, ctx.eps)
         return grad_fa, grad_fb, None, None
 
-    def six_head_bce_backward(ctx, grad_loss, _grad_logits, _grad_ident_logits):
+    def six_head_loss_backward(ctx, grad_loss, _grad_logits, _grad_ident_logits):
+        non_differentiable = (None,) * (3 + len(ctx.settings))  # targets, index_a, index_b and the settings
         if grad_loss is None:  # the loss was not used
-            return (None,) * 8
+            return (None, None, None) + non_differentiable
         features, weight, bias, targets, index_a, index_b, logits, ident_logits = ctx.saved_tensors
-        grad_features, grad_weight, grad_bias = ops._six_head_bce_backward(
-            grad_loss, features, weight, bias, targets, index_a, index_b, logits, ident_logits, ctx.norm, ctx.eps
+        grad_features, grad_weight, grad_bias = ops._six_head_loss_backward(
+            grad_loss, features, weight, bias, targets, index_a, index_b, logits, ident_logits, *ctx.settings
         )
-        return grad_features, grad_weight, (None if bias is None else grad_bias), None, None, None, None, None
+        return (grad_features, grad_weight, None if bias is None else grad_bias) + non_differentiable
 
     torch.library.register_autograd(f"{namespace}::identical_map", identical_map_backward, setup_context=_setup_pair)
     torch.library.register_autograd(f"{namespace}::decompose", decompose_backward, setup_context=_setup_pair)
     torch.library.register_autograd(
-        f"{namespace}::_six_head_bce_forward", six_head_bce_backward, setup_context=_setup_six_head
+        f"{namespace}::_six_head_loss_forward", six_head_loss_backward, setup_context=_setup_six_head
     )
 
 
@@ -191,6 +196,56 @@ def decompose(fa, fb, norm: str = "minmax", eps: float = 1e-12, backend: str = "
     return tuple(resolve_backend(backend, fa.device, "decompose").decompose(fa, fb, norm, eps))
 
 
+def _six_head_backend(features, weight, bias, targets, index_a, index_b, norm, eps, backend, check_indices):
+    """The namespace that runs the six-head ops on these inputs, after checking them."""
+    ops = resolve_backend(backend, features.device, "_six_head_loss_forward")
+    # The CPU kernels (C++, and Triton through the interpreter) read the indices anyway and
+    # raise the same IndexError, so only other tensors (and the reference) are read here.
+    read_indices = features.device.type != "cpu" or ops is reference
+    checking = check_indices and read_indices and not torch.compiler.is_compiling()
+    _checks.check_six_head(features, weight, bias, targets, index_a, index_b, check_index_values=checking)
+    _checks.check_norm_eps(norm, eps)
+    return ops
+
+
+def six_head_loss(
+    features,
+    weight,
+    bias,
+    targets,
+    index_a,
+    index_b,
+    norm: str = "minmax",
+    eps: float = 1e-12,
+    loss: str = "bce",
+    gamma_neg: float = 0.0,
+    gamma_pos: float = 0.0,
+    clip: float = 0.0,
+    eps_log: float = 1e-8,
+    focal_grad: bool = False,
+    backend: str = "auto",
+    check_indices: bool = True,
+) -> torch.Tensor:
+    """Per-pair base loss (P, 6), summed over classes, of the heads orig_a, orig_b, ident_a, ident_b, disp_a, disp_b.
+
+    loss: "bce" (gamma_neg, gamma_pos and clip must be 0) or "asl", the Asymmetric Loss of
+    Ridnik et al. with ASL's gamma_neg, gamma_pos, clip and log clamp eps_log (reference.asl_sum);
+    focal_grad=False makes its focal weight a constant in backward (ASL's default), True gives
+    the full gradient. Focal loss: "asl" with gamma_neg = gamma_pos = gamma and clip = 0.
+    Targets should lie in [0, 1] (soft targets are fine).
+    check_indices reads the pair indices to raise IndexError for values outside
+    [0, B) (one host sync on GPU); pass False for indices known to be valid. Unchecked
+    invalid indices never read out of bounds: the CUDA kernels stop with a device-side
+    assertion, the Triton kernels give those pairs NaN losses.
+    """
+    _checks.check_loss(loss, gamma_neg, gamma_pos, clip, eps_log)
+    ops = _six_head_backend(features, weight, bias, targets, index_a, index_b, norm, eps, backend, check_indices)
+    return ops.six_head_loss(
+        features, weight, bias, targets, index_a, index_b, norm, eps, loss, gamma_neg, gamma_pos, clip, eps_log,
+        bool(focal_grad),
+    )
+
+
 def six_head_bce(
     features,
     weight,
@@ -203,18 +258,6 @@ def six_head_bce(
     backend: str = "auto",
     check_indices: bool = True,
 ) -> torch.Tensor:
-    """Per-pair BCE (P, 6) of the heads orig_a, orig_b, ident_a, ident_b, disp_a, disp_b.
-
-    check_indices reads the pair indices to raise IndexError for values outside
-    [0, B) (one host sync on GPU); pass False for indices known to be valid. Unchecked
-    invalid indices never read out of bounds: the CUDA kernels stop with a device-side
-    assertion, the Triton kernels give those pairs NaN losses.
-    """
-    ops = resolve_backend(backend, features.device, "_six_head_bce_forward")
-    # The CPU kernels (C++, and Triton through the interpreter) read the indices anyway and
-    # raise the same IndexError, so only other tensors (and the reference) are read here.
-    read_indices = features.device.type != "cpu" or ops is reference
-    checking = check_indices and read_indices and not torch.compiler.is_compiling()
-    _checks.check_six_head(features, weight, bias, targets, index_a, index_b, check_index_values=checking)
-    _checks.check_norm_eps(norm, eps)
+    """Per-pair BCE (P, 6) of the six heads: six_head_loss with loss="bce" (see there)."""
+    ops = _six_head_backend(features, weight, bias, targets, index_a, index_b, norm, eps, backend, check_indices)
     return ops.six_head_bce(features, weight, bias, targets, index_a, index_b, norm, eps)

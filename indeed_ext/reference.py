@@ -8,11 +8,14 @@ constant). Half inputs are computed in float32 and cast back; see docs/SPEC.md.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
 NORMS = ("minmax", "l2")
 HEADS = ("orig_a", "orig_b", "ident_a", "ident_b", "disp_a", "disp_b")
+LOSSES = ("bce", "asl")  # base losses of six_head_loss (focal loss: asl with gamma_neg = gamma_pos, clip = 0)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -21,7 +24,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def loss_dtype(dtype: torch.dtype) -> torch.dtype:
-    """six_head_bce output dtype: float32 for half inputs, the input dtype otherwise."""
+    """six_head_loss output dtype: float32 for half inputs, the input dtype otherwise."""
     return compute_dtype(dtype)
 
 
@@ -67,7 +70,59 @@ def bce_with_logits_sum(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (F.softplus(z) - y * z).sum(dim=-1)
 
 
-def six_head_bce(
+def asl_sum(
+    z: torch.Tensor,
+    y: torch.Tensor,
+    gamma_neg: float = 4.0,
+    gamma_pos: float = 0.0,
+    clip: float = 0.05,
+    eps_log: float = 1e-8,
+    focal_grad: bool = False,
+) -> torch.Tensor:
+    """Sum over the last dim of the Asymmetric Loss (Ridnik et al. 2021) of logits z, targets y.
+
+    Line by line ASL's AsymmetricLoss.forward (src/loss_functions/losses.py), so that autograd
+    through it fixes the kernels' gradients, clamp ties included (torch's clamp passes no
+    gradient at equality). focal_grad=False is ASL's disable_torch_grad_focal_loss=True: the
+    focal weight is a constant in backward. Focal loss: gamma_neg = gamma_pos, clip = 0.
+    """
+    x_sigmoid = torch.sigmoid(z)
+    xs_pos = x_sigmoid
+    xs_neg = 1 - x_sigmoid
+    if clip > 0:
+        xs_neg = (xs_neg + clip).clamp(max=1)
+    los_pos = y * torch.log(xs_pos.clamp(min=eps_log))
+    los_neg = (1 - y) * torch.log(xs_neg.clamp(min=eps_log))
+    loss = los_pos + los_neg
+    if gamma_neg > 0 or gamma_pos > 0:
+        with contextlib.nullcontext() if focal_grad else torch.no_grad():
+            pt = xs_pos * y + xs_neg * (1 - y)
+            one_sided_gamma = gamma_pos * y + gamma_neg * (1 - y)
+            one_sided_w = torch.pow(1 - pt, one_sided_gamma)
+        loss = loss * one_sided_w
+    return -loss.sum(dim=-1)
+
+
+def base_loss_sum(
+    z: torch.Tensor,
+    y: torch.Tensor,
+    loss: str = "bce",
+    gamma_neg: float = 0.0,
+    gamma_pos: float = 0.0,
+    clip: float = 0.0,
+    eps_log: float = 1e-8,
+    focal_grad: bool = False,
+) -> torch.Tensor:
+    """The base loss of logits z and targets y, summed over the last dim: "bce" (the ASL
+    parameters must be 0) or "asl" (see asl_sum)."""
+    if loss == "bce":
+        return bce_with_logits_sum(z, y)
+    if loss == "asl":
+        return asl_sum(z, y, gamma_neg, gamma_pos, clip, eps_log, focal_grad)
+    raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+
+
+def six_head_loss(
     features: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
@@ -76,8 +131,14 @@ def six_head_bce(
     index_b: torch.Tensor,
     norm: str = "minmax",
     eps: float = 1e-12,
+    loss: str = "bce",
+    gamma_neg: float = 0.0,
+    gamma_pos: float = 0.0,
+    clip: float = 0.0,
+    eps_log: float = 1e-8,
+    focal_grad: bool = False,
 ) -> torch.Tensor:
-    """Per-pair BCE of the six heads, shape (P, 6), heads ordered as HEADS.
+    """Per-pair base loss (base_loss_sum) of the six heads, shape (P, 6), heads ordered as HEADS.
 
     Written the plain way (six feature sets, six linear layers) so that it is
     obviously the paper's method; the kernels use the structure instead.
@@ -90,7 +151,21 @@ def six_head_bce(
     feats = torch.stack((fa, fb, ia, ib, da, db), dim=1)  # (P, 6, n)
     logits = F.linear(feats, w, bias_cd)  # (P, 6, c)
     y = pair_targets(targets.to(cd), index_a, index_b)
-    return bce_with_logits_sum(logits, y)
+    return base_loss_sum(logits, y, loss, gamma_neg, gamma_pos, clip, eps_log, focal_grad)
+
+
+def six_head_bce(
+    features: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    index_a: torch.Tensor,
+    index_b: torch.Tensor,
+    norm: str = "minmax",
+    eps: float = 1e-12,
+) -> torch.Tensor:
+    """Per-pair BCE of the six heads, shape (P, 6): six_head_loss with loss="bce"."""
+    return six_head_loss(features, weight, bias, targets, index_a, index_b, norm, eps)
 
 
 # ----------------------------------------------------------------------------- mine_pairs

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import reference
-from .losses import LossOutput, _classifier_params
+from .losses import LossOutput, _linear_params
 
 
 class ExclusiveWeightedBCE(nn.Module):
@@ -55,7 +55,10 @@ class ExclusiveWeightedBCE(nn.Module):
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor, classifier: nn.Module, generator=None) -> LossOutput:
         """generator: unused (no pairs are mined); accepted for the engine's call."""
-        weight, bias = _classifier_params(features, targets, classifier)
+        linear = _linear_params(features, targets, classifier)
+        if linear is None:
+            raise TypeError(f"classifier must be an nn.Linear, got {type(classifier).__name__}")
+        weight, bias = linear
         if targets.shape[1] < self._needed_classes:
             raise ValueError(f"the biased pairs name class {self._needed_classes - 1}, but targets have c={targets.shape[1]} classes")
         if not targets.is_floating_point():

@@ -30,6 +30,10 @@ BACKWARD_TOL = {
 }
 DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 NORMS = ("minmax", "l2")
+# six_head_loss's (loss, gamma_neg, gamma_pos, clip, eps_log, focal_grad): BCE, and ASL's training setting
+# with the full focal gradient.
+BCE = ("bce", 0.0, 0.0, 0.0, 1e-8, False)
+ASL = ("asl", 4.0, 0.0, 0.05, 1e-8, True)
 
 
 def assert_close(actual, expected, dtype, backward=False, what=""):

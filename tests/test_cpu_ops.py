@@ -9,7 +9,7 @@ import torch
 import indeed_ext
 from indeed_ext import reference
 
-from conftest import DTYPES, NORMS, assert_close, make_features, make_six_head_inputs
+from conftest import ASL, BCE, DTYPES, NORMS, assert_close, make_features, make_six_head_inputs
 
 # (rows, n, kind): B=1, n=1, n=2, n=2047, tied extremes, all-zero rows, signed values.
 PAIR_CASES = [
@@ -130,13 +130,13 @@ def test_six_head_bce_no_bias_self_pairs_non_contiguous(norm):
 def test_six_head_bce_half_targets_and_bias_gradient_without_bias():
     # targets may have their own float dtype; the backward op returns grad_bias (c,) even without a bias
     features, weight, _, targets, index_a, index_b = make_six_head_inputs(6, 8, 12, 4, torch.float32, bias=False)
-    loss, logits, ident_logits = torch.ops.indeed._six_head_bce_forward(
-        features, weight, None, targets.half(), index_a, index_b, "minmax", 1e-12
+    loss, logits, ident_logits = torch.ops.indeed._six_head_loss_forward(
+        features, weight, None, targets.half(), index_a, index_b, "minmax", 1e-12, *BCE
     )
     assert_close(loss, reference.six_head_bce(features, weight, None, targets.half(), index_a, index_b), torch.float32)
     grad = torch.ones_like(loss)
-    _, _, grad_bias = torch.ops.indeed._six_head_bce_backward(
-        grad, features, weight, None, targets, index_a, index_b, logits, ident_logits, "minmax", 1e-12
+    _, _, grad_bias = torch.ops.indeed._six_head_loss_backward(
+        grad, features, weight, None, targets, index_a, index_b, logits, ident_logits, "minmax", 1e-12, *BCE
     )
     bias = torch.zeros(4, requires_grad=True)
     reference.six_head_bce(features, weight, bias, targets, index_a, index_b).sum().backward()
@@ -173,7 +173,7 @@ def test_six_head_bce_no_pairs(dtype):
 def test_six_head_bce_logits_saved_in_accumulation_dtype():
     for dtype in DTYPES:
         inputs = make_six_head_inputs(5, 6, 8, 3, dtype)
-        loss, logits, ident_logits = torch.ops.indeed._six_head_bce_forward(*inputs, "l2", 1e-12)
+        loss, logits, ident_logits = torch.ops.indeed._six_head_loss_forward(*inputs, "l2", 1e-12, *BCE)
         acc = reference.compute_dtype(dtype)
         assert (loss.dtype, logits.dtype, ident_logits.dtype) == (acc, acc, acc)
         assert logits.shape == (5, 3) and ident_logits.shape == (6, 2, 3)
@@ -240,7 +240,7 @@ def _opcheck_cases(norm):
     g = [make_features(3, 5, torch.float32, kind="negative", seed=s) for s in range(3, 7)]
     features, weight, bias, targets, index_a, index_b = make_six_head_inputs(4, 6, 5, 3, kind="negative")
     six = (features, weight, bias, targets, index_a, index_b, norm, 1e-12)
-    loss, logits, ident_logits = torch.ops.indeed._six_head_bce_forward(*six)
+    loss, logits, ident_logits = torch.ops.indeed._six_head_loss_forward(*six, *ASL)
     grad = torch.randn_like(loss)
     req = lambda *ts: tuple(t.clone().requires_grad_() for t in ts)  # noqa: E731
     return {
@@ -249,8 +249,9 @@ def _opcheck_cases(norm):
         "decompose": (*req(fa, fb), norm, 1e-12),
         "_decompose_backward": (*g, fa, fb, norm, 1e-12),
         "six_head_bce": (*req(features, weight, bias), *six[3:]),
-        "_six_head_bce_forward": (*req(features, weight, bias), *six[3:]),
-        "_six_head_bce_backward": (grad, *six[:6], logits, ident_logits, norm, 1e-12),
+        "six_head_loss": (*req(features, weight, bias), *six[3:], *ASL),
+        "_six_head_loss_forward": (*req(features, weight, bias), *six[3:], *ASL),
+        "_six_head_loss_backward": (grad, *six[:6], logits, ident_logits, norm, 1e-12, *ASL),
         "mine_pairs": (targets, torch.tensor(3)),
         "mine_pairs_cooccur": (targets, torch.tensor(3), torch.randint(0, 2**16 + 1, (3, 3), generator=torch.Generator().manual_seed(0))),
     }

@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from conftest import DTYPES, NORMS, assert_close, make_features, make_six_head_inputs, requires_cuda
+from conftest import ASL, BCE, DTYPES, NORMS, assert_close, make_features, make_six_head_inputs, requires_cuda
 
 from indeed_ext import reference
 
@@ -17,8 +17,8 @@ CUDA_OPS = (
     "_identical_map_backward",
     "decompose",
     "_decompose_backward",
-    "_six_head_bce_forward",
-    "_six_head_bce_backward",
+    "_six_head_loss_forward",
+    "_six_head_loss_backward",
     "mine_pairs",
     "mine_pairs_cooccur",
 )
@@ -227,9 +227,11 @@ def test_ops_are_cuda_graph_capturable(norm):
     ops = torch.ops.indeed
 
     def run():
-        loss, logits, ident = ops._six_head_bce_forward(features, weight, bias, targets, index_a, index_b, norm, EPS)
-        six_head_grads = ops._six_head_bce_backward(
-            grad, features, weight, bias, targets, index_a, index_b, logits, ident, norm, EPS
+        loss, logits, ident = ops._six_head_loss_forward(
+            features, weight, bias, targets, index_a, index_b, norm, EPS, *ASL
+        )
+        six_head_grads = ops._six_head_loss_backward(
+            grad, features, weight, bias, targets, index_a, index_b, logits, ident, norm, EPS, *ASL
         )
         parts = ops.decompose(fa, fb, norm, EPS)
         m = ops.identical_map(fa, fb, norm, EPS)
@@ -274,10 +276,12 @@ def test_opcheck_six_head_ops(norm, bias):
             leaf.requires_grad_()
     args = (features, weight, b, targets, index_a, index_b, norm, EPS)
     ops = torch.ops.indeed
-    torch.library.opcheck(ops._six_head_bce_forward.default, args)
     torch.library.opcheck(ops.six_head_bce.default, args)
-    _, logits, ident_logits = ops._six_head_bce_forward(*args)
-    grad = torch.rand(9, 6, device="cuda")
-    detached = tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in args)
-    backward_args = (grad, *detached[:6], logits.detach(), ident_logits.detach(), norm, EPS)
-    torch.library.opcheck(ops._six_head_bce_backward.default, backward_args)
+    for loss_settings in (BCE, ASL):
+        torch.library.opcheck(ops._six_head_loss_forward.default, args + loss_settings)
+        torch.library.opcheck(ops.six_head_loss.default, args + loss_settings)
+        _, logits, ident_logits = ops._six_head_loss_forward(*args, *loss_settings)
+        grad = torch.rand(9, 6, device="cuda")
+        detached = tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in args)
+        backward_args = (grad, *detached[:6], logits.detach(), ident_logits.detach(), norm, EPS, *loss_settings)
+        torch.library.opcheck(ops._six_head_loss_backward.default, backward_args)

@@ -28,7 +28,7 @@ from indeed_ext.recipes import distributed, engine, train
 from indeed_ext.losses import INDeeDLoss
 from indeed_ext.model import INDeeD
 
-BACKEND = "auto" if torch._C._dispatch_has_kernel_for_dispatch_key("indeed::_six_head_bce_forward", "CPU") else "reference"
+BACKEND = "auto" if torch._C._dispatch_has_kernel_for_dispatch_key("indeed::_six_head_loss_forward", "CPU") else "reference"
 WORLD = 2
 LOCAL_BATCH, STEPS, IN_FEATURES, CLASSES = 8, 3, 12, 6
 TINY = ["--dataset", "ml-digits", "--labels-per-image", "3", "--train-size", "128", "--test-size", "40", "--batch-size", "16",

@@ -9,7 +9,7 @@ import torch
 
 import indeed_ext
 
-from conftest import make_six_head_inputs
+from conftest import BCE, make_six_head_inputs
 
 B, P, N, C = 5, 4, 6, 3
 
@@ -101,11 +101,12 @@ def test_six_head_bce_python_api(case, args, error, message):
         indeed_ext.six_head_bce(**args)
 
 
-@pytest.mark.parametrize("op_name", ["six_head_bce", "_six_head_bce_forward"])
+@pytest.mark.parametrize("op_name", ["six_head_bce", "six_head_loss", "_six_head_loss_forward"])
 @pytest.mark.parametrize("case,args,error,message", SIX_HEAD_ERRORS, ids=_ids(SIX_HEAD_ERRORS))
 def test_six_head_bce_torch_ops(op_name, case, args, error, message):
+    loss_settings = BCE if op_name == "_six_head_loss_forward" else ()  # it has no defaults
     with pytest.raises(error, match=message):
-        getattr(torch.ops.indeed, op_name)(*args.values())
+        getattr(torch.ops.indeed, op_name)(*args.values(), *loss_settings)
 
 
 def test_no_pairs_is_not_an_error():
@@ -133,15 +134,15 @@ def test_pair_backward_op_checks_gradients():
 
 def test_six_head_backward_op_checks_saved_tensors():
     args = _six_head()
-    loss, logits, ident_logits = torch.ops.indeed._six_head_bce_forward(*args.values())
+    loss, logits, ident_logits = torch.ops.indeed._six_head_loss_forward(*args.values(), *BCE)
     inputs = list(args.values())[:6]
     grad = torch.ones_like(loss)
     with pytest.raises(ValueError, match=r"grad must have shape \[4, 6\]"):
-        torch.ops.indeed._six_head_bce_backward(grad[:2], *inputs, logits, ident_logits, "minmax", 1e-12)
+        torch.ops.indeed._six_head_loss_backward(grad[:2], *inputs, logits, ident_logits, "minmax", 1e-12, *BCE)
     with pytest.raises(ValueError, match=r"logits must have shape \[5, 3\]"):
-        torch.ops.indeed._six_head_bce_backward(grad, *inputs, logits.t(), ident_logits, "minmax", 1e-12)
+        torch.ops.indeed._six_head_loss_backward(grad, *inputs, logits.t(), ident_logits, "minmax", 1e-12, *BCE)
     with pytest.raises(TypeError, match=r"ident_logits must be Float"):
-        torch.ops.indeed._six_head_bce_backward(grad, *inputs, logits, ident_logits.double(), "minmax", 1e-12)
+        torch.ops.indeed._six_head_loss_backward(grad, *inputs, logits, ident_logits.double(), "minmax", 1e-12, *BCE)
     inputs[4] = torch.tensor([0, 1, 2, 7])
     with pytest.raises(IndexError, match=r"index_a has values outside"):
-        torch.ops.indeed._six_head_bce_backward(grad, *inputs, logits, ident_logits, "minmax", 1e-12)
+        torch.ops.indeed._six_head_loss_backward(grad, *inputs, logits, ident_logits, "minmax", 1e-12, *BCE)

@@ -1,5 +1,7 @@
 """INDeeDLoss against a composition written with reference.py on the same mined pairs:
 the full loss, the ablations, the self-pair options, the baseline, gradients and errors."""
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,12 +14,12 @@ from indeed_ext.pairs import mine_pairs
 
 from conftest import assert_close, make_features
 
-HAS_CPU_KERNEL = torch._C._dispatch_has_kernel_for_dispatch_key("indeed::_six_head_bce_forward", "CPU")
+HAS_CPU_KERNEL = torch._C._dispatch_has_kernel_for_dispatch_key("indeed::_six_head_loss_forward", "CPU")
 BACKENDS = [
     "reference",
     pytest.param(
         "auto",
-        marks=pytest.mark.skipif(not HAS_CPU_KERNEL, reason="no CPU kernel registered for indeed::_six_head_bce_forward"),
+        marks=pytest.mark.skipif(not HAS_CPU_KERNEL, reason="no CPU kernel registered for indeed::_six_head_loss_forward"),
     ),
 ]
 
@@ -37,10 +39,13 @@ def make_batch(B=24, n=16, c=6, dtype=torch.float64, seed=0, lonely=True):
     return features, targets, classifier
 
 
-def expected_loss(features, targets, classifier, lam, blocks, self_pair_disparate, seed, norm="minmax", strategy="any"):
-    """The loss composed by hand from reference.six_head_bce on the pairs mine_pairs gives for this seed."""
+def expected_loss(features, targets, classifier, lam, blocks, self_pair_disparate, seed, norm="minmax", strategy="any",
+                  loss_args=("bce",)):
+    """The loss composed by hand from reference.six_head_loss (loss_args: its loss, gamma_neg, ...) on the pairs
+    mine_pairs gives for this seed."""
     index_a, index_b, is_partial = mine_pairs(targets, strategy, torch.Generator().manual_seed(seed))
-    heads = reference.six_head_bce(features, classifier.weight, classifier.bias, targets, index_a, index_b, norm)
+    heads = reference.six_head_loss(features, classifier.weight, classifier.bias, targets, index_a, index_b, norm,
+                                    1e-12, *loss_args)
     P = heads.shape[0]
     orig = heads[:, 0].sum() + heads[:, 1].sum()
     ident = heads[:, 2].sum() + heads[:, 3].sum() if "identical" in blocks else heads.new_zeros(())
@@ -229,7 +234,143 @@ def test_bad_inputs():
         loss(features, targets[:, :5], classifier)
     with pytest.raises(ValueError, match=r"features must be \(B, n\)"):
         loss(features[0], targets, classifier)
-    with pytest.raises(TypeError, match="classifier must be an nn.Linear"):
-        loss(features, targets, nn.ReLU())
+    with pytest.raises(TypeError, match="classifier must be a module"):
+        loss(features, targets, "linear")
+    with pytest.raises(ValueError, match=r"the classifier must map \(144, 16\) features to \(144, 6\) logits"):
+        with pytest.warns(UserWarning, match="only a linear head"):
+            loss(features, targets, nn.ReLU())  # 6 heads x 24 pairs
     with pytest.raises(ValueError, match="empty"):
         loss(features[:0], targets[:0], classifier)
+
+
+# ----------------------------------------------------------------------------- base losses and heads
+# INDeeDLoss settings and the reference.six_head_loss arguments they stand for.
+BASE_LOSSES = [
+    (dict(base="asl"), ("asl", 4.0, 0.0, 0.05, 1e-8, False)),  # ASL's training script
+    (dict(base="asl", gamma_neg=3, gamma_pos=1, clip=0.1, focal_grad=True), ("asl", 3.0, 1.0, 0.1, 1e-8, True)),
+    (dict(base="focal"), ("asl", 2.0, 2.0, 0.0, 1e-8, False)),
+    (dict(base="focal", gamma=1.5, eps_log=1e-6, focal_grad=True), ("asl", 1.5, 1.5, 0.0, 1e-6, True)),
+]
+
+
+def base_id(case):
+    return "-".join(f"{k}{v}" for k, v in case[0].items())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("base", BASE_LOSSES, ids=[base_id(c) for c in BASE_LOSSES])
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+def test_base_losses_match_reference_composition(base, lam, backend):
+    kwargs, loss_args = base
+    features, targets, classifier = make_batch()
+    targets = targets * 0.9 + 0.05  # soft targets: pairs from targets > 0.5
+    out = INDeeDLoss(lam=lam, backend=backend, **kwargs)(features, targets, classifier, torch.Generator().manual_seed(5))
+    f_ref = features.detach().clone().requires_grad_()
+    ref_classifier = nn.Linear(16, 6).double()
+    ref_classifier.load_state_dict(classifier.state_dict())
+    if lam == 0:  # the baseline: the same base loss on the original logits, mean over samples
+        expected = reference.base_loss_sum(ref_classifier(f_ref), targets, *loss_args).mean()
+        assert int(out.num_partial) == 0 and out.ident == 0 and out.disp == 0
+    else:
+        blocks = ("identical", "disparate")
+        expected = expected_loss(f_ref, targets, ref_classifier, lam, blocks, "zero_target", 5, loss_args=loss_args)[0]
+    assert_close(out.loss, expected, torch.float64, what="loss")
+    out.loss.backward()
+    expected.backward()
+    assert_close(features.grad, f_ref.grad, torch.float64, backward=True, what="grad features")
+    assert_close(classifier.weight.grad, ref_classifier.weight.grad, torch.float64, backward=True, what="grad weight")
+
+
+def test_base_loss_changes_the_loss():
+    # Guards the test above against a base loss that is silently BCE: every base gives another loss.
+    features, targets, classifier = make_batch()
+    generator = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    losses = [INDeeDLoss(base=b, backend="reference")(features, targets, classifier, generator()).loss.detach()
+              for b in ("bce", "asl", "focal")]
+    assert len({round(x.item(), 6) for x in losses}) == 3
+
+
+class MLPHead(nn.Module):
+    """A two-layer head, the kind that cannot be fused."""
+
+    def __init__(self, n, c, hidden=8):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n, hidden), nn.Tanh(), nn.Linear(hidden, c))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("base", ["bce", "asl"])
+@pytest.mark.parametrize("lam", [0.0, 1.0])
+def test_mlp_head_matches_the_reference(base, lam, backend):
+    features, targets, _ = make_batch()
+    head = MLPHead(16, 6).double()
+    loss_args = ("bce",) if base == "bce" else ("asl", 4.0, 0.0, 0.05, 1e-8, False)
+    with pytest.warns(UserWarning, match="only a linear head is fused"):
+        out = INDeeDLoss(lam=lam, base=base, backend=backend)(features, targets, head, torch.Generator().manual_seed(2))
+    f_ref = features.detach().clone().requires_grad_()
+    if lam == 0:
+        expected = reference.base_loss_sum(head(f_ref), targets, *loss_args).mean()
+    else:  # the six feature sets of the reference, through the head
+        index_a, index_b, _ = mine_pairs(targets, "any", torch.Generator().manual_seed(2))
+        fa, fb = f_ref[index_a], f_ref[index_b]
+        six = torch.stack((fa, fb, *reference.decompose(fa, fb)), dim=1)
+        heads = reference.base_loss_sum(head(six), reference.pair_targets(targets, index_a, index_b), *loss_args)
+        expected = (heads[:, :2].sum() + lam * heads[:, 2:].sum()) / heads.shape[0]
+    assert_close(out.loss, expected, torch.float64, what="loss")
+    params = list(head.parameters())
+    got = torch.autograd.grad(out.loss, [features, *params])
+    want = torch.autograd.grad(expected, [f_ref, *params])
+    for g, w in zip(got, want):
+        assert_close(g, w, torch.float64, backward=True, what="grad")
+
+
+@pytest.mark.parametrize("base", ["bce", "asl"])
+@pytest.mark.parametrize("lam", [0.0, 1.0])
+def test_linear_head_gives_the_same_loss_fused_and_unfused(base, lam):
+    features, targets, classifier = make_batch()
+    backend = "auto" if HAS_CPU_KERNEL else "reference"
+    unfused = nn.Sequential(classifier)  # not an nn.Linear: the unfused path, same function
+    runs = []
+    for head in (classifier, unfused):
+        f = features.detach().clone().requires_grad_()
+        classifier.zero_grad()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = INDeeDLoss(lam=lam, base=base, backend=backend)(f, targets, head, torch.Generator().manual_seed(7))
+        out.loss.backward()
+        runs.append((out, f.grad, classifier.weight.grad.clone()))
+    (fused, *fused_grads), (plain, *plain_grads) = runs
+    for name, a, b in zip(LossOutput._fields, fused, plain):
+        assert_close(a, b, torch.float64, what=name)
+    for a, b in zip(fused_grads, plain_grads):
+        assert_close(a, b, torch.float64, backward=True, what="grad")
+
+
+def test_unfused_warning_is_given_once():
+    features, targets, _ = make_batch()
+    loss = INDeeDLoss(backend="reference")
+    head = MLPHead(16, 6).double()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            loss(features, targets, head)
+    assert [str(w.message).split(";")[0] for w in caught] == ["INDeeDLoss: the classifier is a MLPHead, not an nn.Linear"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(base="softmax"), ValueError, r"unknown base loss 'softmax'; expected one of \('bce', 'asl', 'focal'\)"),
+        (dict(base="asl", gamma_neg=-1), ValueError, "gamma_neg must be a finite number >= 0"),
+        (dict(base="asl", clip=1.0), ValueError, r"clip must be a number in \[0, 1\)"),
+        (dict(base="focal", gamma=float("nan")), ValueError, "gamma must be a finite number >= 0"),
+        (dict(base="asl", eps_log=0.0), ValueError, r"eps_log must be a number in \(0, 1\)"),
+        (dict(base="asl", focal_grad=1), TypeError, "focal_grad must be a bool"),
+    ],
+)
+def test_bad_base_loss_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        INDeeDLoss(**kwargs)

@@ -20,7 +20,7 @@ from indeed_ext.recipes.data.images import IMAGENET_MEAN
 from indeed_ext.recipes.ema import ModelEma
 from test_voc_coco import COCO_COUNTS, COCO_ORDER, VOC_COUNTS, VOC_ORDER, coco_root, voc_root  # noqa: F401 (fixtures)
 
-BACKEND = "auto" if torch._C._dispatch_has_kernel_for_dispatch_key("indeed::_six_head_bce_forward", "CPU") else "reference"
+BACKEND = "auto" if torch._C._dispatch_has_kernel_for_dispatch_key("indeed::_six_head_loss_forward", "CPU") else "reference"
 TINY = ["--dataset", "ml-digits", "--labels-per-image", "3", "--train-size", "64", "--test-size", "40", "--batch-size", "32",
         "--epochs", "1", "--device", "cpu", "--quiet", "--backend", BACKEND, "--method", "indeed"]  # fmt: skip
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

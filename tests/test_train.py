@@ -14,7 +14,7 @@ from indeed_ext.recipes import engine, predict, train
 from test_data import write_mnist
 
 # The CPU kernels when the library has them, else the eager reference (same results).
-BACKEND = "auto" if torch._C._dispatch_has_kernel_for_dispatch_key("indeed::_six_head_bce_forward", "CPU") else "reference"
+BACKEND = "auto" if torch._C._dispatch_has_kernel_for_dispatch_key("indeed::_six_head_loss_forward", "CPU") else "reference"
 TINY = ["--dataset", "ml-digits", "--labels-per-image", "3", "--train-size", "64", "--test-size", "40", "--batch-size", "32",
         "--epochs", "1", "--device", "cpu", "--quiet", "--backend", BACKEND]
 

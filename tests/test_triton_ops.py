@@ -17,7 +17,7 @@ from indeed_ext import reference
 from indeed_ext.ops import OP_NAMES, _triton_ops
 from indeed_ext.triton._common import INTERPRETING
 
-from conftest import NORMS, assert_close, make_features, make_six_head_inputs
+from conftest import ASL, BCE, NORMS, assert_close, make_features, make_six_head_inputs
 
 ops = _triton_ops()
 DEVICE = "cpu" if INTERPRETING else "cuda"
@@ -201,7 +201,7 @@ def _opcheck_samples():
     fa, fb = _pair_inputs(3, 19, torch.float64, "ties")
     grads = [torch.randn_like(fa) for _ in range(4)]
     six = make_six_head_inputs(4, 9, 18, 5, torch.float64, DEVICE)
-    loss, logits, ident = ops._six_head_bce_forward(*six, "minmax", 1e-12)
+    loss, logits, ident = ops._six_head_loss_forward(*six, "minmax", 1e-12, *ASL)
     return {
         "identical_map": (fa, fb, "l2", 1e-12),
         "_identical_map_backward": (grads[0], fa.detach(), fb.detach(), "minmax", 1e-12),
@@ -209,9 +209,12 @@ def _opcheck_samples():
         "_decompose_backward": (*grads, fa.detach(), fb.detach(), "l2", 1e-12),
         "six_head_bce": tuple(t.detach().requires_grad_() if t is not None and t.is_floating_point() else t
                               for t in six) + ("l2", 1e-12),
-        "_six_head_bce_forward": (*(t.requires_grad_() if i < 3 else t for i, t in enumerate(six)), "minmax", 1e-12),
-        "_six_head_bce_backward": (torch.randn_like(loss), *(t.detach() for t in six[:3]), *six[3:],
-                                   logits, ident, "minmax", 1e-12),
+        "six_head_loss": tuple(t.detach().requires_grad_() if t is not None and t.is_floating_point() else t
+                               for t in six) + ("l2", 1e-12, *ASL),
+        "_six_head_loss_forward": (*(t.requires_grad_() if i < 3 else t for i, t in enumerate(six)), "minmax", 1e-12,
+                                   *ASL),
+        "_six_head_loss_backward": (torch.randn_like(loss), *(t.detach() for t in six[:3]), *six[3:],
+                                    logits, ident, "minmax", 1e-12, *ASL),
         "mine_pairs": (six[3], torch.tensor(3, device=DEVICE)),
         "mine_pairs_cooccur": (six[3], torch.tensor(3, device=DEVICE), torch.randint(0, 2**16 + 1, (5, 5), device=DEVICE)),
     }
@@ -272,7 +275,7 @@ def test_bad_inputs_raise():
 def test_out_of_range_indices_give_nan_losses_without_reading_out_of_bounds(norm):
     # What the kernels do with indices outside [0, B) (on GPUs the op passes them on unread):
     # those pairs get NaN losses and no gradient, the other pairs are exact.
-    from indeed_ext.triton.six_head_bce import six_head_backward, six_head_forward
+    from indeed_ext.triton.six_head_loss import six_head_backward, six_head_forward
 
     features, weight, bias, targets, index_a, index_b = make_six_head_inputs(5, 19, 21, 6, torch.float64, DEVICE)
     bad = torch.tensor([0, 7, 18])
@@ -281,13 +284,14 @@ def test_out_of_range_indices_give_nan_losses_without_reading_out_of_bounds(norm
     index_b[bad[2]] = 1 << 40
     good = torch.ones(19, dtype=torch.bool)
     good[bad] = False
-    loss, logits, ident = six_head_forward(features, weight, bias, targets, index_a, index_b, norm, 1e-12)
+    loss, logits, ident = six_head_forward(features, weight, bias, targets, index_a, index_b, norm, 1e-12, *BCE[:-1])
     assert loss[bad].isnan().all() and loss[good].isfinite().all()
     params = [t.detach().requires_grad_() for t in (features, weight, bias)]
     expected = reference.six_head_bce(*params, targets, index_a[good], index_b[good], norm, 1e-12)
     assert_close(loss[good], expected, torch.float64, what="valid pairs' losses")
     upstream = torch.randn(19, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).to(DEVICE)
-    got = six_head_backward(upstream, features, weight, bias, targets, index_a, index_b, logits, ident, norm, 1e-12)
+    got = six_head_backward(upstream, features, weight, bias, targets, index_a, index_b, logits, ident, norm, 1e-12,
+                            *BCE)
     for g, e in zip(got, torch.autograd.grad(expected, params, upstream[good])):
         assert_close(g, e, torch.float64, backward=True, what="gradients of the valid pairs only")
 

@@ -13,12 +13,15 @@ For each compiled kernel it reads ptxas's report (-v, which Triton passes; compi
 fresh cache so that nothing comes from an earlier run): registers, spill stores and loads,
 and shared memory.
 
-Cases: identical_map and decompose forward and backward, six_head_bce forward and
+Cases: identical_map and decompose forward and backward, six_head_loss forward and
 backward; float32 (IEEE and TF32 tl.dot), float64, bfloat16, float16; both norms; n and c
 that give every block configuration the launch code chooses (one row per tile, several,
 rows longer than a tile; one and several class blocks), bias or none, the atomic and the
-deterministic dF reduction; mine_pairs and mine_pairs_cooccur for bool and every float dtype of
-targets. Prints a table; exits 1 if a launch fails to compile or a kernel spills registers. The outputs of the wrappers are garbage (nothing runs).
+deterministic dF reduction, the base losses BCE and ASL (ASL with and without focal_grad:
+only the forward and _grad_logits_kernel depend on the loss, so ASL runs with a bias and
+atomics only); mine_pairs and mine_pairs_cooccur for bool and every float dtype of targets.
+Prints a table; exits 1 if a launch fails to compile or a kernel spills registers. The outputs
+of the wrappers are garbage (nothing runs).
 """
 from __future__ import annotations
 
@@ -48,13 +51,18 @@ from triton.runtime.jit import JITFunction  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from indeed_ext.triton import decompose as pair_kernels  # noqa: E402
 from indeed_ext.triton import mine_pairs as mine_pairs_kernels  # noqa: E402
-from indeed_ext.triton import six_head_bce as six_head_kernels  # noqa: E402
+from indeed_ext.triton import six_head_loss as six_head_kernels  # noqa: E402
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 NORMS = ("minmax", "l2")
 PAIR_N = (1, 2047, 2048, 8200)  # one element, unaligned, aligned, longer than a tile
 SIX_HEAD_SHAPES = ((24, 24, 2048, 80), (9, 24, 37, 3), (16, 40, 515, 130))  # B, P, n, c
 SMS = 132  # multiprocessors of an H100 SXM: only sets how many programs share dW's pairs
+BCE = ("bce", 0.0, 0.0, 0.0, 1e-8, False)  # six_head_loss's loss, gamma_neg, gamma_pos, clip, eps_log, focal_grad
+
+
+def asl(focal_grad: bool) -> tuple:
+    return ("asl", 4.0, 0.0, 0.05, 1e-8, focal_grad)
 
 
 class OfflineDriver:
@@ -118,11 +126,11 @@ def _launch_pair_op(fa, fb, norm, decompose):
     pair_kernels.pair_backward(grads, fa, fb, norm, 1e-12)
 
 
-def _launch_six_head(inputs, norm, deterministic):
-    loss, logits, ident = six_head_kernels.six_head_forward(*inputs, norm, 1e-12)
+def _launch_six_head(inputs, norm, deterministic, loss_settings):
+    loss, logits, ident = six_head_kernels.six_head_forward(*inputs, norm, 1e-12, *loss_settings[:-1])
     torch.use_deterministic_algorithms(deterministic)
     try:
-        six_head_kernels.six_head_backward(torch.rand_like(loss), *inputs, logits, ident, norm, 1e-12)
+        six_head_kernels.six_head_backward(torch.rand_like(loss), *inputs, logits, ident, norm, 1e-12, *loss_settings)
     finally:
         torch.use_deterministic_algorithms(False)
 
@@ -141,8 +149,12 @@ def cases(dtype, norm):
         for with_bias in (True, False):
             inputs = (features, weight, bias if with_bias else None, targets, index_a, index_b)
             for deterministic in (False, True):
-                label = f"six_head_bce B={B} P={P} n={n} c={c} bias={with_bias} deterministic={deterministic}"
-                yield label, functools.partial(_launch_six_head, inputs, norm, deterministic)
+                label = f"six_head_loss bce B={B} P={P} n={n} c={c} bias={with_bias} deterministic={deterministic}"
+                yield label, functools.partial(_launch_six_head, inputs, norm, deterministic, BCE)
+        for focal_grad in (False, True):
+            label = f"six_head_loss asl focal_grad={focal_grad} B={B} P={P} n={n} c={c}"
+            inputs = (features, weight, bias, targets, index_a, index_b)
+            yield label, functools.partial(_launch_six_head, inputs, norm, False, asl(focal_grad))
 
 
 def mine_pairs_cases():

@@ -1,16 +1,17 @@
-// exp and log1p for float as branch-free polynomials (Cephes expf/logf, a few ulp) that
-// `omp simd` loops vectorise; libm calls stop vectorisation, and the BCE epilogue makes
+// exp, log, log1p and pow for float as branch-free polynomials (Cephes expf/logf, a few ulp)
+// that `omp simd` loops vectorise; libm calls stop vectorisation, and the loss epilogues make
 // a few per logit. double keeps libm (it is used for checks, not speed).
 #pragma once
 #include <c10/util/bit_cast.h>  // c10::bit_cast is C++20; torch < 2.10 builds extensions as C++17
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 namespace indeed::cpu {
 
 // exp(x) for x <= 88 (larger x is the caller's to avoid); 0 below -87, where exp(x) would be
 // a denormal; NaN gives NaN.
-inline float simd_exp(float x_in) {
+[[gnu::always_inline]] inline float simd_exp(float x_in) {
   const float x = x_in < -87.0f ? -87.0f : x_in;  // keeps 2^k below in the normal range
   // x = k ln2 + r, |r| <= ln2 / 2; adding 1.5 * 2^23 rounds k into the low mantissa bits.
   constexpr float round_shift = 12582912.0f;
@@ -29,8 +30,8 @@ inline float simd_exp(float x_in) {
   return x_in < -87.0f ? 0.0f : e;
 }
 
-// log(w) for finite w >= 1.
-inline float simd_log_ge1(float w) {
+// log(w) for finite normal w > 0.
+[[gnu::always_inline]] inline float simd_log_normal(float w) {
   // w = 2^e * mant, mant in [sqrt(1/2), sqrt(2)); log w = e ln2 + log1p(mant - 1).
   const int32_t bits = c10::bit_cast<int32_t>(w);
   int32_t e = (bits >> 23) - 126;
@@ -54,14 +55,30 @@ inline float simd_log_ge1(float w) {
 
 // log1p(u) for 0 <= u < 2^127, NaN gives NaN. log(1+u) * u / ((1+u) - 1) cancels the rounding
 // of 1+u, so small u keep their relative accuracy.
-inline float simd_log1p(float u) {
+[[gnu::always_inline]] inline float simd_log1p(float u) {
   const float w = 1.0f + u;
   const float d = w - 1.0f;
-  const float result = d == 0.0f ? u : simd_log_ge1(w) * (u / d);
+  const float result = d == 0.0f ? u : simd_log_normal(w) * (u / d);
   return u == u ? result : u;
+}
+
+// log(x) for finite x >= 0: 0 gives -inf, NaN gives NaN; denormals are scaled by 2^23 first.
+[[gnu::always_inline]] inline float simd_log(float x) {
+  const bool denormal = x < std::numeric_limits<float>::min();
+  const float log_scaled = simd_log_normal(denormal ? x * 8388608.0f : x);
+  const float result = denormal ? log_scaled - 15.9423851528787f : log_scaled;  // 23 ln 2
+  return x == 0.0f ? -std::numeric_limits<float>::infinity() : (x == x ? result : x);
+}
+
+// b^e for b in [0, 1] and e >= 0, with pow's values at the edges: b^0 = 1 (NaN too), 0^e = 0.
+[[gnu::always_inline]] inline float simd_pow(float b, float e) {
+  const float result = b == 0.0f ? 0.0f : simd_exp(e * simd_log(b));  // e log b <= 0
+  return e == 0.0f ? 1.0f : result;
 }
 
 inline double simd_exp(double x) { return std::exp(x); }
 inline double simd_log1p(double u) { return std::log1p(u); }
+inline double simd_log(double x) { return std::log(x); }
+inline double simd_pow(double b, double e) { return std::pow(b, e); }
 
 }  // namespace indeed::cpu

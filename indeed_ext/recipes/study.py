@@ -13,11 +13,12 @@ it each run recovers; --compare A:B adds paired differences between two runs. Fi
 continues from its last epoch's checkpoint (indeed-train --resume). So a killed study,
 re-run with the same command, continues where it stopped. Runs: baseline, l2, minmax
 (INDeeD with that identical-map normalisation), the paper's Table 4 ablations
-identical-only and disparate-only (normalised with --ablation-norm), and for co-occurring
+identical-only and disparate-only (normalised with --ablation-norm); for co-occurring
 data cooccur (INDeeD min-max with partners mined by co-occurrence), cooccur-orig (the same
 partners, original heads only: the reweighting control) and reweight (Singh et al.'s weighted
-loss, a standard debiasing baseline). Cells of one seed share the data, the initial weights
-and the data order, so run − baseline is paired.
+loss, a standard debiasing baseline); and asl, asl-minmax, asl-cooccur (the baseline and INDeeD
+with the Asymmetric Loss as the base loss). Cells of one seed share the data, the initial
+weights and the data order, so run − baseline is paired (asl-* − asl for the ASL runs).
 
 After every finished cell the study prints one line (its mAP and time, the study's ETA)
 and rewrites S/study.json (settings and every cell's per-epoch mAP and context score), S/study.md (the
@@ -53,6 +54,9 @@ RUN_ARGS = {
     "cooccur": ["--method", "indeed", "--norm", "minmax", "--pairs", "cooccur"],
     "cooccur-orig": ["--method", "indeed", "--pairs", "cooccur", "--blocks", "none"],
     "reweight": ["--method", "reweight"],
+    "asl": ["--method", "baseline", "--loss", "asl"],  # issue 19: the baseline and INDeeD trained with ASL
+    "asl-minmax": ["--method", "indeed", "--norm", "minmax", "--loss", "asl"],
+    "asl-cooccur": ["--method", "indeed", "--norm", "minmax", "--pairs", "cooccur", "--loss", "asl"],
 }
 DEFAULT_RUNS = ("baseline", "l2", "minmax")  # the paper's Table 1
 RUN_NAME = re.compile(r"[a-z0-9][a-z0-9.-]*")

@@ -3,11 +3,12 @@
 Each finished cell is one dict: cooccur (the co-occurrence SPEC of its training data, None for
 uniform label sets), n (labels per image), run (its name), seed, mAP (final), context_score
 (None without a SPEC), epoch_mAP (after each epoch) and train_time_s. Runs are dicts {"name",
-"base", "flags"} (see indeed_ext.recipes.study.parse_run); the run named "baseline" is the
-reference. Runs of one seed start from the same weights and see the same data in the same
-order (indeed-train's seeding), so run − baseline is compared per seed (a paired difference)
-and its 95 % interval is Student's t over seeds; so are the --compare pairs of runs and the
-bias the data causes (the baseline at the same structure with rho = 0, minus at the SPEC).
+"base", "flags"} (see indeed_ext.recipes.study.parse_run); each run is compared with its reference
+run (reference_run: the one named "baseline", or "asl" for INDeeD trained with ASL). Runs of one
+seed start from the same weights and see the same data in the same order (indeed-train's
+seeding), so run − reference is compared per seed (a paired difference) and its 95 % interval is
+Student's t over seeds; so are the --compare pairs of runs and the bias the data causes (the
+baseline at rho = 0, minus at the SPEC).
 """
 from __future__ import annotations
 
@@ -26,7 +27,13 @@ RUN_TITLES = {
     "cooccur": "INDeeD (co-occurrence pairs)",
     "cooccur-orig": "Co-occurrence pairs, original heads only",
     "reweight": "Weighted loss (Singh et al.)",
+    "asl": "Baseline (ASL)",
+    "asl-minmax": "INDeeD (Min-max, ASL)",
+    "asl-cooccur": "INDeeD (co-occurrence pairs, ASL)",
 }
+# The run a run is paired with, by its base: INDeeD on ASL against the ASL baseline; every
+# other run (the ASL baseline too) against "baseline".
+REFERENCE_RUNS = {"asl-minmax": "asl", "asl-cooccur": "asl"}
 
 # mAP (%) of the paper: Table 1 (ML-MNIST, simple CNN, 30 epochs), Table 2 (ML-CIFAR-10,
 # VGG-16, 300 epochs) and Table 4 (the ablations, per normalisation), by run and N.
@@ -57,6 +64,11 @@ def paper_map(dataset: str, run: dict, n: int, ablation_norm: str) -> float | No
     table = PAPER.get(dataset, {})
     key = f"{run['base']}/{ablation_norm}" if run["base"].endswith("-only") else run["base"]
     return table.get(key, {}).get(n)
+
+
+def reference_run(run: dict) -> str:
+    """The name of the run that run is compared with, paired by seed."""
+    return REFERENCE_RUNS.get(run["base"], "baseline")
 
 
 def run_title(run: dict) -> str:
@@ -125,7 +137,7 @@ def summarize(cells: list[dict], runs: list[dict], dataset: str, ablation_norm: 
 
     table: per run, mean/std over seeds of the mAP and of the context score, and the paper's mAP
         (uniform label sets only: no spec, or rho = 0);
-    differences: per run, the paired difference to "baseline" (mAP and context score);
+    differences: per run, the paired difference to its reference run (reference_run; mAP and context score);
     comparisons: per --compare "A:B", the paired difference A − B;
     bias: per spec with rho > 0 whose rho = 0 twin is in the grid, the baseline's loss (twin − spec, paired)
         and per run the part of it recovered: its mean paired gain over the baseline / the mean loss
@@ -149,9 +161,10 @@ def summarize(cells: list[dict], runs: list[dict], dataset: str, ablation_norm: 
                     "paper": paper_map(dataset, run, n, ablation_norm) if uniform else None,
                     "context_mean": context_mean, "context_std": context_std,
                 })
-                paired = _paired(seeds, base) if run["name"] != "baseline" else None
+                reference = reference_run(run)
+                paired = _paired(seeds, grouped.get((spec, n, reference), {})) if run["name"] != reference else None
                 if paired:
-                    differences.append({"cooccur": spec, "n": n, "run": run["name"], **paired})
+                    differences.append({"cooccur": spec, "n": n, "run": run["name"], "reference": reference, **paired})
             for text in compare:
                 a, _, b = text.partition(":")
                 paired = _paired(grouped.get((spec, n, a), {}), grouped.get((spec, n, b), {}))
@@ -165,7 +178,7 @@ def summarize(cells: list[dict], runs: list[dict], dataset: str, ablation_norm: 
                 for run in runs:
                     seeds = grouped.get((spec, n, run["name"]), {})
                     common = sorted(set(seeds) & set(lost["seeds"]))
-                    if run["name"] == "baseline" or not common:
+                    if run["name"] == "baseline" or reference_run(run) != "baseline" or not common:
                         continue
                     gain = statistics.fmean(seeds[s]["mAP"] - base[s]["mAP"] for s in common)
                     loss = statistics.fmean(reference_base[s]["mAP"] - base[s]["mAP"] for s in common)
@@ -259,13 +272,14 @@ def markdown(summary: dict, runs: list[dict], settings: dict, cells: list[dict] 
     if summary["differences"]:
         lines += [
             "",
-            "Each run − baseline, paired by seed (same initial weights and data order): mean and 95 % Student-t interval.",
+            "Run − its reference run, paired by seed (same initial weights and data order): mean and 95 % Student-t interval.",
             "",
-            "| " + " | ".join(key_header + ["run", "seeds", "mean difference", "95 % interval"] + context_header) + " |",
-            "|" + "---|" * (len(key_header) + 4 + len(context_header)),
+            "| " + " | ".join(key_header + ["run", "− run", "seeds", "mean difference", "95 % interval"] + context_header) + " |",
+            "|" + "---|" * (len(key_header) + 5 + len(context_header)),
         ]
         for d in summary["differences"]:
-            row = key_cells(d.get("cooccur"), d["n"]) + [titles[d["run"]], ", ".join(map(str, d["seeds"]))]
+            reference = titles.get(d["reference"], d["reference"])
+            row = key_cells(d.get("cooccur"), d["n"]) + [titles[d["run"]], reference, ", ".join(map(str, d["seeds"]))]
             lines.append("| " + " | ".join(row + _difference_cells(d, with_specs)) + " |")
     if summary.get("comparisons"):
         lines += [
@@ -279,7 +293,7 @@ def markdown(summary: dict, runs: list[dict], settings: dict, cells: list[dict] 
             row = key_cells(d.get("cooccur"), d["n"]) + [f"{d['a']} − {d['b']}", ", ".join(map(str, d["seeds"]))]
             lines.append("| " + " | ".join(row + _difference_cells(d, with_specs)) + " |")
     if summary.get("bias"):
-        others = [run["name"] for run in runs if run["name"] != "baseline"]
+        others = [run["name"] for run in runs if run["name"] != "baseline" and reference_run(run) == "baseline"]
         lines += [
             "",
             "The bias the data causes: the baseline's mAP at ρ = 0 (the spec named, the same structure's where the grid "

@@ -32,7 +32,7 @@ from .data import DATASETS, DataOptions, build_dataset
 from .data.cooccur import SYNTAX as COOCCUR_SYNTAX, canonical_spec
 from .data.registry import PHOTO_DATASETS, TEST_SCHEMES, TRAIN_SCHEMES
 from .ema import ModelEma
-from ..losses import INDeeDLoss
+from ..losses import BASES, INDeeDLoss
 from ..metrics import (
     DEFAULT_PAIRS,
     ap_table_markdown,
@@ -53,6 +53,7 @@ BLOCKS = ("identical", "disparate")
 NO_BLOCKS = "none"  # --blocks none: the original heads of the mined pairs only (blocks=())
 SELF_PAIR_DISPARATE = ("zero_target", "skip")
 NORM_TITLES = {"minmax": "Min-max", "l2": "L2"}
+LOSS_TITLES = {"bce": "", "asl": "ASL", "focal": "focal"}  # beside the run's title, for other bases than BCE
 INIT_STREAM = 3  # seed stream of the model initialisation (engine uses 0-2 per epoch)
 # Settings a resumed run may change; every other one must match the checkpoint.
 RESUME_MAY_CHANGE = ("epochs", "out", "resume", "workers", "device", "compile", "quiet", "backend", "channels_last")
@@ -68,7 +69,8 @@ DATASET_BACKBONES = {"ml-digits": "simple-cnn-gap"}
 # epochs, with He's it learnt in the first (docs/EXPERIMENTS.md). Other backbones keep their own init.
 BACKBONE_INITS = {"simple-cnn": "kaiming"}
 # What a setting was before indeed-train recorded it: how a checkpoint or study cell without it ran.
-UNRECORDED_SETTINGS = {"init": "torch", "cooccur_statistic": "excess", "cooccur_z": 3.0, "bias_model": None}
+UNRECORDED_SETTINGS = {"init": "torch", "cooccur_statistic": "excess", "cooccur_z": 3.0, "bias_model": None, "loss": "bce",
+                       "gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05, "gamma": 2.0, "focal_grad": False}
 
 
 def _number(kind, low=None, low_inclusive=True, high=None):
@@ -145,6 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="an indeed-train checkpoint (a baseline's) whose scores on the training images rank the biased pairs, "
                              "Singh et al.'s way (default: with --method both on voc2007/coco2014 this run's baseline, "
                              "else the annotations: P(c | b) of the training labels)")
+    loss = p.add_argument_group("base loss (of the baseline and of every INDeeD head)")
+    loss.add_argument("--loss", default="bce", choices=BASES,
+                      help="bce; asl, the Asymmetric Loss (ASL's defaults below); focal, ASL with gamma_neg = gamma_pos = --gamma and no clip")
+    loss.add_argument("--gamma-neg", type=_number(float, 0.0), default=4.0, help="asl: focusing exponent of the negatives")
+    loss.add_argument("--gamma-pos", type=_number(float, 0.0), default=0.0, help="asl: focusing exponent of the positives")
+    loss.add_argument("--clip", type=_number(float, 0.0), default=0.05,
+                      help="asl: probability margin of the negatives, in [0, 1) (not --clip-grad)")
+    loss.add_argument("--gamma", type=_number(float, 0.0), default=2.0, help="focal: focusing exponent")
+    loss.add_argument("--focal-grad", action="store_true",
+                      help="asl, focal: differentiate the focal weight too (ASL's default holds it constant in backward)")
     model = p.add_argument_group("model and optimisation")
     model.add_argument("--backbone", metavar="NAME", help=f"one of {', '.join(BACKBONES)} (default: {DEFAULT_BACKBONE} or, per data set, {DATASET_BACKBONES})")
     model.add_argument("--weights", metavar="PATH", help="local weights file for the backbone (nothing downloads)")
@@ -203,14 +215,15 @@ def loss_blocks(blocks: list[str]) -> tuple[str, ...]:
 
 def planned_runs(args) -> list[dict]:
     """One dict per model to train: name, method, norm, lam and the table row title (which names
-    the pairs other than "any", and the original heads only for --blocks none)."""
+    the pairs other than "any", the original heads only for --blocks none, and a base loss other than BCE)."""
+    loss = LOSS_TITLES[args.loss]
     runs = []
     if args.method in ("baseline", "both"):
-        runs.append({"name": "baseline", "method": "baseline", "norm": None, "lam": 0.0, "title": "Baseline"})
+        runs.append({"name": "baseline", "method": "baseline", "norm": None, "lam": 0.0, "title": f"Baseline ({loss})" if loss else "Baseline"})
     if args.method in ("indeed", "both"):
         variant = ([args.strategy] if args.strategy != "any" else []) + (["orig heads only"] if not loss_blocks(args.blocks) else [])
         for norm in dict.fromkeys(args.norm):
-            title = f"INDeeD ({', '.join([NORM_TITLES[norm], *variant])})"
+            title = f"INDeeD ({', '.join(filter(None, [NORM_TITLES[norm], *variant, loss]))})"
             runs.append({"name": f"indeed-{norm}", "method": "indeed", "norm": norm, "lam": args.lam, "title": title})
     if args.method == "reweight":
         runs.append({"name": "reweight", "method": "reweight", "norm": None, "lam": 0.0,
@@ -293,7 +306,8 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
                 pair_settings |= {"num_classes": num_classes, "cooccur_statistic": args.cooccur_statistic, "cooccur_z": args.cooccur_z}
         criterion = INDeeDLoss(
             lam=run["lam"], norm=run["norm"] or "minmax", blocks=loss_blocks(args.blocks), self_pair_disparate=args.self_pair_disparate,
-            backend=args.backend, **pair_settings,
+            backend=args.backend, base=args.loss, gamma_neg=args.gamma_neg, gamma_pos=args.gamma_pos, clip=args.clip,
+            gamma=args.gamma, focal_grad=args.focal_grad, **pair_settings,
         )
     if args.global_pairs:
         criterion = distributed.GlobalPairsLoss(criterion)
@@ -442,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
         loss_blocks(args.blocks)
         if not math.isfinite(args.cooccur_z):
             raise ValueError(f"--cooccur-z must be finite, got {args.cooccur_z}")
+        if args.clip >= 1.0:
+            raise ValueError(f"--clip must be below 1, got {args.clip}")
+        if args.method == "reweight" and args.loss != "bce":
+            raise ValueError(f"--method reweight weights a BCE loss (Singh et al.'s); --loss {args.loss} is not available with it")
         bias_model = None if args.bias_model is None else load_bias_model(args.bias_model, bundle.class_names)
         os.makedirs(args.out, exist_ok=True)
     except (ValueError, OSError, ImportError) as e:

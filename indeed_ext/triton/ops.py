@@ -16,7 +16,7 @@ from .. import _checks
 from ..ops import OP_NAMES, register_autograd, register_fakes
 from . import decompose as _pair
 from . import mine_pairs as _mine
-from . import six_head_bce as _six_head
+from . import six_head_loss as _six_head
 from ._common import require_runnable
 
 NAMESPACE = "indeed_triton"
@@ -62,21 +62,27 @@ def decompose_backward(grad_ia, grad_ib, grad_da, grad_db, fa, fb, norm, eps):
     return _pair.pair_backward([grad_ia, grad_ib, grad_da, grad_db], fa, fb, norm, eps)
 
 
-def six_head_bce_forward(features, weight, bias, targets, index_a, index_b, norm, eps):
+def six_head_loss_forward(features, weight, bias, targets, index_a, index_b, norm, eps, loss, gamma_neg, gamma_pos,
+                          clip, eps_log, focal_grad):
     # Index values are read on the host only for CPU tensors: on GPUs that would be a sync per call.
     # There the kernels skip pairs with indices outside [0, B) and give them NaN losses, and the
-    # public API (indeed_ext.six_head_bce, check_indices=True) raises IndexError before the call.
+    # public API (indeed_ext.six_head_loss, check_indices=True) raises IndexError before the call.
     on_cpu = features.device.type == "cpu"
     _checks.check_six_head(features, weight, bias, targets, index_a, index_b, check_index_values=on_cpu)
     _checks.check_norm_eps(norm, eps)
+    _checks.check_loss(loss, gamma_neg, gamma_pos, clip, eps_log)
     require_runnable(features.device)
-    return _six_head.six_head_forward(features, weight, bias, targets, index_a, index_b, norm, eps)
+    return _six_head.six_head_forward(
+        features, weight, bias, targets, index_a, index_b, norm, eps, loss, gamma_neg, gamma_pos, clip, eps_log
+    )
 
 
-def six_head_bce_backward(grad, features, weight, bias, targets, index_a, index_b, logits, ident_logits, norm, eps):
-    # Private op, called by the autograd of _six_head_bce_forward with indices it has checked.
+def six_head_loss_backward(grad, features, weight, bias, targets, index_a, index_b, logits, ident_logits, norm, eps,
+                           loss, gamma_neg, gamma_pos, clip, eps_log, focal_grad):
+    # Private op, called by the autograd of _six_head_loss_forward with indices it has checked.
     _checks.check_six_head(features, weight, bias, targets, index_a, index_b, check_index_values=False)
     _checks.check_norm_eps(norm, eps)
+    _checks.check_loss(loss, gamma_neg, gamma_pos, clip, eps_log)
     require_runnable(features.device)
     (B, _), c, P = features.shape, weight.shape[0], index_a.shape[0]
     expected_shapes = {"grad": (grad, (P, 6)), "logits": (logits, (B, c)), "ident_logits": (ident_logits, (P, 2, c))}
@@ -84,14 +90,21 @@ def six_head_bce_backward(grad, features, weight, bias, targets, index_a, index_
         if tuple(t.shape) != shape:
             raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
     return _six_head.six_head_backward(
-        grad, features, weight, bias, targets, index_a, index_b, logits, ident_logits, norm, eps
+        grad, features, weight, bias, targets, index_a, index_b, logits, ident_logits, norm, eps, loss, gamma_neg,
+        gamma_pos, clip, eps_log, focal_grad,
     )
 
 
+# Like csrc/ops.cpp: the public ops forward to _six_head_loss_forward, whose autograd saves the logits.
+def six_head_loss(features, weight, bias, targets, index_a, index_b, norm="minmax", eps=1e-12, loss="bce",
+                  gamma_neg=0.0, gamma_pos=0.0, clip=0.0, eps_log=1e-8, focal_grad=False):
+    forward = torch.ops.indeed_triton._six_head_loss_forward
+    return forward(features, weight, bias, targets, index_a, index_b, norm, eps, loss, gamma_neg, gamma_pos, clip,
+                   eps_log, focal_grad)[0]
+
+
 def six_head_bce(features, weight, bias, targets, index_a, index_b, norm="minmax", eps=1e-12):
-    # Like csrc/ops.cpp: the public op forwards to _six_head_bce_forward, whose autograd saves the logits.
-    forward = torch.ops.indeed_triton._six_head_bce_forward
-    return forward(features, weight, bias, targets, index_a, index_b, norm, eps)[0]
+    return six_head_loss(features, weight, bias, targets, index_a, index_b, norm, eps)
 
 
 def mine_pairs(targets, seed):
@@ -113,8 +126,8 @@ _KERNELS = {
     "_identical_map_backward": identical_map_backward,
     "decompose": decompose,
     "_decompose_backward": decompose_backward,
-    "_six_head_bce_forward": six_head_bce_forward,
-    "_six_head_bce_backward": six_head_bce_backward,
+    "_six_head_loss_forward": six_head_loss_forward,
+    "_six_head_loss_backward": six_head_loss_backward,
     "mine_pairs": mine_pairs,
     "mine_pairs_cooccur": mine_pairs_cooccur,
 }
@@ -122,6 +135,7 @@ for _name, _kernel in _KERNELS.items():
     for _key in ("CPU", "CUDA"):
         _lib.impl(_name, _kernel, _key)
 _lib.impl("six_head_bce", six_head_bce, "CompositeImplicitAutograd")
+_lib.impl("six_head_loss", six_head_loss, "CompositeImplicitAutograd")
 
 register_fakes(NAMESPACE)
 register_autograd(NAMESPACE)

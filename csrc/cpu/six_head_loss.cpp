@@ -1,7 +1,9 @@
-// CPU kernels of six_head_bce with the structure of docs/SPEC.md: three GEMMs forward
+// CPU kernels of six_head_loss with the structure of docs/SPEC.md: three GEMMs forward
 // (L = F W^T + b, and one GEMM over the stacked identical features [ia; ib] of all pairs),
-// the disparate logits by subtraction, and a fused per-pair epilogue for the six BCE sums.
-// The backward runs the six GEMMs of the gradients; everything else is per-row passes.
+// the disparate logits by subtraction, and a fused per-pair epilogue for the six loss sums.
+// The backward runs the six GEMMs of the gradients; everything else is per-row passes. The
+// base loss (BCE or ASL, csrc/cpu/base_losses.h) is a template parameter of the two
+// elementwise passes, the epilogue and the logit gradients.
 // Everything is computed in acc_t (float, or double for double inputs): half inputs are
 // upcast once, and the GEMMs are at::mm/at::addmm on acc_t tensors.
 #include <ATen/ATen.h>
@@ -14,6 +16,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/base_losses.h"
 #include "cpu/kernel_utils.h"
 #include "cpu/row_math.h"
 #include "cpu/simd_clones.h"
@@ -24,37 +27,19 @@ namespace {
 
 constexpr int kHeads = 6;  // orig_a, orig_b, ident_a, ident_b, disp_a, disp_b
 
-// softplus and its derivative as torch computes them (beta 1, threshold 20: above it,
-// softplus(z) = z and the derivative is 1), so the BCE matches reference.py's F.softplus up
-// to rounding. exp's argument is capped at the threshold: the other branch is taken there.
-template <typename acc_t>
-inline acc_t exp_below_threshold(acc_t z) {
-  return simd_exp(z > acc_t(20) ? acc_t(20) : z);
-}
-template <typename acc_t>
-inline acc_t softplus(acc_t z) {
-  const acc_t sp = simd_log1p(exp_below_threshold(z));
-  return z > acc_t(20) ? z : sp;
-}
-template <typename acc_t>
-inline acc_t softplus_grad(acc_t z) {
-  const acc_t e = exp_below_threshold(z);
-  const acc_t sigmoid = e / (e + 1);
-  return z > acc_t(20) ? acc_t(1) : sigmoid;
-}
-
 // The op's inputs, checked, in the accumulation dtype and contiguous.
 struct SixHeadInputs {
   at::Tensor features, weight, targets, index_a, index_b;
   at::Tensor bias;  // zeros without a bias: the disparate logits add it back either way
   bool has_bias;
   Norm norm;
+  LossParams loss;
   int64_t B, n, c, P;
 };
 
 SixHeadInputs prepare(const at::Tensor& features, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                       const at::Tensor& targets, const at::Tensor& index_a, const at::Tensor& index_b,
-                      c10::string_view norm, double eps) {
+                      c10::string_view norm, double eps, const LossParams& loss) {
   check_six_head(features, weight, bias, targets, index_a, index_b);
   const Norm parsed = parse_norm(norm);
   check_eps(eps);
@@ -74,6 +59,7 @@ SixHeadInputs prepare(const at::Tensor& features, const at::Tensor& weight, cons
           acc_bias,
           bias.has_value(),
           parsed,
+          loss,
           B,
           features.size(1),
           c,
@@ -193,23 +179,24 @@ HeadsOfPairs<acc_t> heads_of_pairs(const SixHeadInputs& in, const at::Tensor& lo
           in.c};
 }
 
-// loss[i, h] = sum_k softplus(z_h) - y_h z_h for the pairs i in [begin, end).
-template <typename acc_t>
-[[gnu::always_inline]] inline void bce_sums_rows(const HeadsOfPairs<acc_t>& heads, int64_t begin, int64_t end,
-                                                 acc_t* loss) {
-  const auto bce = [](acc_t z, acc_t y) { return softplus(z) - y * z; };
+// loss[i, h] = sum_k base_loss.value(z_h, y_h) for the pairs i in [begin, end).
+template <typename acc_t, typename Loss>
+[[gnu::always_inline]] inline void loss_sums_rows(const HeadsOfPairs<acc_t>& heads, const Loss& base_loss,
+                                                  int64_t begin, int64_t end, acc_t* loss) {
+  // base_loss's members are called directly: GCC inlines no lambda around ASL's, and a call
+  // stops the loop's vectorisation.
   for (int64_t i = begin; i < end; ++i) {
     const auto pair = heads[i];
     acc_t oa = 0, ob = 0, ia = 0, ib = 0, da = 0, db = 0;  // the six sums, vectorised over k
 #pragma omp simd reduction(+ : oa, ob, ia, ib, da, db)
     for (int64_t k = 0; k < heads.c; ++k) {
       const Heads<acc_t> z = pair.logits(k), y = pair.targets(k);
-      oa += bce(z.orig_a, y.orig_a);
-      ob += bce(z.orig_b, y.orig_b);
-      ia += bce(z.ident_a, y.ident_a);
-      ib += bce(z.ident_b, y.ident_b);
-      da += bce(z.disp_a, y.disp_a);
-      db += bce(z.disp_b, y.disp_b);
+      oa += base_loss.value(z.orig_a, y.orig_a);
+      ob += base_loss.value(z.orig_b, y.orig_b);
+      ia += base_loss.value(z.ident_a, y.ident_a);
+      ib += base_loss.value(z.ident_b, y.ident_b);
+      da += base_loss.value(z.disp_a, y.disp_a);
+      db += base_loss.value(z.disp_b, y.disp_b);
     }
     acc_t* loss_i = loss + i * kHeads;
     loss_i[0] = oa;
@@ -220,16 +207,35 @@ template <typename acc_t>
     loss_i[5] = db;
   }
 }
-INDEED_SIMD_CLONES void bce_sums_rows(const HeadsOfPairs<float>& heads, int64_t begin, int64_t end, float* loss) {
-  bce_sums_rows<float>(heads, begin, end, loss);
+INDEED_SIMD_CLONES void loss_sums_rows(const HeadsOfPairs<float>& heads, const BceLoss<float>& base_loss,
+                                       int64_t begin, int64_t end, float* loss) {
+  loss_sums_rows<float>(heads, base_loss, begin, end, loss);
+}
+INDEED_SIMD_CLONES void loss_sums_rows(const HeadsOfPairs<float>& heads, const AslLoss<float>& base_loss,
+                                       int64_t begin, int64_t end, float* loss) {
+  loss_sums_rows<float>(heads, base_loss, begin, end, loss);
+}
+
+// Calls body(base_loss) with the functor of the inputs' base loss.
+template <typename acc_t, typename Body>
+void with_base_loss(const LossParams& params, const Body& body) {
+  if (params.loss == BaseLoss::Bce) {
+    body(BceLoss<acc_t>{});
+  } else {
+    body(AslLoss<acc_t>{static_cast<acc_t>(params.gamma_neg), static_cast<acc_t>(params.gamma_pos),
+                        static_cast<acc_t>(params.clip), static_cast<acc_t>(params.eps_log),
+                        static_cast<acc_t>(params.focal_grad)});
+  }
 }
 
 template <typename acc_t>
-void bce_sums(const SixHeadInputs& in, const at::Tensor& logits, const at::Tensor& ident_logits, at::Tensor& loss) {
+void loss_sums(const SixHeadInputs& in, const at::Tensor& logits, const at::Tensor& ident_logits, at::Tensor& loss) {
   const auto heads = heads_of_pairs<acc_t>(in, logits, ident_logits);
   acc_t* out = loss.mutable_data_ptr<acc_t>();
-  at::parallel_for(0, in.P, rows_per_task(kHeads * in.c),
-                   [&](int64_t begin, int64_t end) { bce_sums_rows(heads, begin, end, out); });
+  with_base_loss<acc_t>(in.loss, [&](const auto& base_loss) {
+    at::parallel_for(0, in.P, rows_per_task(kHeads * in.c),
+                     [&](int64_t begin, int64_t end) { loss_sums_rows(heads, base_loss, begin, end, out); });
+  });
 }
 
 // Pair sides grouped by feature row: entry 2i (side a of pair i) or 2i+1 (side b) belongs to
@@ -276,7 +282,7 @@ void sum_grouped_rows(const RowEntries& groups, const at::Tensor& src, at::Tenso
   });
 }
 
-// The heads' logit gradients e_h = g_h (sigma(z_h) - y_h), folded into what flows where:
+// The heads' logit gradients e_h = g_h base_loss.grad(z_h, y_h), folded into what flows where:
 // to_logits (P, 2, c) = [e_oa + e_da, e_ob + e_db] (into L[a], L[b]), to_ident (P, 2, c) =
 // [e_ia - e_da, e_ib - e_db] (into Lia, Lib), per_pair_bias (P, c) = sum_h e_h.
 template <typename acc_t>
@@ -286,11 +292,10 @@ struct HeadGrads {
   acc_t *to_logits, *to_ident, *per_pair_bias;
 };
 
-template <typename acc_t>
-[[gnu::always_inline]] inline void head_grads_rows(const HeadsOfPairs<acc_t>& heads, const HeadGrads<acc_t>& out,
-                                                   int64_t begin, int64_t end) {
+template <typename acc_t, typename Loss>
+[[gnu::always_inline]] inline void head_grads_rows(const HeadsOfPairs<acc_t>& heads, const Loss& base_loss,
+                                                   const HeadGrads<acc_t>& out, int64_t begin, int64_t end) {
   const int64_t c = heads.c;
-  const auto e = [](acc_t g, acc_t z, acc_t y) { return g * (softplus_grad(z) - y); };
   for (int64_t i = begin; i < end; ++i) {
     const auto pair = heads[i];
     const acc_t* grad_i = out.grad + i * out.grad_pair_stride;
@@ -304,9 +309,10 @@ template <typename acc_t>
 #pragma omp simd
     for (int64_t k = 0; k < c; ++k) {
       const Heads<acc_t> z = pair.logits(k), y = pair.targets(k);
-      const acc_t e_oa = e(g[0], z.orig_a, y.orig_a), e_ob = e(g[1], z.orig_b, y.orig_b);
-      const acc_t e_ia = e(g[2], z.ident_a, y.ident_a), e_ib = e(g[3], z.ident_b, y.ident_b);
-      const acc_t e_da = e(g[4], z.disp_a, y.disp_a), e_db = e(g[5], z.disp_b, y.disp_b);
+      const acc_t e_oa = g[0] * base_loss.grad(z.orig_a, y.orig_a), e_ob = g[1] * base_loss.grad(z.orig_b, y.orig_b);
+      const acc_t e_ia = g[2] * base_loss.grad(z.ident_a, y.ident_a);
+      const acc_t e_ib = g[3] * base_loss.grad(z.ident_b, y.ident_b);
+      const acc_t e_da = g[4] * base_loss.grad(z.disp_a, y.disp_a), e_db = g[5] * base_loss.grad(z.disp_b, y.disp_b);
       to_la[k] = e_oa + e_da;
       to_lb[k] = e_ob + e_db;
       to_ia[k] = e_ia - e_da;
@@ -315,9 +321,13 @@ template <typename acc_t>
     }
   }
 }
-INDEED_SIMD_CLONES void head_grads_rows(const HeadsOfPairs<float>& heads, const HeadGrads<float>& out, int64_t begin,
-                                        int64_t end) {
-  head_grads_rows<float>(heads, out, begin, end);
+INDEED_SIMD_CLONES void head_grads_rows(const HeadsOfPairs<float>& heads, const BceLoss<float>& base_loss,
+                                        const HeadGrads<float>& out, int64_t begin, int64_t end) {
+  head_grads_rows<float>(heads, base_loss, out, begin, end);
+}
+INDEED_SIMD_CLONES void head_grads_rows(const HeadsOfPairs<float>& heads, const AslLoss<float>& base_loss,
+                                        const HeadGrads<float>& out, int64_t begin, int64_t end) {
+  head_grads_rows<float>(heads, base_loss, out, begin, end);
 }
 
 // Sums over the rows of a small (rows, c) matrix, serially (a parallel region costs more).
@@ -342,8 +352,10 @@ void head_grads(const SixHeadInputs& in, const at::Tensor& grad, const at::Tenso
   const HeadGrads<acc_t> out{grad.const_data_ptr<acc_t>(), grad.stride(0), grad.stride(1),
                              to_logits.mutable_data_ptr<acc_t>(), to_ident.mutable_data_ptr<acc_t>(),
                              per_pair_bias.mutable_data_ptr<acc_t>()};
-  at::parallel_for(0, in.P, rows_per_task(kHeads * in.c),
-                   [&](int64_t begin, int64_t end) { head_grads_rows(heads, out, begin, end); });
+  with_base_loss<acc_t>(in.loss, [&](const auto& base_loss) {
+    at::parallel_for(0, in.P, rows_per_task(kHeads * in.c),
+                     [&](int64_t begin, int64_t end) { head_grads_rows(heads, base_loss, out, begin, end); });
+  });
 }
 
 // In place: rows 2i, 2i+1 of ident (P, 2, n) hold [dIA; dIB] on entry and [dfa; dfb] on
@@ -381,28 +393,32 @@ void identical_features_backward(const SixHeadInputs& in, const std::vector<RowN
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_bce_forward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_loss_forward(
     const at::Tensor& features, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& targets, const at::Tensor& index_a, const at::Tensor& index_b, c10::string_view norm,
-    double eps) {
-  const SixHeadInputs in = prepare(features, weight, bias, targets, index_a, index_b, norm, eps);
+    double eps, c10::string_view loss_name, double gamma_neg, double gamma_pos, double clip, double eps_log,
+    bool focal_grad) {
+  const LossParams params = parse_loss(loss_name, gamma_neg, gamma_pos, clip, eps_log, focal_grad);
+  const SixHeadInputs in = prepare(features, weight, bias, targets, index_a, index_b, norm, eps, params);
   at::Tensor ident = at::empty({in.P, 2, in.n}, in.features.options());
   at::Tensor logits, ident_logits, loss = at::empty({in.P, kHeads}, in.features.options());
-  AT_DISPATCH_FLOATING_TYPES(in.features.scalar_type(), "indeed::_six_head_bce_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(in.features.scalar_type(), "indeed::_six_head_loss_forward", [&] {
     logits = linear<scalar_t>(in, in.features);  // (B, c)
     identical_features<scalar_t>(in, static_cast<scalar_t>(eps), ident);
     ident_logits = linear<scalar_t>(in, ident.view({2 * in.P, in.n})).view({in.P, 2, in.c});
-    bce_sums<scalar_t>(in, logits, ident_logits, loss);
+    loss_sums<scalar_t>(in, logits, ident_logits, loss);
   });
   return {loss, logits, ident_logits};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_bce_backward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_loss_backward(
     const at::Tensor& grad_in, const at::Tensor& features_in, const at::Tensor& weight_in,
     const std::optional<at::Tensor>& bias_in, const at::Tensor& targets_in, const at::Tensor& index_a,
     const at::Tensor& index_b, const at::Tensor& logits_in, const at::Tensor& ident_logits_in, c10::string_view norm,
-    double eps) {
-  const SixHeadInputs in = prepare(features_in, weight_in, bias_in, targets_in, index_a, index_b, norm, eps);
+    double eps, c10::string_view loss_name, double gamma_neg, double gamma_pos, double clip, double eps_log,
+    bool focal_grad) {
+  const LossParams params = parse_loss(loss_name, gamma_neg, gamma_pos, clip, eps_log, focal_grad);
+  const SixHeadInputs in = prepare(features_in, weight_in, bias_in, targets_in, index_a, index_b, norm, eps, params);
   const auto acc = in.features.scalar_type();
   const auto dev = in.features.device();
   check_like("grad", grad_in, {in.P, kHeads}, acc, dev);
@@ -419,7 +435,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_bce_backward(
   at::Tensor ident = at::empty({P, 2, n}, opts);
   at::Tensor grad_features, grad_weight, grad_bias;
   const RowEntries groups = group_by_row(in);
-  AT_DISPATCH_FLOATING_TYPES(acc, "indeed::_six_head_bce_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(acc, "indeed::_six_head_loss_backward", [&] {
     head_grads<scalar_t>(in, grad, logits, ident_logits, to_logits, to_ident, per_pair_bias);
     sum_grouped_rows<scalar_t>(groups, to_logits.view({2 * P, c}), grad_logits, /*add_to_dst=*/false);
     const auto row_norms = identical_features<scalar_t>(in, static_cast<scalar_t>(eps), ident);
@@ -439,8 +455,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_bce_backward(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(indeed, CPU, m) {
-  m.impl("_six_head_bce_forward", &six_head_bce_forward);
-  m.impl("_six_head_bce_backward", &six_head_bce_backward);
+  m.impl("_six_head_loss_forward", &six_head_loss_forward);
+  m.impl("_six_head_loss_backward", &six_head_loss_backward);
 }
 
 }  // namespace indeed::cpu

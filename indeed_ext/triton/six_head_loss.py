@@ -1,4 +1,8 @@
-"""Triton kernels of six_head_bce (docs/SPEC.md, "Structure the kernels use").
+"""Triton kernels of six_head_loss (docs/SPEC.md, "Structure the kernels use").
+
+The base loss (BCE or ASL) is a compile-time choice (ASL, FOCAL_GRAD) of the two kernels
+that touch the logits, the forward and A below; both call the same elementwise functions,
+_base_loss and _base_loss_grad.
 
 Forward, two kernels:
 1. ``_linear_kernel``: the batch logits L = F W^T + b (B, c), one GEMM over B rows.
@@ -9,7 +13,7 @@ Forward, two kernels:
    pass 1 gathers the fa, fb rows for the row statistics of p, pass 2 gathers them
    again, forms m, m*fa, m*fb in registers and accumulates (m*fa) W^T and (m*fb) W^T
    with tl.dot; the epilogue adds the bias, gathers L[a], L[b] and the targets,
-   forms the disparate logits by subtraction and writes the six per-head BCE sums.
+   forms the disparate logits by subtraction and writes the six per-head loss sums.
    Written: loss (P, 6) and ident_logits (P, 2, c); nothing of size P x n.
    With more classes than one block, each class block writes partial sums that
    torch adds (deterministic).
@@ -18,7 +22,7 @@ Saved for the backward (by ops.py): the inputs and the logits L, ident_logits.
 Backward, four kernels; every reduction is deterministic except the scatter into dF:
 A. ``_grad_logits_kernel``, per block of pairs: one pass over the fa, fb rows for the
    statistics of p with the tie counts (written, (P, 6)), then over the classes:
-   e_h = g_h (sigmoid(z_h) - y_h) from the saved logits, combined per feature vector
+   e_h = g_h dloss/dz(z_h, y_h) from the saved logits, combined per feature vector
    as Ga = e_oa + e_da, Gb = e_ob + e_db, Gia = e_ia - e_da, Gib = e_ib - e_db (written,
    (4, P, c)), and per program the partial sums of dbias, added by torch.
 B. ``_grad_m_kernel``, per block of pairs and of features: dm = (Gia W) fa + (Gib W) fb
@@ -98,18 +102,83 @@ def _pair_indices(index_a_ptr, index_b_ptr, pairs, P, B):
 
 
 @triton.jit
-def _bce_sum(z, y, mask):
-    """sum over classes of softplus(z) - y z, softplus in the stable form max(z, 0) + log(1 + exp(-|z|))."""
-    bce = tl.maximum(z, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(z))) - y * z
-    return tl.sum(tl.where(mask, bce, 0.0), axis=1)
+def _asl_terms(z, y, gamma_neg, gamma_pos, clip, eps_log):
+    """The steps of reference.asl_sum (ASL's AsymmetricLoss) for logits z, targets y; see csrc/cpu/base_losses.h.
+
+    (1 - pt)^gamma is exp(gamma log(1 - pt)) with pow's edges, b^0 = 1 and 0^gamma = 0 (1 - pt
+    is 0 or at least one ulp of 1, so the 1e-30 floor only keeps log away from 0).
+    """
+    p = 1.0 / (1.0 + tl.exp(-z))  # torch.sigmoid's formula
+    xs_neg_unclipped = (1.0 - p) + clip
+    xs_neg = tl.where(xs_neg_unclipped > 1.0, 1.0, xs_neg_unclipped)  # NaN stays NaN, as in clamp
+    pos = tl.where(p < eps_log, eps_log, p)
+    neg = tl.where(xs_neg < eps_log, eps_log, xs_neg)
+    log_likelihood = y * tl.log(pos) + (1.0 - y) * tl.log(neg)
+    gamma = gamma_pos * y + gamma_neg * (1.0 - y)
+    base = 1.0 - (p * y + xs_neg * (1.0 - y))
+    power = tl.where(base > 0.0, tl.exp(gamma * tl.log(tl.maximum(base, 1e-30))), 0.0)
+    weight = tl.where(gamma == 0.0, 1.0, power)
+    return p, xs_neg_unclipped, xs_neg, pos, neg, log_likelihood, gamma, base, weight
+
+
+@triton.jit
+def _base_loss(z, y, gamma_neg, gamma_pos, clip, eps_log, ASL: tl.constexpr):
+    """The loss of each logit: ASL, or BCE as softplus(z) - y z in the stable form max(z, 0) + log(1 + exp(-|z|))."""
+    if ASL:
+        _, _, _, _, _, log_likelihood, _, _, weight = _asl_terms(z, y, gamma_neg, gamma_pos, clip, eps_log)
+        loss = -(log_likelihood * weight)
+    else:
+        loss = tl.maximum(z, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(z))) - y * z
+    return loss
+
+
+@triton.jit
+def _base_loss_grad(z, y, gamma_neg, gamma_pos, clip, eps_log, ASL: tl.constexpr, FOCAL_GRAD: tl.constexpr):
+    """d loss / dz of each logit (_base_loss), as autograd through reference.py gives it: ASL's clamps pass
+    no gradient at equality (torch's clamp), and its focal weight w = (1 - pt)^gamma is a constant unless
+    FOCAL_GRAD."""
+    if ASL:
+        p, xs_neg_unclipped, xs_neg, pos, neg, log_likelihood, gamma, base, weight = _asl_terms(
+            z, y, gamma_neg, gamma_pos, clip, eps_log)
+        grad_log_likelihood = -weight
+        if FOCAL_GRAD:  # -(-A) dw/dbase, base^(gamma - 1) = w / base, and pow's values at base = 0
+            at_zero = tl.where(gamma == 1.0, 1.0, tl.where((gamma > 0.0) & (gamma < 1.0), float("inf"), 0.0))
+            power = tl.where(base > 0.0, weight / tl.where(base > 0.0, base, 1.0), at_zero)
+            grad_pt = tl.where(gamma == 0.0, 0.0, log_likelihood * (gamma * power))
+        else:
+            grad_pt = tl.zeros_like(z)
+        grad_pos = tl.where(p > eps_log, grad_log_likelihood * y / pos, 0.0)
+        grad_neg = tl.where(xs_neg > eps_log, grad_log_likelihood * (1.0 - y) / neg, 0.0)
+        grad_xs_neg = grad_neg + grad_pt * (1.0 - y)
+        clip_limit = tl.where(clip > 0.0, 1.0, float("inf"))  # no clamp at all without a clip
+        grad_p = grad_pos + grad_pt * y - tl.where(xs_neg_unclipped < clip_limit, grad_xs_neg, 0.0)
+        grad = grad_p * (1.0 - p) * p
+    else:
+        grad = tl.sigmoid(z) - y
+    return grad
+
+
+@triton.jit
+def _loss_params(gamma_neg, gamma_pos, clip, eps_log, ACC: tl.constexpr):
+    """ASL's parameters (float64 arguments) in ACC, as torch rounds a Python scalar for a tensor of that dtype
+    (tl.full, not tl.cast: the interpreter's tl.cast would round them to float32 first)."""
+    return (tl.full((), gamma_neg, ACC), tl.full((), gamma_pos, ACC), tl.full((), clip, ACC),
+            tl.full((), eps_log, ACC))
+
+
+@triton.jit
+def _loss_sum(z, y, mask, gamma_neg, gamma_pos, clip, eps_log, ASL: tl.constexpr):
+    """Sum over classes (axis 1) of _base_loss, zero outside mask."""
+    loss = _base_loss(z, y, gamma_neg, gamma_pos, clip, eps_log, ASL)
+    return tl.sum(tl.where(mask, loss, 0.0), axis=1)
 
 
 @triton.jit
 def _six_head_forward_kernel(
     f_ptr, w_ptr, bias_ptr, t_ptr, index_a_ptr, index_b_ptr, logits_ptr, ident_ptr, loss_ptr,
-    P, B, n, c, eps: tl.float64,
+    P, B, n, c, eps: tl.float64, gamma_neg: tl.float64, gamma_pos: tl.float64, clip: tl.float64, eps_log: tl.float64,
     stride_fr, stride_fc, stride_wr, stride_wc, stride_tr, stride_tc,
-    L2: tl.constexpr, HAS_BIAS: tl.constexpr,
+    L2: tl.constexpr, HAS_BIAS: tl.constexpr, ASL: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_STATS: tl.constexpr,
     ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -141,36 +210,44 @@ def _six_head_forward_kernel(
     ident = pairs[:, None] * (2 * c) + classes[None, :]
     tl.store(ident_ptr + ident, z_ia, mask=mask)
     tl.store(ident_ptr + ident + c, z_ib, mask=mask)
-    z_oa = load_tile(logits_ptr, idx_a * c, classes, 1, mask, ACC)
-    z_ob = load_tile(logits_ptr, idx_b * c, classes, 1, mask, ACC)
     y_a = load_tile(t_ptr, idx_a * stride_tr, classes, stride_tc, mask, ACC)
     y_b = load_tile(t_ptr, idx_b * stride_tr, classes, stride_tc, mask, ACC)
     both = y_a * y_b
     out = loss_ptr + (tl.program_id(1) * P + pairs) * 6
-    in_range = pairs < P
-    bad = tl.where(pair_mask, 0.0, float("nan"))  # NaN losses for indices outside [0, B) (_pair_indices)
-    tl.store(out + 0, _bce_sum(z_oa, y_a, mask) + bad, mask=in_range)
-    tl.store(out + 1, _bce_sum(z_ob, y_b, mask) + bad, mask=in_range)
-    tl.store(out + 2, _bce_sum(z_ia, both, mask) + bad, mask=in_range)
-    tl.store(out + 3, _bce_sum(z_ib, both, mask) + bad, mask=in_range)
-    tl.store(out + 4, _bce_sum(z_oa - z_ia + beta, y_a - both, mask) + bad, mask=in_range)
-    tl.store(out + 5, _bce_sum(z_ob - z_ib + beta, y_b - both, mask) + bad, mask=in_range)
+    # NaN losses for indices outside [0, B) (_pair_indices)
+    bad = tl.where(pair_mask, 0.0, float("nan"))
+    params = _loss_params(gamma_neg, gamma_pos, clip, eps_log, ACC)
+    # side a's heads, then side b's: fewer tiles live at once (the ASL epilogue spilled otherwise)
+    z_oa = load_tile(logits_ptr, idx_a * c, classes, 1, mask, ACC)
+    _store_side_sums(out, pairs < P, bad, z_oa, z_ia, beta, y_a, both, mask, params, 0, ASL)
+    z_ob = load_tile(logits_ptr, idx_b * c, classes, 1, mask, ACC)
+    _store_side_sums(out, pairs < P, bad, z_ob, z_ib, beta, y_b, both, mask, params, 1, ASL)
 
 
 @triton.jit
-def _head_error(g_ptr, pairs, pair_mask, mask, z, y, HEAD: tl.constexpr, ACC: tl.constexpr):
-    """e = g_h (sigmoid(z) - y) of one head, zero outside mask."""
+def _store_side_sums(out, in_range, bad, z_o, z_i, beta, y, both, mask, params, SIDE: tl.constexpr, ASL: tl.constexpr):
+    """The loss sums of one side's heads orig, ident, disp (columns SIDE, 2 + SIDE, 4 + SIDE of out)."""
+    tl.store(out + SIDE, _loss_sum(z_o, y, mask, *params, ASL) + bad, mask=in_range)
+    tl.store(out + 2 + SIDE, _loss_sum(z_i, both, mask, *params, ASL) + bad, mask=in_range)
+    tl.store(out + 4 + SIDE, _loss_sum(z_o - z_i + beta, y - both, mask, *params, ASL) + bad, mask=in_range)
+
+
+@triton.jit
+def _head_error(g_ptr, pairs, pair_mask, mask, z, y, gamma_neg, gamma_pos, clip, eps_log,
+                HEAD: tl.constexpr, ACC: tl.constexpr, ASL: tl.constexpr, FOCAL_GRAD: tl.constexpr):
+    """e = g_h dloss/dz(z, y) of one head, zero outside mask."""
     g = tl.load(g_ptr + pairs * 6 + HEAD, mask=pair_mask, other=0.0).to(ACC)
-    return tl.where(mask, g[:, None] * (tl.sigmoid(z) - y), 0.0)
+    grad = _base_loss_grad(z, y, gamma_neg, gamma_pos, clip, eps_log, ASL, FOCAL_GRAD)
+    return tl.where(mask, g[:, None] * grad, 0.0)
 
 
 @triton.jit
 def _grad_logits_kernel(
     g_ptr, f_ptr, bias_ptr, t_ptr, index_a_ptr, index_b_ptr, logits_ptr, ident_ptr,
     ga_ptr, gb_ptr, gia_ptr, gib_ptr, stats_ptr, dbias_ptr,
-    P, B, n, c, eps: tl.float64,
+    P, B, n, c, eps: tl.float64, gamma_neg: tl.float64, gamma_pos: tl.float64, clip: tl.float64, eps_log: tl.float64,
     stride_fr, stride_fc, stride_tr, stride_tc,
-    L2: tl.constexpr, HAS_BIAS: tl.constexpr,
+    L2: tl.constexpr, HAS_BIAS: tl.constexpr, ASL: tl.constexpr, FOCAL_GRAD: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
 ):
     """Ga, Gb, Gia, Gib (P, c), the row statistics of p (P, 6) and partial dbias sums (pair blocks, c)."""
@@ -188,6 +265,7 @@ def _grad_logits_kernel(
     tl.store(stats + 3, unclamped.to(ACC), mask=pair_mask)
     tl.store(stats + 4, k_lo.to(ACC), mask=pair_mask)
     tl.store(stats + 5, k_hi.to(ACC), mask=pair_mask)
+    params = _loss_params(gamma_neg, gamma_pos, clip, eps_log, ACC)
     for start in range(0, c, BLOCK_C):
         classes = start + tl.arange(0, BLOCK_C)
         class_mask = classes < c
@@ -196,26 +274,34 @@ def _grad_logits_kernel(
             beta = tl.load(bias_ptr + classes, mask=class_mask, other=0.0).to(ACC)[None, :]
         else:
             beta = tl.zeros([1, BLOCK_C], ACC)
-        z_oa = load_tile(logits_ptr, idx_a * c, classes, 1, mask, ACC)
-        z_ob = load_tile(logits_ptr, idx_b * c, classes, 1, mask, ACC)
-        z_ia = load_tile(ident_ptr, pairs * (2 * c), classes, 1, mask, ACC)
-        z_ib = load_tile(ident_ptr, pairs * (2 * c) + c, classes, 1, mask, ACC)
         y_a = load_tile(t_ptr, idx_a * stride_tr, classes, stride_tc, mask, ACC)
         y_b = load_tile(t_ptr, idx_b * stride_tr, classes, stride_tc, mask, ACC)
         both = y_a * y_b
-        e_oa = _head_error(g_ptr, pairs, pair_mask, mask, z_oa, y_a, 0, ACC)
-        e_ob = _head_error(g_ptr, pairs, pair_mask, mask, z_ob, y_b, 1, ACC)
-        e_ia = _head_error(g_ptr, pairs, pair_mask, mask, z_ia, both, 2, ACC)
-        e_ib = _head_error(g_ptr, pairs, pair_mask, mask, z_ib, both, 3, ACC)
-        e_da = _head_error(g_ptr, pairs, pair_mask, mask, z_oa - z_ia + beta, y_a - both, 4, ACC)
-        e_db = _head_error(g_ptr, pairs, pair_mask, mask, z_ob - z_ib + beta, y_b - both, 5, ACC)
         out = pairs[:, None] * c + classes[None, :]
-        tl.store(ga_ptr + out, e_oa + e_da, mask=mask)
-        tl.store(gb_ptr + out, e_ob + e_db, mask=mask)
-        tl.store(gia_ptr + out, e_ia - e_da, mask=mask)
-        tl.store(gib_ptr + out, e_ib - e_db, mask=mask)
-        dbias = tl.sum(e_oa + e_ob + e_ia + e_ib + e_da + e_db, axis=0)
+        # side a's heads, then side b's: fewer tiles live at once (ASL's gradients spilled otherwise)
+        z_oa = load_tile(logits_ptr, idx_a * c, classes, 1, mask, ACC)
+        z_ia = load_tile(ident_ptr, pairs * (2 * c), classes, 1, mask, ACC)
+        dbias = _store_side_errors(g_ptr, ga_ptr, gia_ptr, out, z_oa, z_ia, beta, y_a, both, pairs, pair_mask, mask,
+                                   params, 0, ACC, ASL, FOCAL_GRAD)
+        z_ob = load_tile(logits_ptr, idx_b * c, classes, 1, mask, ACC)
+        z_ib = load_tile(ident_ptr, pairs * (2 * c) + c, classes, 1, mask, ACC)
+        dbias += _store_side_errors(g_ptr, gb_ptr, gib_ptr, out, z_ob, z_ib, beta, y_b, both, pairs, pair_mask, mask,
+                                    params, 1, ACC, ASL, FOCAL_GRAD)
         tl.store(dbias_ptr + pid * c + classes, dbias, mask=class_mask)
+
+
+@triton.jit
+def _store_side_errors(g_ptr, g_orig_ptr, g_ident_ptr, out, z_o, z_i, beta, y, both, pairs, pair_mask, mask, params,
+                       SIDE: tl.constexpr, ACC: tl.constexpr, ASL: tl.constexpr, FOCAL_GRAD: tl.constexpr):
+    """One side's logit gradients e_o, e_i, e_d (heads orig, ident, disp: SIDE, 2 + SIDE, 4 + SIDE): stores
+    G = e_o + e_d and G_ident = e_i - e_d at out, returns the side's column sums of dbias."""
+    e_o = _head_error(g_ptr, pairs, pair_mask, mask, z_o, y, *params, SIDE, ACC, ASL, FOCAL_GRAD)
+    e_i = _head_error(g_ptr, pairs, pair_mask, mask, z_i, both, *params, 2 + SIDE, ACC, ASL, FOCAL_GRAD)
+    e_d = _head_error(g_ptr, pairs, pair_mask, mask, z_o - z_i + beta, y - both, *params, 4 + SIDE, ACC, ASL,
+                      FOCAL_GRAD)
+    tl.store(g_orig_ptr + out, e_o + e_d, mask=mask)
+    tl.store(g_ident_ptr + out, e_i - e_d, mask=mask)
+    return tl.sum(e_o + e_i + e_d, axis=0)
 
 
 @triton.jit
@@ -375,9 +461,15 @@ _GPU_CONFIGS = {
     "grad_features": dict(BLOCK_P=32, BLOCK_C=32, BLOCK_N=64, num_warps=8),  # also _grad_m_kernel
     "grad_weight": dict(BLOCK_P=16, BLOCK_C=64, BLOCK_N=32, num_warps=8),
 }
+# ASL's epilogues hold more tiles. ptxas spilled 8-44 bytes with the BCE settings: the forward
+# at BLOCK_C = 128 (255 registers, float32 with TF32 and bfloat16, c = 130), and where it capped
+# a kernel below 255 registers by its own heuristic (64 or 128: _grad_logits_kernel at c = 3, the
+# forward at BLOCK_C = 64); maxnreg = 255 stops that cap.
+_ASL_GPU_CONFIGS = {"forward": dict(BLOCK_C=64, maxnreg=255), "grad_logits": dict(maxnreg=255)}
 
 
-def _config(kernel: str, features: torch.Tensor, c: int, dot: bool = True, accurate: bool = False) -> dict:
+def _config(kernel: str, features: torch.Tensor, c: int, dot: bool = True, accurate: bool = False,
+            loss: str = "bce") -> dict:
     """Launch parameters of one kernel: blocks, warps, stages and (dot) the dtypes and tl.dot precision.
 
     accurate: half inputs go into tl.dot as float32 with 3xTF32 (about float32 accuracy on
@@ -385,12 +477,13 @@ def _config(kernel: str, features: torch.Tensor, c: int, dot: bool = True, accur
     dm, amplified by 1/den in dp (1/eps for a clamped row), and dW, a sum over all pairs.
     Computed once per setting (callers only read the dict): the ops' per-call Python is small.
     """
-    return _cached_config(kernel, features.dtype, c, dot, accurate, torch.get_float32_matmul_precision())
+    return _cached_config(kernel, features.dtype, c, dot, accurate, loss, torch.get_float32_matmul_precision())
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_config(kernel: str, dtype: torch.dtype, c: int, dot: bool, accurate: bool, _matmul_precision: str) -> dict:
-    config = dict(_GPU_CONFIGS[kernel])
+def _cached_config(kernel: str, dtype: torch.dtype, c: int, dot: bool, accurate: bool, loss: str,
+                   _matmul_precision: str) -> dict:
+    config = dict(_GPU_CONFIGS[kernel], **(_ASL_GPU_CONFIGS.get(kernel, {}) if loss == "asl" else {}))
     if INTERPRETING:
         config = {k: (16 if k.startswith("BLOCK") else v) for k, v in config.items()}
     else:
@@ -407,7 +500,8 @@ def _cached_config(kernel: str, dtype: torch.dtype, c: int, dot: bool, accurate:
     return config
 
 
-def six_head_forward(features, weight, bias, targets, index_a, index_b, norm: str, eps: float):
+def six_head_forward(features, weight, bias, targets, index_a, index_b, norm: str, eps: float, loss: str,
+                     gamma_neg: float, gamma_pos: float, clip: float, eps_log: float):
     """(loss (P, 6), logits (B, c), ident_logits (P, 2, c)) in the accumulation dtype; inputs already checked."""
     (B, n), c, P = features.shape, weight.shape[0], index_a.shape[0]
     cd = torch.float64 if features.dtype == torch.float64 else torch.float32
@@ -422,15 +516,15 @@ def six_head_forward(features, weight, bias, targets, index_a, index_b, norm: st
         )
     if P == 0 or c == 0:
         return torch.zeros((P, 6), dtype=cd, device=dev), logits, ident_logits
-    cfg = _config("forward", features, c)
+    cfg = _config("forward", features, c, loss=loss)
     class_blocks = triton.cdiv(c, cfg["BLOCK_C"])
-    loss = torch.empty((P, 6) if class_blocks == 1 else (class_blocks, P, 6), dtype=cd, device=dev)
+    sums = torch.empty((P, 6) if class_blocks == 1 else (class_blocks, P, 6), dtype=cd, device=dev)
     _six_head_forward_kernel[(triton.cdiv(P, cfg["BLOCK_P"]), class_blocks)](
-        features, weight, bias, targets, index_a.contiguous(), index_b.contiguous(), logits, ident_logits, loss,
-        P, B, n, c, eps, *features.stride(), *weight.stride(), *targets.stride(),
-        L2=norm == "l2", HAS_BIAS=bias is not None, **cfg,
+        features, weight, bias, targets, index_a.contiguous(), index_b.contiguous(), logits, ident_logits, sums,
+        P, B, n, c, eps, gamma_neg, gamma_pos, clip, eps_log, *features.stride(), *weight.stride(), *targets.stride(),
+        L2=norm == "l2", HAS_BIAS=bias is not None, ASL=loss == "asl", **cfg,
     )
-    return (loss if class_blocks == 1 else loss.sum(0)), logits, ident_logits
+    return (sums if class_blocks == 1 else sums.sum(0)), logits, ident_logits
 
 
 @functools.lru_cache(maxsize=None)
@@ -453,7 +547,8 @@ def _in_layout_of(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def six_head_backward(grad, features, weight, bias, targets, index_a, index_b, logits, ident_logits, norm: str,
-                      eps: float):
+                      eps: float, loss: str, gamma_neg: float, gamma_pos: float, clip: float, eps_log: float,
+                      focal_grad: bool):
     """(grad_features, grad_weight, grad_bias) in the dtypes of features, weight, weight; inputs already checked."""
     (B, n), c, P = features.shape, weight.shape[0], index_a.shape[0]
     cd = torch.float64 if features.dtype == torch.float64 else torch.float32
@@ -465,14 +560,16 @@ def six_head_backward(grad, features, weight, bias, targets, index_a, index_b, l
     index_a, index_b = index_a.contiguous(), index_b.contiguous()
     grad, logits, ident_logits = grad.contiguous(), logits.contiguous(), ident_logits.contiguous()
 
-    cfg = _config("grad_logits", features, c, dot=False)
+    cfg = _config("grad_logits", features, c, dot=False, loss=loss)
     pair_blocks = triton.cdiv(P, cfg["BLOCK_P"])
     ga, gb, gia, gib = torch.empty((4, P, c), dtype=cd, device=dev)
     stats = torch.empty((P, 6), dtype=cd, device=dev)
     dbias = torch.empty((pair_blocks, c), dtype=cd, device=dev)
     _grad_logits_kernel[(pair_blocks,)](
         grad, features, bias, targets, index_a, index_b, logits, ident_logits, ga, gb, gia, gib, stats, dbias,
-        P, B, n, c, eps, *features.stride(), *targets.stride(), L2=l2, HAS_BIAS=bias is not None, enable_fp_fusion=False, **cfg,
+        P, B, n, c, eps, gamma_neg, gamma_pos, clip, eps_log, *features.stride(), *targets.stride(), L2=l2,
+        HAS_BIAS=bias is not None, ASL=loss == "asl", FOCAL_GRAD=loss == "asl" and focal_grad, enable_fp_fusion=False,
+        **cfg,
     )
 
     cfg = _config("grad_features", features, c)

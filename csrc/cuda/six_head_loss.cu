@@ -1,5 +1,6 @@
-// CUDA kernels of _six_head_bce_forward and _six_head_bce_backward (docs/SPEC.md, "Structure
-// the kernels use"). GEMMs go through ATen (cuBLAS; torch's TF32 settings apply); half inputs
+// CUDA kernels of _six_head_loss_forward and _six_head_loss_backward (docs/SPEC.md, "Structure
+// the kernels use"). The base loss (BCE or ASL, csrc/cuda/base_losses.cuh) is a template
+// parameter of the loss and dlogits kernels (passes 4 and 5). GEMMs go through ATen (cuBLAS; torch's TF32 settings apply); half inputs
 // multiply in their dtype with fp32 accumulation and fp32 output (mm.dtype) where the product
 // feeds a sum. Everything else is fused into the passes below.
 //
@@ -10,11 +11,11 @@
 //   2. pair rows (gather fa = F[index_a], fb = F[index_b]; m; ia = m fa, ib = m fb)
 //                                          reads 2 P n s, writes 2 P n s as one (P, 2, n) matrix
 //   3. GEMM [Lia; Lib] = [ia; ib] W^T + b  reads 2 P n s, writes 2 P c a (one GEMM of 2P rows)
-//   4. loss (disparate logits L[a] - Lia + b, targets, stable BCE, per-head sums; a warp per pair)
+//   4. loss (disparate logits L[a] - Lia + b, targets, base loss, per-head sums; a warp per pair)
 //                                          reads 6 P c a, writes 6 P a
 //   total about (B + 4 P) n s.
 // backward (nothing but the logits is saved, so m, ia, ib are recomputed in pass 8)
-//   5. dlogits: e_h = g_h (sigmoid(z_h) - y_h); G[a] += e_oa + e_da, G[b] += e_ob + e_db
+//   5. dlogits: e_h = g_h dloss/dz(z_h, y_h); G[a] += e_oa + e_da, G[b] += e_ob + e_db
 //      (atomicAdd), Gia = e_ia - e_da, Gib = e_ib - e_db, per-block partial sums of db
 //                                          reads 6 P c a, writes 2 P c (s + a)
 //   6. GEMM [dIA; dIB] = [Gia; Gib] W       writes 2 P n s
@@ -39,6 +40,7 @@
 #include <tuple>
 
 #include "checks.h"
+#include "cuda/base_losses.cuh"
 #include "cuda/pair_rows.cuh"
 
 namespace indeed::gpu {
@@ -48,19 +50,6 @@ constexpr int kHeads = 6;
 constexpr int kLossBlockThreads = 256;  // a warp per pair
 constexpr int kPairsPerChunk = 32;      // dlogits: pairs per block (one partial bias sum each)
 constexpr int kMaxClassThreads = 256;
-
-// torch's softplus (threshold 20) and its derivative, so that the BCE terms match F.softplus.
-template <typename acc_t>
-__device__ __forceinline__ acc_t softplus(acc_t z) {
-  return z > acc_t(20) ? z : std::log1p(std::exp(z));
-}
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t softplus_grad(acc_t z) {
-  if (z > acc_t(20)) return acc_t(1);
-  const acc_t e = std::exp(z);
-  return e / (e + 1);
-}
 
 template <typename acc_t>
 struct SixHeadInputs {
@@ -94,9 +83,9 @@ struct SixHeadInputs {
   }
 };
 
-// loss[pair, h] = sum_j softplus(z_hj) - y_hj z_hj; a warp per pair, lanes over classes.
-template <typename acc_t>
-__global__ void six_head_loss_kernel(const SixHeadInputs<acc_t> in, acc_t* __restrict__ loss) {
+// loss[pair, h] = sum_j base_loss.value(z_hj, y_hj); a warp per pair, lanes over classes.
+template <typename acc_t, typename Loss>
+__global__ void six_head_loss_kernel(const SixHeadInputs<acc_t> in, const Loss base_loss, acc_t* __restrict__ loss) {
   const int64_t pair = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp;
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
   if (pair >= in.P) return;  // the whole warp leaves: no shuffle below misses a lane
@@ -106,17 +95,17 @@ __global__ void six_head_loss_kernel(const SixHeadInputs<acc_t> in, acc_t* __res
     acc_t z[kHeads], y[kHeads];
     in.heads(pair, a, b, j, z, y);
 #pragma unroll
-    for (int h = 0; h < kHeads; ++h) sum.v[h] += softplus(z[h]) - y[h] * z[h];
+    for (int h = 0; h < kHeads; ++h) sum.v[h] += base_loss.value(z[h], y[h]);
   }
 #pragma unroll
   for (int mask = kWarp / 2; mask > 0; mask /= 2) sum = combine(sum, shfl_xor(sum, mask));
   if (lane < kHeads) loss[pair * kHeads + lane] = sum.v[lane];
 }
 
-// Per pair and class: e_h = g_h (sigmoid(z_h) - y_h). Threads own classes; a block walks
+// Per pair and class: e_h = g_h base_loss.grad(z_h, y_h). Threads own classes; a block walks
 // kPairsPerChunk pairs and writes its partial bias gradient.
-template <typename scalar_t, typename acc_t>
-__global__ void six_head_dlogits_kernel(const SixHeadInputs<acc_t> in, const acc_t* __restrict__ grad,
+template <typename scalar_t, typename acc_t, typename Loss>
+__global__ void six_head_dlogits_kernel(const SixHeadInputs<acc_t> in, const Loss base_loss, const acc_t* __restrict__ grad,
                                         acc_t* __restrict__ grad_logits, scalar_t* __restrict__ grad_ident,
                                         acc_t* __restrict__ bias_partial) {
   const int64_t j = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
@@ -130,7 +119,7 @@ __global__ void six_head_dlogits_kernel(const SixHeadInputs<acc_t> in, const acc
     in.heads(pair, a, b, j, z, y);
 #pragma unroll
     for (int h = 0; h < kHeads; ++h) {
-      e[h] = grad[pair * kHeads + h] * (softplus_grad(z[h]) - y[h]);
+      e[h] = grad[pair * kHeads + h] * base_loss.grad(z[h], y[h]);
       bias_sum += e[h];
     }
     // L[a] carries orig_a and, through z_da = L[a] - Lia + b, disp_a; Lia carries ident_a - disp_a.
@@ -168,17 +157,30 @@ SixHeadInputs<acc_t> six_head_inputs(const at::Tensor& logits, const at::Tensor&
           index_b.data_ptr<int64_t>(), index_a.size(0), logits.size(0), logits.size(1)};
 }
 
+// Calls launch(base_loss) with the functor of the base loss in params.
+template <typename acc_t, typename Launch>
+void with_base_loss(const LossParams& params, const Launch& launch) {
+  if (params.loss == BaseLoss::Bce) {
+    launch(BceLoss<acc_t>{});
+  } else {
+    launch(AslLoss<acc_t>{static_cast<acc_t>(params.gamma_neg), static_cast<acc_t>(params.gamma_pos),
+                          static_cast<acc_t>(params.clip), static_cast<acc_t>(params.eps_log), params.focal_grad});
+  }
+}
+
 struct Prepared {
   at::Tensor features, index_a, index_b, targets, bias_acc;
   at::ScalarType acc;
   Norm norm;
+  LossParams loss;
 };
 
 Prepared prepare(const at::Tensor& features, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                  const at::Tensor& targets, const at::Tensor& index_a, const at::Tensor& index_b,
-                 c10::string_view norm, double eps) {
+                 c10::string_view norm, double eps, const LossParams& loss) {
   check_six_head(features, weight, bias, targets, index_a, index_b);
   Prepared p;
+  p.loss = loss;
   p.norm = parse_norm(norm);
   check_eps(eps);
   p.acc = accumulation_type(features.scalar_type());
@@ -208,12 +210,14 @@ PairRowsArgs<scalar_t> ident_rows_args(const Prepared& p, at::Tensor& ident, dou
   return args;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_bce_forward_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_loss_forward_cuda(
     const at::Tensor& features, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& targets, const at::Tensor& index_a, const at::Tensor& index_b, c10::string_view norm,
-    double eps) {
+    double eps, c10::string_view loss_name, double gamma_neg, double gamma_pos, double clip, double eps_log,
+    bool focal_grad) {
   const c10::cuda::CUDAGuard device_guard(features.device());
-  const Prepared p = prepare(features, weight, bias, targets, index_a, index_b, norm, eps);
+  const LossParams params = parse_loss(loss_name, gamma_neg, gamma_pos, clip, eps_log, focal_grad);
+  const Prepared p = prepare(features, weight, bias, targets, index_a, index_b, norm, eps, params);
   const at::Tensor& F = p.features;
   const int64_t P = index_a.size(0), n = F.size(1), c = weight.size(0);
   const at::Tensor b = defined_bias(bias);
@@ -221,7 +225,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_bce_forward_cuda(
   const at::Tensor logits = linear_acc(F, weight, b, p.acc);  // pass 1
   at::Tensor ident = at::empty({P, 2, n}, F.options());
   at::Tensor loss = at::empty({P, kHeads}, F.options().dtype(p.acc));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, F.scalar_type(), "indeed_six_head_bce_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, F.scalar_type(), "indeed_six_head_loss_forward", [&] {
     launch_pair_rows<PairMode::Ident, false>(ident_rows_args<scalar_t>(p, ident, eps));  // pass 2
   });
   const at::Tensor ident_logits = linear_acc(ident.view({2 * P, n}), weight, b, p.acc).view({P, 2, c});  // pass 3
@@ -230,21 +234,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_bce_forward_cuda(
       const auto in = six_head_inputs<scalar_t>(logits, ident_logits, p.targets, p.bias_acc, p.index_a, p.index_b);
       const int64_t blocks = (P + kLossBlockThreads / kWarp - 1) / (kLossBlockThreads / kWarp);
       TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "indeed: too many pairs: ", P);
-      six_head_loss_kernel<scalar_t><<<static_cast<unsigned>(blocks), kLossBlockThreads, 0,
-                                       at::cuda::getCurrentCUDAStream()>>>(in, loss.data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      with_base_loss<scalar_t>(p.loss, [&](const auto base_loss) {
+        six_head_loss_kernel<<<static_cast<unsigned>(blocks), kLossBlockThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            in, base_loss, loss.data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     });
   }
   return {loss, logits, ident_logits};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_bce_backward_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_loss_backward_cuda(
     const at::Tensor& grad, const at::Tensor& features, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& targets, const at::Tensor& index_a,
     const at::Tensor& index_b, const at::Tensor& logits_in, const at::Tensor& ident_logits_in,
-    c10::string_view norm, double eps) {
+    c10::string_view norm, double eps, c10::string_view loss_name, double gamma_neg, double gamma_pos, double clip,
+    double eps_log, bool focal_grad) {
   const c10::cuda::CUDAGuard device_guard(features.device());
-  const Prepared p = prepare(features, weight, bias, targets, index_a, index_b, norm, eps);
+  const LossParams params = parse_loss(loss_name, gamma_neg, gamma_pos, clip, eps_log, focal_grad);
+  const Prepared p = prepare(features, weight, bias, targets, index_a, index_b, norm, eps, params);
   const at::Tensor& F = p.features;
   const int64_t B = F.size(0), n = F.size(1), c = weight.size(0), P = index_a.size(0);
   TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == P && grad.size(1) == kHeads, "grad must have shape (P, 6) = (",
@@ -257,7 +265,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_bce_backward_cuda(
   const bool same_device = grad.device() == F.device() && logits_in.device() == F.device() &&
                            ident_logits_in.device() == F.device();
   TORCH_CHECK_VALUE(same_device, "grad, logits, ident_logits must be on the device of features, ", F.device());
-  if (P > 0) at::globalContext().alertNotDeterministic("indeed::_six_head_bce_backward (CUDA atomics)");
+  if (P > 0) at::globalContext().alertNotDeterministic("indeed::_six_head_loss_backward (CUDA atomics)");
 
   const at::Tensor g = grad.to(p.acc).contiguous();
   const at::Tensor logits = logits_in.to(p.acc).contiguous();
@@ -276,10 +284,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_bce_backward_cuda(
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gemm, "indeed_six_head_dlogits", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const auto in = six_head_inputs<acc_t>(logits, ident_logits, p.targets, p.bias_acc, p.index_a, p.index_b);
-      six_head_dlogits_kernel<scalar_t, acc_t><<<grid, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          in, g.data_ptr<acc_t>(), grad_logits.data_ptr<acc_t>(), grad_ident.data_ptr<scalar_t>(),
-          bias_partial.data_ptr<acc_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      with_base_loss<acc_t>(p.loss, [&](const auto base_loss) {
+        six_head_dlogits_kernel<scalar_t><<<grid, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            in, base_loss, g.data_ptr<acc_t>(), grad_logits.data_ptr<acc_t>(), grad_ident.data_ptr<scalar_t>(),
+            bias_partial.data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     });
   }
 
@@ -288,7 +298,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_bce_backward_cuda(
   const at::Tensor d_ident = at::mm(grad_ident_rows, weight);  // pass 6: (2P, n) = [dIA; dIB]
   at::Tensor grad_features = mm_acc(grad_logits_gemm, weight, p.acc);  // pass 7
   at::Tensor ident = at::empty({P, 2, n}, F.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gemm, "indeed_six_head_bce_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gemm, "indeed_six_head_loss_backward", [&] {
     PairRowsArgs<scalar_t> args = ident_rows_args<scalar_t>(p, ident, eps);  // pass 8
     args.grad[0] = rows_of<const scalar_t>(d_ident.data_ptr<scalar_t>(), 2 * n);
     args.grad[1] = rows_of<const scalar_t>(d_ident.data_ptr<scalar_t>() + n, 2 * n);
@@ -311,8 +321,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_bce_backward_cuda(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(indeed, CUDA, m) {
-  m.impl("_six_head_bce_forward", &six_head_bce_forward_cuda);
-  m.impl("_six_head_bce_backward", &six_head_bce_backward_cuda);
+  m.impl("_six_head_loss_forward", &six_head_loss_forward_cuda);
+  m.impl("_six_head_loss_backward", &six_head_loss_backward_cuda);
 }
 
 }  // namespace indeed::gpu
