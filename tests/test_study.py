@@ -250,5 +250,5 @@ def test_an_existing_study_reads_back(tmp_path):
     assert study.main(argv) == 0
     ours, committed_md = (tmp_path / "study.md").read_text(), open(os.path.join(committed, "study.md")).read()
     assert len(json.loads((tmp_path / "study.json").read_text())["cells"]) == 20
-    assert "| 7 | INDeeD (Min-max) | 0, 1, 2, 3, 4 | +24.7 | [+20.0, +29.5] |" in ours
+    assert "| 7 | INDeeD (Min-max) | Baseline | 0, 1, 2, 3, 4 | +24.7 | [+20.0, +29.5] |" in ours
     assert ours.splitlines()[4:9] == committed_md.splitlines()[4:9] and ours.splitlines()[12:] == committed_md.splitlines()[12:]
