@@ -9,15 +9,15 @@ for (0.1.0+torch2.14cu130, 0.1.0+torch2.14cpu), as flash-attention and vLLM labe
 wheels. The sdist and builds from it carry no label: pip checks that the wheel it builds from
 an sdist has the version in the sdist's name.
 
-Each build writes indeed_ext/_build_info.py beside _C (and into wheels; not in git): the
-version, the torch, CUDA and architectures built for, which `import indeed_ext` and
-`python -m indeed_ext.info` report, and the op schemas of csrc/ops.cpp, which the Triton
-backend defines when _C does not load.
+Each build writes indeed_ext/_build_info.json beside _C (and into wheels; not in git or the
+sdist): the version, the torch, CUDA and architectures built for, which `import indeed_ext`
+and `python -m indeed_ext.info` report, and the op schemas of csrc/ops.cpp, which the
+Triton backend defines when _C does not load.
 """
 import ast
 import glob
+import json
 import os
-import pprint
 import re
 import sys
 
@@ -32,7 +32,7 @@ VERSION = "0.1.0"
 # A100 (8.0), RTX 30xx/A6000 (8.6), L4/L40/RTX 40xx (8.9), H100/H200 (9.0), B200 (10.0) and RTX 50xx/
 # RTX PRO 6000 (12.0), whose PTX also serves later GPUs.
 WHEEL_ARCHS = "7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX"
-BUILD_INFO = "_build_info.py"
+BUILD_INFO = "_build_info.json"
 
 
 def want_cuda(torch):
@@ -107,16 +107,13 @@ def op_schemas():
 
 
 def build_info(torch, with_cuda, package_version):
-    fields = {
+    return json.dumps({
         "version": package_version,
         "torch_version": torch.__version__,
-        "cuda_version": torch.version.cuda if with_cuda else None,  # None: CPU kernels only
+        "cuda_version": torch.version.cuda if with_cuda else None,  # null: CPU kernels only
         "cuda_archs": os.environ["TORCH_CUDA_ARCH_LIST"] if with_cuda else None,
         "schemas": op_schemas(),
-    }
-    lines = ['"""What indeed_ext._C was built for: written by setup.py with each build, beside _C (not in git)."""']
-    lines += [f"{name} = {pprint.pformat(value, width=120, sort_dicts=False)}" for name, value in fields.items()]
-    return "\n".join(lines) + "\n"
+    }, indent=1) + "\n"
 
 
 def build_ext_class(info):

@@ -1,7 +1,7 @@
 """Registers the Triton kernels as torch.ops.indeed_triton, with the schemas of torch.ops.indeed.
 
 Each schema is the one csrc/ops.cpp gives the op in namespace ``indeed``, as setup.py
-recorded it in _build_info.py (torch.ops.indeed is undefined when _C does not load;
+recorded it in _build_info.json (torch.ops.indeed is undefined when _C does not load;
 tests/test_triton_ops.py checks that the namespaces agree); the fake kernels are the
 shared ones of indeed_ext.ops, and so are the autograd formulas (Python here, the C++
 ones of csrc/autograd.cpp for indeed). The ops are plain torch.library definitions with
