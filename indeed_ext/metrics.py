@@ -1,4 +1,6 @@
-"""Evaluation: per-class average precision, mAP, the confidence map and the AP table.
+"""Evaluation: per-class average precision, mAP, the confidence map, the AP table, and the
+contextual-bias metrics: the context score, the biased category pairs and the exclusive /
+co-occur AP of Singh et al. (CVPR 2020, "Don't Judge an Object by Its Context").
 
 Average precision is the non-interpolated AP that ASL's evaluation computes: sort a
 class's scores in descending order, take the precision at the rank of each positive,
@@ -55,6 +57,18 @@ def mean_average_precision(scores, targets) -> tuple[float, torch.Tensor]:
     return mean, per_class
 
 
+def _class_indices(labels, rows: int, num_classes: int) -> torch.Tensor:
+    """labels as int64 (rows,) class indices in [0, num_classes), or the error that names the problem."""
+    labels = torch.as_tensor(labels).detach().cpu()
+    if labels.dim() != 1 or labels.shape[0] != rows:
+        raise ValueError(f"labels must be 1-D with one label per score row ({rows}), got shape {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be integer class indices, got {labels.dtype}")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got values from {int(labels.min())} to {int(labels.max())}")
+    return labels.long()
+
+
 def confidence_map(scores, labels, num_classes: int) -> torch.Tensor:
     """(c, c) float64: row k is the mean score vector over the samples whose single label is k.
 
@@ -63,19 +77,142 @@ def confidence_map(scores, labels, num_classes: int) -> torch.Tensor:
     puts its mass on the diagonal. Rows of classes with no sample are NaN.
     """
     scores = _as_matrix("scores", scores).to(torch.float64)
-    labels = torch.as_tensor(labels).detach().cpu()
     if scores.shape[1] != num_classes:
         raise ValueError(f"scores must have num_classes={num_classes} columns, got shape {tuple(scores.shape)}")
-    if labels.dim() != 1 or labels.shape[0] != scores.shape[0]:
-        raise ValueError(f"labels must be 1-D with one label per score row ({scores.shape[0]}), got shape {tuple(labels.shape)}")
-    if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be integer class indices, got {labels.dtype}")
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got values from {int(labels.min())} to {int(labels.max())}")
-    labels = labels.long()
+    labels = _class_indices(labels, scores.shape[0], num_classes)
     sums = torch.zeros(num_classes, num_classes, dtype=torch.float64).index_add_(0, labels, scores)
     counts = torch.bincount(labels, minlength=num_classes).to(torch.float64)
     return sums / counts[:, None]
+
+
+def context_score(probabilities, labels, context) -> float:
+    """The mean probability a model gives to the context of the object it is shown (lower is better).
+
+    probabilities (N, c): sigmoid scores of single-object images; labels (N,): their classes;
+    context (c, c) bool: row k marks the classes that co-occur with k in training (its context).
+    The score is the mean over the images whose class has a non-empty context of the mean
+    probability over that context. NaN when no image has one.
+    """
+    probabilities = _as_matrix("probabilities", probabilities).to(torch.float64)
+    labels = _class_indices(labels, probabilities.shape[0], probabilities.shape[1])
+    context = torch.as_tensor(context).detach().cpu()
+    c = probabilities.shape[1]
+    if context.dtype != torch.bool:
+        raise TypeError(f"context must be a bool (c, c) matrix, got {context.dtype}")
+    if tuple(context.shape) != (c, c):
+        raise ValueError(f"context must be ({c}, {c}) for {c} classes, got shape {tuple(context.shape)}")
+    shown = context[labels].to(torch.float64)  # (N, c): the context of each image's class
+    sizes = shown.sum(1)
+    has_context = sizes > 0
+    if not has_context.any():
+        return math.nan
+    per_image = (probabilities * shown).sum(1)[has_context] / sizes[has_context]
+    return per_image.mean().item()
+
+
+# Singh et al.'s rule for candidate context classes z of b (the reproduction's biased_categories.py,
+# princetonvisualai/ContextualBias): z appears in at least 10 % of b's images. Their bias ratio also
+# needs images of b on both sides (with z, without z).
+MIN_COOCCURRENCE = 0.1
+DEFAULT_PAIRS = 20  # their K for COCO-Stuff; composites (10 classes) and VOC (20) get one pair per class
+
+
+def _multi_hot(name: str, targets) -> torch.Tensor:
+    """targets (N, c) as float64 0/1 (positives: > 0.5)."""
+    return (_as_matrix(name, targets) > 0.5).to(torch.float64)
+
+
+def _top_pairs(strength: torch.Tensor, valid: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each class b its z of the highest strength[b, z] among the valid ones (the first on ties),
+    then the k classes of the highest such strengths (stable: the lower b on ties)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    strength = torch.where(valid, strength, -math.inf)
+    partner = strength.argmax(dim=1)  # the first maximum
+    best = strength.gather(1, partner[:, None]).squeeze(1)
+    has_partner = torch.isfinite(best)
+    order = torch.sort(torch.where(has_partner, best, -math.inf), descending=True, stable=True).indices[:k]
+    order = order[has_partner[order]]
+    return torch.stack([order, partner[order]], dim=1), best[order]
+
+
+def _candidates(labels: torch.Tensor, min_cooccurrence: float, min_images: int):
+    """(co (c, c) images with b and z, without (c, c) images with b and not z, valid (c, c) candidates z of b)."""
+    if not 0.0 <= min_cooccurrence <= 1.0:
+        raise ValueError(f"min_cooccurrence must be in [0, 1], got {min_cooccurrence}")
+    if isinstance(min_images, bool) or not isinstance(min_images, int) or min_images < 1:
+        raise ValueError(f"min_images must be an int >= 1, got {min_images!r}")
+    co = labels.T @ labels
+    count = co.diagonal()
+    without = count[:, None] - co
+    valid = (co >= min_images) & (without >= min_images) & (co >= min_cooccurrence * count[:, None])
+    valid.fill_diagonal_(False)
+    return co, without, valid
+
+
+def biased_pairs_by_cooccurrence(targets, k: int = DEFAULT_PAIRS, min_cooccurrence: float = MIN_COOCCURRENCE, min_images: int = 1):
+    """The k category pairs (b, c) of the strongest co-occurrence in the labels: for each class b its
+    most co-occurring c by P(c | b), then the k of the highest P(c | b). Singh et al.'s ranking
+    without a model. Candidates c of b: in at least ``min_cooccurrence`` of b's images, and
+    ``min_images`` images of b with c and as many without.
+
+    Returns (pairs (K, 2) int64 of (b, c), P(c | b) (K,) float64), strongest first; K <= k
+    (classes without a candidate have no pair).
+    """
+    labels = _multi_hot("targets", targets)
+    co, _, valid = _candidates(labels, min_cooccurrence, min_images)
+    return _top_pairs(co / co.diagonal().clamp(min=1)[:, None], valid, k)
+
+
+def biased_pairs_by_scores(scores, targets, k: int = DEFAULT_PAIRS, min_cooccurrence: float = MIN_COOCCURRENCE, min_images: int = 1):
+    """The k most biased category pairs (b, c) of a model, Singh et al.'s way:
+
+        bias(b -> z) = mean score of b over the images with b and z / mean score of b over those with b and without z
+
+    scores (N, c): the model's probabilities on (training) images with targets (N, c). For each b
+    its most biased z among the candidates (as in biased_pairs_by_cooccurrence; and a mean score
+    without z above 0), then the k of the highest bias. Returns (pairs (K, 2) int64, bias (K,) float64).
+    """
+    scores = _as_matrix("scores", scores).to(torch.float64)
+    labels = _multi_hot("targets", targets)
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores and targets must have the same shape, got {tuple(scores.shape)} and {tuple(labels.shape)}")
+    co, without, valid = _candidates(labels, min_cooccurrence, min_images)
+    with_sum = (labels * scores).T @ labels  # [b, z]: the sum of b's scores over the images with b and z
+    without_sum = (labels * scores).sum(0)[:, None] - with_sum
+    mean_with, mean_without = with_sum / co.clamp(min=1), without_sum / without.clamp(min=1)
+    valid &= mean_without > 0
+    return _top_pairs(mean_with / torch.where(valid, mean_without, 1.0), valid, k)
+
+
+def exclusive_cooccur_ap(scores, targets, pairs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Singh et al.'s evaluation of biased pairs (b, c) on a multi-label test set: b's AP on the
+    "exclusive" images (b without c) and on the "co-occur" images (b with c), each ranked against
+    all the images without b as negatives (their evaluate.py).
+
+    scores, targets (N, c); pairs (K, 2) of (b, c). Returns the exclusive and co-occur APs (K,)
+    float64 in percent (NaN where a pair has no such test image) and the numbers of exclusive and
+    co-occur images (K,) int64.
+    """
+    scores = _as_matrix("scores", scores).to(torch.float64)
+    labels = _multi_hot("targets", targets).bool()
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores and targets must have the same shape, got {tuple(scores.shape)} and {tuple(labels.shape)}")
+    pairs = torch.as_tensor(pairs).detach().cpu()
+    if pairs.dim() != 2 or pairs.shape[1] != 2:
+        raise ValueError(f"pairs must be a (K, 2) array of (b, c), got shape {tuple(pairs.shape)}")
+    if pairs.is_floating_point() or pairs.dtype == torch.bool:
+        raise TypeError(f"pairs must hold integer class indices, got {pairs.dtype}")
+    if pairs.numel() and (pairs.min() < 0 or pairs.max() >= labels.shape[1]):
+        raise ValueError(f"pairs must hold classes in [0, {labels.shape[1]}), got values from {int(pairs.min())} to {int(pairs.max())}")
+    results = torch.full((4, pairs.shape[0]), math.nan, dtype=torch.float64)
+    for i, (b, c) in enumerate(pairs.tolist()):
+        negatives = ~labels[:, b]
+        for row, positives in enumerate((labels[:, b] & ~labels[:, c], labels[:, b] & labels[:, c])):
+            keep = positives | negatives
+            results[row, i] = 100 * average_precision(scores[keep, b : b + 1], positives[keep, None].to(torch.float64))[0]
+            results[2 + row, i] = positives.sum()
+    return results[0], results[1], results[2].long(), results[3].long()
 
 
 def ap_table_markdown(rows: dict, class_names) -> str:

@@ -1,12 +1,20 @@
 """Metrics against scikit-learn and ASL's formula, tie handling, the confidence map,
-the AP table and the confidence-map PNG."""
+the AP table, the confidence-map PNG and the context score."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from indeed_ext.metrics import ap_table_markdown, average_precision, confidence_map, mean_average_precision
+from indeed_ext.metrics import (
+    ap_table_markdown,
+    average_precision,
+    biased_pairs_by_cooccurrence,
+    biased_pairs_by_scores,
+    confidence_map,
+    context_score,
+    mean_average_precision,
+)
 from indeed_ext.recipes.viz import save_confidence_map
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
@@ -142,3 +150,81 @@ def test_confidence_map_png_errors(tmp_path):
         save_confidence_map(torch.rand(2, 3), tmp_path / "x.png")
     with pytest.raises(ValueError, match="class_names has 2 names for a 3x3 matrix"):
         save_confidence_map(torch.rand(3, 3), tmp_path / "x.png", class_names=["a", "b"])
+
+
+def test_context_score_hand_computed():
+    # Class 0's context is {1, 2}, class 1's {0}, class 2 has none (a hub's own images).
+    context = torch.tensor([[False, True, True], [True, False, False], [False, False, False]])
+    probabilities = torch.tensor([[0.9, 0.2, 0.4], [0.5, 0.8, 0.1], [0.3, 0.7, 0.9], [0.1, 0.6, 0.0]])
+    labels = torch.tensor([0, 1, 2, 0])
+    # Images of classes 0, 1, 0: (0.2 + 0.4) / 2, 0.5, (0.6 + 0.0) / 2; the class-2 image does not count.
+    assert context_score(probabilities, labels, context) == pytest.approx((0.3 + 0.5 + 0.3) / 3)
+    assert math.isnan(context_score(probabilities[2:3], labels[2:3], context))
+
+
+def test_context_score_errors():
+    context = torch.eye(3, dtype=torch.bool)
+    with pytest.raises(TypeError, match="bool"):
+        context_score(torch.rand(2, 3), torch.tensor([0, 1]), context.float())
+    with pytest.raises(ValueError, match=r"context must be \(3, 3\)"):
+        context_score(torch.rand(2, 3), torch.tensor([0, 1]), torch.eye(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        context_score(torch.rand(2, 3), torch.tensor([0, 3]), context)
+    with pytest.raises(TypeError, match="integer class indices"):
+        context_score(torch.rand(2, 3), torch.tensor([0.0, 1.0]), context)
+
+
+# Classes A, B, C = 0, 1, 2 on eight images: A in 5 (3 with B, 1 with C), B in 5 (1 with C), C in 3.
+BIAS_TARGETS = torch.tensor([[1, 1, 0], [1, 1, 0], [1, 1, 0], [1, 0, 0], [0, 1, 1], [0, 0, 1], [1, 0, 1], [0, 1, 0]])
+
+
+def test_biased_pairs_by_cooccurrence_hand_computed():
+    # P(B | A) = P(A | B) = 3/5; P(A | C) = P(B | C) = 1/3, a tie: the first class (A) wins.
+    pairs, strength = biased_pairs_by_cooccurrence(BIAS_TARGETS)
+    assert pairs.tolist() == [[0, 1], [1, 0], [2, 0]] and pairs.dtype == torch.int64
+    torch.testing.assert_close(strength, torch.tensor([0.6, 0.6, 1 / 3], dtype=torch.float64))
+    assert biased_pairs_by_cooccurrence(BIAS_TARGETS, k=2)[0].tolist() == [[0, 1], [1, 0]]
+    # At least 2 images of b with c and 2 without: C (1 image with A) has no pair left.
+    assert biased_pairs_by_cooccurrence(BIAS_TARGETS, min_images=2)[0].tolist() == [[0, 1], [1, 0]]
+    # c in at least 70 % of b's images: none.
+    pairs, strength = biased_pairs_by_cooccurrence(BIAS_TARGETS, min_cooccurrence=0.7)
+    assert pairs.shape == (0, 2) and strength.shape == (0,)
+    # A pair whose b never appears without c has no exclusive images to weigh: not a candidate.
+    assert biased_pairs_by_cooccurrence(torch.tensor([[1, 1, 0], [1, 1, 0], [0, 1, 1]]))[0].tolist() == [[1, 0]]
+
+
+def test_biased_pairs_by_scores_hand_computed():
+    scores = torch.full((8, 3), 0.5, dtype=torch.float64)
+    scores[[0, 1, 2, 3, 6], 0] = torch.tensor([0.75, 0.75, 0.75, 0.25, 0.5], dtype=torch.float64)  # A's images
+    scores[[0, 1, 2, 4, 7], 1] = torch.tensor([0.5, 0.5, 0.5, 0.25, 0.75], dtype=torch.float64)  # B's
+    scores[[4, 5, 6], 2] = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)  # C's
+    # bias(A -> B) = 0.75 / ((0.25 + 0.5) / 2) = 2, bias(A -> C) = 0.5 / 0.625 = 0.8;
+    # bias(B -> A) = 0.5 / ((0.25 + 0.75) / 2) = 1, bias(B -> C) = 0.25 / 0.5625;
+    # bias(C -> A) = 0.75 / ((0.25 + 0.5) / 2) = 2, bias(C -> B) = 0.25 / 0.625. Ties: the lower b first.
+    pairs, bias = biased_pairs_by_scores(scores, BIAS_TARGETS)
+    assert pairs.tolist() == [[0, 1], [2, 0], [1, 0]]
+    torch.testing.assert_close(bias, torch.tensor([2.0, 2.0, 1.0], dtype=torch.float64))
+    assert biased_pairs_by_scores(scores, BIAS_TARGETS, k=1)[0].tolist() == [[0, 1]]
+    scores[3, 0] = scores[6, 0] = 0.0  # A scores 0 on its images without B: bias(A -> B) has no ratio; bias(A -> C) = 0
+    pairs, bias = biased_pairs_by_scores(scores, BIAS_TARGETS)
+    assert pairs.tolist() == [[2, 0], [1, 0], [0, 2]] and bias[2] == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(k=0), "k must be a positive int"),
+        (dict(min_images=0), "min_images must be an int >= 1"),
+        (dict(min_cooccurrence=1.5), r"min_cooccurrence must be in \[0, 1\]"),
+    ],
+)
+def test_biased_pairs_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        biased_pairs_by_cooccurrence(BIAS_TARGETS, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        biased_pairs_by_scores(torch.rand(8, 3), BIAS_TARGETS, **kwargs)
+
+
+def test_biased_pairs_by_scores_shape_mismatch():
+    with pytest.raises(ValueError, match="same shape"):
+        biased_pairs_by_scores(torch.rand(8, 2), BIAS_TARGETS)

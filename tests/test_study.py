@@ -46,6 +46,11 @@ def test_run_variants_parse_and_bad_ones_are_rejected():
         (["--runs", "minmax", "minmax"], "names a run twice"),
         (["--runs", "softmax"], "unknown run 'softmax'"),
         (["--root", "/no/such/folder"], "is not a folder"),
+        (["--cooccur", "pairs:2"], "strength must be in [0, 1]"),
+        (["--cooccur", "pairs:0.9", "pairs:0.90"], "names a structure twice"),
+        (["--train-args", "--cooccur pairs:0.5"], "may not set --cooccur"),
+        (["--runs", "baseline", "minmax", "--compare", "minmax:l2"], "--compare 'minmax:l2': expected A:B"),
+        (["--runs", "baseline", "minmax", "--compare", "minmax"], "expected A:B"),
     ],
 )
 def test_bad_study_settings_exit_with_a_message(tmp_path, capsys, extra, message):
@@ -163,3 +168,83 @@ def test_two_studies_on_one_folder_are_refused(tmp_path, capsys):
         with pytest.raises(SystemExit):
             study.main([*TINY, "--runs", "baseline", "--seeds", "0", "--labels-per-image", "2", "--out", str(out)])
     assert "another indeed-study is running on" in capsys.readouterr().err
+
+
+def test_cooccur_runs_and_cells_of_a_cooccur_axis():
+    """The co-occurrence runs' indeed-train flags (their --pairs and --blocks none come with the pair-mining
+    work), and a cell per (spec, N, run, seed) with the spec in its folder and flags."""
+    args = study.build_parser().parse_args([*TINY, "--out", "s", "--labels-per-image", "4", "--seeds", "0",
+                                            "--runs", "baseline", "minmax", "cooccur", "cooccur-orig",
+                                            "--cooccur", "pairs:0.9", "groups=0+1,2+3+4:0.5", "hub=7:0"])  # fmt: skip
+    args.runs = [study.parse_run(text) for text in args.runs]
+    cells = study.planned_cells(args)
+    assert [c["name"] for c in cells[:4]] == [f"pairs-0.9-n4-{run}-seed0" for run in ("baseline", "minmax", "cooccur", "cooccur-orig")]
+    assert {c["name"].rsplit("-n4", 1)[0] for c in cells} == {"pairs-0.9", "groups-0+1_2+3+4-0.5", "hub-7-0"}
+    argv = {c["run"]: c["argv"] for c in cells if c["cooccur"] == "hub=7:0"}
+    assert argv["cooccur"][-8:] == ["--method", "indeed", "--norm", "minmax", "--pairs", "cooccur", "--cooccur", "hub=7:0"]
+    assert argv["cooccur-orig"][-8:] == ["--method", "indeed", "--pairs", "cooccur", "--blocks", "none", "--cooccur", "hub=7:0"]
+    assert argv["minmax"][-6:] == ["--method", "indeed", "--norm", "minmax", "--cooccur", "hub=7:0"]
+    assert study_report.unbiased_reference("pairs:0.9", ["pairs:0", "pairs:0.9"]) == "pairs:0"
+    assert study_report.unbiased_reference("pairs:0.9", ["hub:0", "pairs:0.9"]) is None
+
+
+@pytest.fixture(scope="module")
+def cooccur_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cooccur-study")
+    argv = [*TINY, "--epochs", "1", "--labels-per-image", "3", "--cooccur", "pairs:0", "pairs:0.9", "--runs", "baseline", "minmax",
+            "--seeds", "0", "1", "--compare", "baseline:minmax", "--jobs", "2", "--out", str(out)]  # fmt: skip
+    assert study.main(argv) == 0
+    return out, argv
+
+
+def test_a_tiny_cooccur_grid_reports_context_scores_bias_and_comparisons(cooccur_study, capsys):
+    out, argv = cooccur_study
+    report = json.loads((out / "study.json").read_text())
+    assert report["planned"] == 8 and len(report["cells"]) == 8 and report["settings"]["cooccur"] == ["pairs:0", "pairs:0.9"]
+    mAP, context = {}, {}
+    for cell in report["cells"]:
+        folder = out / "cells" / f"{cell['cooccur'].replace(':', '-')}-n3-{cell['run']}-seed{cell['seed']}"
+        (result,) = json.loads((folder / "results.json").read_text())
+        assert result["config"]["cooccur"] == cell["cooccur"] and cell["context_score"] == result["context_score"]
+        key = cell["cooccur"], cell["run"], cell["seed"]
+        mAP[key], context[key] = cell["mAP"], cell["context_score"]
+    summary = report["summary"]
+    for row in summary["table"]:
+        values = [context[row["cooccur"], row["run"], s] for s in (0, 1)]
+        assert row["context_mean"] == pytest.approx(statistics.fmean(values)) and row["context_std"] == pytest.approx(statistics.stdev(values))
+    for d in summary["differences"]:
+        paired = [context[d["cooccur"], "minmax", s] - context[d["cooccur"], "baseline", s] for s in (0, 1)]
+        assert d["context"]["mean"] == pytest.approx(statistics.fmean(paired))
+        (opposite,) = [c for c in summary["comparisons"] if c["cooccur"] == d["cooccur"]]
+        assert (opposite["a"], opposite["b"]) == ("baseline", "minmax") and opposite["mean"] == pytest.approx(-d["mean"])
+    (bias,) = summary["bias"]
+    losses = [mAP["pairs:0", "baseline", s] - mAP["pairs:0.9", "baseline", s] for s in (0, 1)]
+    gains = [mAP["pairs:0.9", "minmax", s] - mAP["pairs:0.9", "baseline", s] for s in (0, 1)]
+    assert bias["cooccur"] == "pairs:0.9" and bias["reference"] == "pairs:0" and bias["loss"]["mean"] == pytest.approx(statistics.fmean(losses))
+    recovered = bias["recovered"]["minmax"]
+    assert recovered["gain"] == pytest.approx(statistics.fmean(gains)) and recovered["loss"] == pytest.approx(statistics.fmean(losses))
+    fraction = statistics.fmean(gains) / statistics.fmean(losses) if statistics.fmean(losses) > 0 else None  # no loss: nothing to recover
+    assert recovered["fraction"] == (None if fraction is None else pytest.approx(fraction))
+    text = (out / "study.md").read_text()
+    assert "| co-occurrence | N | Baseline | INDeeD (Min-max) |" in text and "recovered: INDeeD (Min-max)" in text
+    assert f"| `pairs:0.9` | 3 | 1 | {mAP['pairs:0.9', 'baseline', 1]:.1f} | {mAP['pairs:0.9', 'minmax', 1]:.1f} |" in text
+    assert "| `pairs:0.9` | 3 | baseline − minmax | 0, 1 |" in text
+    capsys.readouterr()
+    assert study.main(argv) == 0 and study.main(argv + ["--report-only"]) == 0  # resumed: every cell read back
+    assert "8 finished (read back), 0 to train" in capsys.readouterr().out
+
+
+def test_an_existing_study_reads_back(tmp_path):
+    """docs/studies/ml-digits-demo, written before co-occurrence specs: its cells read back, its numbers unchanged."""
+    committed = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "studies", "ml-digits-demo")
+    for name in os.listdir(os.path.join(committed, "cells")):
+        (tmp_path / "cells" / name).mkdir(parents=True)
+        (tmp_path / "cells" / name / "results.json").write_bytes(open(os.path.join(committed, "cells", name, "results.json"), "rb").read())
+    argv = ["--dataset", "ml-digits", "--labels-per-image", "7", "--runs", "baseline", "minmax", "identical-only", "disparate-only",
+            "--seeds", "0", "1", "2", "3", "4", "--train-size", "2000", "--test-size", "2000", "--epochs", "5", "--device", "cpu",
+            "--out", str(tmp_path), "--report-only"]  # fmt: skip
+    assert study.main(argv) == 0
+    ours, committed_md = (tmp_path / "study.md").read_text(), open(os.path.join(committed, "study.md")).read()
+    assert len(json.loads((tmp_path / "study.json").read_text())["cells"]) == 20
+    assert "| 7 | INDeeD (Min-max) | 0, 1, 2, 3, 4 | +24.7 | [+20.0, +29.5] |" in ours
+    assert ours.splitlines()[4:9] == committed_md.splitlines()[4:9] and ours.splitlines()[12:] == committed_md.splitlines()[12:]

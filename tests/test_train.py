@@ -140,6 +140,47 @@ def test_resume_with_other_settings_fails(tmp_path, capsys):
     assert "cannot resume" in err and "lr: 0.001 -> 0.01" in err
 
 
+def test_cooccur_reports_the_context_score_and_blocks_a_resume_with_another_spec(tmp_path, capsys):
+    from indeed_ext.metrics import context_score
+    from indeed_ext.recipes.data import CooccurSpec, DataOptions, build_dataset
+
+    assert run(tmp_path, "--method", "baseline", "--cooccur", "pairs:0.90", "--ema", "0.9") == 0
+    (result,) = json.loads((tmp_path / "results.json").read_text())
+    assert result["config"]["cooccur"] == "pairs:0.9" and 0 < result["context_score"] < 1 and 0 < result["context_score_ema"] < 1
+    bundle = build_dataset("ml-digits", DataOptions(labels_per_image=3, test_size=40, cooccur="pairs:0.9"))
+    model, _ = predict.load_model(str(tmp_path / "baseline" / "checkpoint.pt"))
+    with torch.no_grad():
+        probabilities = torch.sigmoid(model(torch.stack([bundle.test[i][0] for i in range(40)])))
+    labels = torch.tensor([int(bundle.test[i][1].argmax()) for i in range(40)])
+    context = CooccurSpec.parse("pairs:0.9").resolve(10).context_matrix()
+    assert result["context_score"] == pytest.approx(context_score(probabilities, labels, context), abs=1e-6)
+    table = (tmp_path / "table.md").read_text()
+    assert "Context score (pairs:0.9)" in table and f"| Baseline | {result['context_score']:.3f} | {result['context_score_ema']:.3f} |" in table
+    capsys.readouterr()
+    assert run(tmp_path, "--method", "baseline", "--cooccur", "hub:0.9", "--ema", "0.9", "--epochs", "2", "--resume") == 1
+    assert "cooccur: 'pairs:0.9' -> 'hub:0.9'" in capsys.readouterr().err
+
+
+def test_reweight_with_weight_one_trains_the_baseline(tmp_path, capsys):
+    """Singh et al.'s weighted loss through the driver: weight 1 gives the baseline's weights exactly;
+    weight 10 others, its pairs from the training labels in results.json; a resume needs the same weight."""
+    common = ["--cooccur", "pairs:0.9", "--seed", "2"]
+    assert run(tmp_path / "baseline", "--method", "baseline", *common) == 0
+    assert run(tmp_path / "one", "--method", "reweight", "--exclusive-weight", "1", *common) == 0
+    assert run(tmp_path / "ten", "--method", "reweight", *common) == 0
+    weights = {f: engine.load_checkpoint(str(tmp_path / f / ("baseline" if f == "baseline" else "reweight") / "checkpoint.pt"))["model"]
+               for f in ("baseline", "one", "ten")}  # fmt: skip
+    assert all(torch.equal(weights["baseline"][k], weights["one"][k]) for k in weights["baseline"])
+    assert not torch.equal(weights["baseline"]["classifier.weight"], weights["ten"]["classifier.weight"])
+    (result,) = json.loads((tmp_path / "ten" / "results.json").read_text())
+    assert result["method"] == "reweight" and result["title"] == "Weighted loss (Singh et al., w = 10)"
+    assert sorted((p["b"], p["c"]) for p in result["biased_pairs"]) == [(str(k), str(k ^ 1)) for k in range(10)]  # the partners
+    assert "annotation co-occurrence" in result["biased_pairs_ranking"] and "context_score" in result
+    capsys.readouterr()
+    assert run(tmp_path / "ten", "--method", "reweight", "--exclusive-weight", "5", "--epochs", "2", "--resume", *common) == 1
+    assert "exclusive_weight: 10.0 -> 5.0" in capsys.readouterr().err
+
+
 def test_checkpoint_written_atomically(tmp_path):
     path = tmp_path / "c.pt"
     engine.save_checkpoint(str(path), {"x": torch.ones(2)})
@@ -249,6 +290,11 @@ BAD_INPUTS = [
     (["--weights", "/nonexistent/w.pt"], "is not a file"),
     (["--train-size", "16"], "smaller than one batch"),
     (["--n", "3"], "unrecognized arguments"),
+    (["--cooccur", "pairs:1.5"], "strength must be in [0, 1]"),
+    (["--cooccur", "ring:0.5"], "unknown co-occurrence spec 'ring:0.5'"),
+    (["--cooccur", "hub=12:0.5"], "hub 12 is not one of the 10 classes"),
+    (["--exclusive-weight", "0"], "must be > 0.0"),
+    (["--biased-pairs", "0"], "must be >= 1"),
 ]
 
 

@@ -203,6 +203,8 @@ class Evaluation:
     mAP: float
     per_class_ap: list[float]
     confidence_map: torch.Tensor | None  # (c, c) when every test image has one label, else None
+    scores: torch.Tensor  # (N, c) test probabilities, for the bias metrics (indeed_ext.metrics)
+    targets: torch.Tensor  # (N, c) test targets
 
 
 def evaluate(
@@ -213,7 +215,7 @@ def evaluate(
     mAP, per_class = mean_average_precision(scores, targets)
     single_label = bool((targets.sum(dim=1) == 1).all())
     conf = confidence_map(scores, targets.argmax(dim=1), targets.shape[1]) if single_label else None
-    return Evaluation(float(mAP), [float(v) for v in per_class], conf)
+    return Evaluation(float(mAP), [float(v) for v in per_class], conf, scores, targets)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -4,18 +4,25 @@
       --runs baseline l2 minmax --seeds 0 1 2 --epochs 3 --out S
 
 Every cell (N, run, seed) is an ordinary indeed-train run in S/cells/n<N>-<run>-seed<S>/
-(its results.json, table.md, confidence map, checkpoint and log.txt). Finished cells
+(its results.json, table.md, confidence map, checkpoint and log.txt). --cooccur SPEC [SPEC ...]
+adds the co-occurrence structure of the training label sets as an axis (cells
+S/cells/<spec>-n<N>-<run>-seed<S>/, e.g. pairs-0.9-n4-baseline-seed0), and the report gains the
+context score, the loss the bias causes (against the same structure at rho = 0) and the part of
+it each run recovers; --compare A:B adds paired differences between two runs. Finished cells
 (results.json written, with the same settings) are read back, not re-run; a cell that was stopped mid-way
 continues from its last epoch's checkpoint (indeed-train --resume). So a killed study,
 re-run with the same command, continues where it stopped. Runs: baseline, l2, minmax
-(INDeeD with that identical-map normalisation) and the paper's Table 4 ablations
-identical-only and disparate-only (normalised with --ablation-norm). Cells of one seed
-share the data, the initial weights and the data order, so INDeeD − baseline is paired.
+(INDeeD with that identical-map normalisation), the paper's Table 4 ablations
+identical-only and disparate-only (normalised with --ablation-norm), and for co-occurring
+data cooccur (INDeeD min-max with partners mined by co-occurrence), cooccur-orig (the same
+partners, original heads only: the reweighting control) and reweight (Singh et al.'s weighted
+loss, a standard debiasing baseline). Cells of one seed share the data, the initial weights
+and the data order, so run − baseline is paired.
 
 After every finished cell the study prints one line (its mAP and time, the study's ETA)
-and rewrites S/study.json (settings and every cell's per-epoch mAP), S/study.md (the
+and rewrites S/study.json (settings and every cell's per-epoch mAP and context score), S/study.md (the
 Table 1 layout with mean ± std over seeds beside the paper's numbers, and the paired
-INDeeD − baseline differences with 95 % Student-t intervals), S/map_vs_n.png and
+run − baseline differences with 95 % Student-t intervals), S/map_vs_n.png and
 S/map_per_epoch.png. --jobs K runs K cells at once in separate processes.
 """
 from __future__ import annotations
@@ -43,6 +50,9 @@ RUN_ARGS = {
     "minmax": ["--method", "indeed", "--norm", "minmax"],
     "identical-only": ["--method", "indeed", "--blocks", "identical"],
     "disparate-only": ["--method", "indeed", "--blocks", "disparate"],
+    "cooccur": ["--method", "indeed", "--norm", "minmax", "--pairs", "cooccur"],
+    "cooccur-orig": ["--method", "indeed", "--pairs", "cooccur", "--blocks", "none"],
+    "reweight": ["--method", "reweight"],
 }
 DEFAULT_RUNS = ("baseline", "l2", "minmax")  # the paper's Table 1
 RUN_NAME = re.compile(r"[a-z0-9][a-z0-9.-]*")
@@ -58,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS), metavar="RUN",
                       help=f"models per (N, seed): {', '.join(RUN_ARGS)}, or a variant NAME=RUN:FLAGS, e.g. 'minmax-lam0.5=minmax:--lam 0.5'")
     grid.add_argument("--seeds", nargs="+", type=train._number(int, 0), default=[0, 1, 2], help="seeds per (N, run)")
+    grid.add_argument("--cooccur", nargs="+", metavar="SPEC", type=train._cooccur_spec,
+                      help="co-occurrence structures of the training label sets (indeed-train --cooccur), one axis of the grid; "
+                           "give the same structure at rho = 0 to measure the bias (default: uniform sets only)")
     grid.add_argument("--ablation-norm", choices=NORMS, default="minmax", help="normalisation of identical-only and disparate-only")
     cell = p.add_argument_group("every cell (indeed-train flags)")
     cell.add_argument("--dataset", default="ml-digits", choices=sorted(DATASETS))
@@ -73,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--out", metavar="PATH", required=True, help="study folder (re-run the same command to resume)")
     study.add_argument("--report-only", action="store_true", help="write the report of the finished cells, train nothing")
     study.add_argument("--jobs", type=train._number(int, 1), default=1, help="cells trained at once, each in its own process")
+    study.add_argument("--compare", nargs="+", metavar="A:B", default=[],
+                       help="paired differences A − B between two runs of the grid besides run − baseline, e.g. cooccur:minmax")
     return p
 
 
@@ -100,19 +115,38 @@ def train_args(args) -> list[str]:
     return shared + shlex.split(args.train_args)
 
 
+def spec_tag(spec: str) -> str:
+    """A co-occurrence SPEC as part of a folder name: pairs:0.9 -> pairs-0.9, groups=0+1,2+3:0.5 -> groups-0+1_2+3-0.5."""
+    return spec.replace("=", "-").replace(":", "-").replace(",", "_")
+
+
+def parse_compare(text: str, runs: list[dict]) -> tuple[str, str]:
+    """An --compare item A:B as (A, B), two different runs of the grid."""
+    a, colon, b = text.partition(":")
+    names = [run["name"] for run in runs]
+    if not colon or a == b or a not in names or b not in names:
+        raise ValueError(f"--compare {text!r}: expected A:B with two different runs of --runs ({', '.join(names)})")
+    return a, b
+
+
 def planned_cells(args) -> list[dict]:
-    """Every (N, seed, run) cell with its folder and indeed-train arguments; runs of one (N, seed) side by side."""
+    """Every (seed, co-occurrence spec, N, run) cell with its folder and indeed-train arguments; runs of one
+    (spec, N, seed) side by side. Without --cooccur the spec is None and the folders are n<N>-<run>-seed<S>."""
     shared = train_args(args)
     cells = []
     for seed in args.seeds:
-        for n in args.labels_per_image:
-            for run in args.runs:
-                argv = shared + ["--labels-per-image", str(n), "--seed", str(seed)] + RUN_ARGS[run["base"]]
-                if run["base"].endswith("-only"):
-                    argv += ["--norm", args.ablation_norm]
-                name = f"n{n}-{run['name']}-seed{seed}"
-                folder = os.path.join(args.out, "cells", name)
-                cells.append({"name": name, "n": n, "run": run["name"], "seed": seed, "folder": folder, "argv": argv + run["flags"]})
+        for spec in args.cooccur or [None]:
+            for n in args.labels_per_image:
+                for run in args.runs:
+                    argv = shared + ["--labels-per-image", str(n), "--seed", str(seed)] + RUN_ARGS[run["base"]]
+                    if run["base"].endswith("-only"):
+                        argv += ["--norm", args.ablation_norm]
+                    if spec is not None:
+                        argv += ["--cooccur", spec]
+                    name = ("" if spec is None else f"{spec_tag(spec)}-") + f"n{n}-{run['name']}-seed{seed}"
+                    folder = os.path.join(args.out, "cells", name)
+                    cells.append({"name": name, "cooccur": spec, "n": n, "run": run["name"], "seed": seed, "folder": folder,
+                                  "argv": argv + run["flags"]})  # fmt: skip
     return cells
 
 
@@ -129,13 +163,14 @@ def read_cell(cell: dict) -> dict | None:
     with open(results_path) as f:
         (result,) = json.load(f)
     expected = vars(train.parse_args(train.build_parser(), cell["argv"] + ["--out", cell["folder"]]))
-    ignored = train.RESUME_MAY_CHANGE + (train.INDEED_ONLY if expected["method"] == "baseline" else ())
+    ignored = train.RESUME_MAY_CHANGE + train.unused_settings(expected["method"])
     compared = {k: v for k, v in expected.items() if k not in ignored}
     changes = engine.setting_changes(result["config"], compared, train.UNRECORDED_SETTINGS)
     if changes:
         raise ValueError(f"{cell['folder']} was trained with other settings ({changes}); re-run with those or choose another --out")
     return {
-        "n": cell["n"], "run": cell["run"], "seed": cell["seed"], "mAP": result["mAP"],
+        "cooccur": cell["cooccur"], "n": cell["n"], "run": cell["run"], "seed": cell["seed"], "mAP": result["mAP"],
+        "context_score": result.get("context_score"),  # with --cooccur
         "epoch_mAP": [h["mAP"] for h in result["history"]], "train_time_s": result["train_time_s"],
         "per_class_ap": result["per_class_ap"],
     }
@@ -175,14 +210,15 @@ def _duration(seconds: float) -> str:
 def write_report(args, cells: list[dict], finished: dict[str, dict]) -> None:
     records = [finished[c["name"]] for c in cells if c["name"] in finished]
     settings = {"dataset": args.dataset, "epochs": args.epochs, "labels_per_image": args.labels_per_image, "runs": args.runs,
-                "seeds": args.seeds, "ablation_norm": args.ablation_norm, "train_args": train_args(args)}  # fmt: skip
-    summary = study_report.summarize(records, args.runs, args.dataset, args.ablation_norm)
+                "seeds": args.seeds, "ablation_norm": args.ablation_norm, "train_args": train_args(args),
+                "cooccur": args.cooccur, "compare": args.compare}  # fmt: skip
+    summary = study_report.summarize(records, args.runs, args.dataset, args.ablation_norm, args.cooccur, args.compare)
     with open(os.path.join(args.out, "study.json"), "w") as f:
         json.dump({"settings": settings, "cells": records, "summary": summary, "planned": len(cells)}, f, indent=1)
     with open(os.path.join(args.out, "study.md"), "w") as f:
         f.write(study_report.markdown(summary, args.runs, settings, records))
     if records:
-        study_report.save_plots(args.out, records, summary, args.runs)
+        study_report.save_plots(args.out, records, summary, args.runs, args.cooccur)
 
 
 def lock_study(out: str):
@@ -227,7 +263,8 @@ def _run_cells(args, log) -> int:
                     continue
                 finished[name], done_now = record, done_now + 1
                 eta = (time.perf_counter() - began) / done_now * (len(todo) + len(running))  # wall time per cell, jobs included
-                log(f"[{len(finished)}/{len(cells)}] {name}: mAP {record['mAP']:.2f} in {_duration(time.perf_counter() - started)}; "
+                context = "" if record["context_score"] is None else f", context score {record['context_score']:.3f}"
+                log(f"[{len(finished)}/{len(cells)}] {name}: mAP {record['mAP']:.2f}{context} in {_duration(time.perf_counter() - started)}; "
                     f"ETA {_duration(eta)}")  # fmt: skip
                 write_report(args, cells, finished)
     finally:
@@ -251,7 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         names = [run["name"] for run in args.runs]
         if len(set(names)) != len(names):
             raise ValueError(f"--runs names a run twice: {names}")
-        for flag in ("--labels-per-image", "--seed", "--method", "--norm", "--blocks", "--out", "--resume"):
+        if args.cooccur and len(set(args.cooccur)) != len(args.cooccur):
+            raise ValueError(f"--cooccur names a structure twice: {args.cooccur}")
+        for text in args.compare:
+            parse_compare(text, args.runs)
+        for flag in ("--labels-per-image", "--seed", "--method", "--norm", "--blocks", "--cooccur", "--out", "--resume"):
             if flag in shlex.split(args.train_args) + [f for run in args.runs for f in run["flags"]]:
                 raise ValueError(f"--train-args and run variants may not set {flag}: the study sets it per cell")
         for cell in planned_cells(args):  # indeed-train's own parser rejects a bad flag before anything trains

@@ -1,10 +1,13 @@
 """The report of an indeed-study grid: the paper's numbers, paired statistics, markdown and plots.
 
-Each finished cell is one dict: n (labels per image), run (its name), seed, mAP (final),
-epoch_mAP (after each epoch) and train_time_s. Runs are dicts {"name", "base", "flags"}
-(see indeed_ext.recipes.study.parse_run); the run named "baseline" is the reference. Runs of one seed start from the same weights and
-see the same data in the same order (indeed-train's seeding), so INDeeD − baseline is
-compared per seed (a paired difference) and its 95 % interval is Student's t over seeds.
+Each finished cell is one dict: cooccur (the co-occurrence SPEC of its training data, None for
+uniform label sets), n (labels per image), run (its name), seed, mAP (final), context_score
+(None without a SPEC), epoch_mAP (after each epoch) and train_time_s. Runs are dicts {"name",
+"base", "flags"} (see indeed_ext.recipes.study.parse_run); the run named "baseline" is the
+reference. Runs of one seed start from the same weights and see the same data in the same
+order (indeed-train's seeding), so run − baseline is compared per seed (a paired difference)
+and its 95 % interval is Student's t over seeds; so are the --compare pairs of runs and the
+bias the data causes (the baseline at the same structure with rho = 0, minus at the SPEC).
 """
 from __future__ import annotations
 
@@ -12,12 +15,17 @@ import math
 import os
 import statistics
 
+from .data.cooccur import CooccurSpec
+
 RUN_TITLES = {
     "baseline": "Baseline",
     "l2": "INDeeD (L2)",
     "minmax": "INDeeD (Min-max)",
     "identical-only": "Identical only",
     "disparate-only": "Disparate only",
+    "cooccur": "INDeeD (co-occurrence pairs)",
+    "cooccur-orig": "Co-occurrence pairs, original heads only",
+    "reweight": "Weighted loss (Singh et al.)",
 }
 
 # mAP (%) of the paper: Table 1 (ML-MNIST, simple CNN, 30 epochs), Table 2 (ML-CIFAR-10,
@@ -76,84 +84,228 @@ def paired_interval(differences: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def _by_key(cells: list[dict]) -> dict[tuple[int, str], dict[int, dict]]:
-    grouped: dict[tuple[int, str], dict[int, dict]] = {}
+def _by_key(cells: list[dict]) -> dict[tuple[str | None, int, str], dict[int, dict]]:
+    grouped: dict[tuple[str | None, int, str], dict[int, dict]] = {}
     for cell in cells:
-        grouped.setdefault((cell["n"], cell["run"]), {})[cell["seed"]] = cell
+        grouped.setdefault((cell.get("cooccur"), cell["n"], cell["run"]), {})[cell["seed"]] = cell
     return grouped
 
 
-def summarize(cells: list[dict], runs: list[dict], dataset: str, ablation_norm: str) -> dict:
-    """Per (N, run): mean/std over seeds and the paper's number; per (N, other run): the paired difference to "baseline"."""
+def _paired(a: dict[int, dict], b: dict[int, dict]) -> dict | None:
+    """The paired difference a − b over their common seeds: mAP and, where every cell has one, the context score."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    mean, low, high = paired_interval([a[s]["mAP"] - b[s]["mAP"] for s in seeds])
+    result = {"seeds": seeds, "mean": mean, "low": low, "high": high, "context": None}
+    if all(cells[s].get("context_score") is not None for cells in (a, b) for s in seeds):
+        mean, low, high = paired_interval([a[s]["context_score"] - b[s]["context_score"] for s in seeds])
+        result["context"] = {"mean": mean, "low": low, "high": high}
+    return result
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    return (statistics.fmean(values) if values else None), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def unbiased_reference(spec: str | None, specs: list[str | None]) -> str | None:
+    """The grid's SPEC of the same structure at rho = 0, for a SPEC with rho > 0; None when the grid lacks it."""
+    if spec is None or CooccurSpec.parse(spec).rho == 0:
+        return None
+    reference = str(CooccurSpec.parse(spec).with_rho(0.0))
+    return reference if reference in specs else None
+
+
+def summarize(cells: list[dict], runs: list[dict], dataset: str, ablation_norm: str, specs=None, compare=()) -> dict:
+    """The statistics of a grid, per (co-occurrence spec, N):
+
+    table: per run, mean/std over seeds of the mAP and of the context score, and the paper's mAP
+        (uniform label sets only: no spec, or rho = 0);
+    differences: per run, the paired difference to "baseline" (mAP and context score);
+    comparisons: per --compare "A:B", the paired difference A − B;
+    bias: per spec with rho > 0 whose rho = 0 twin is in the grid, the baseline's loss (twin − spec, paired)
+        and per run the part of it recovered: its mean paired gain over the baseline / the mean loss
+        (over the seeds of all three; None where the data cost nothing).
+    """
+    specs = list(specs) if specs else [None]
     grouped = _by_key(cells)
     ns = sorted({cell["n"] for cell in cells})
-    table, differences = [], []
-    for n in ns:
-        base = grouped.get((n, "baseline"), {})
-        for run in runs:
-            seeds = grouped.get((n, run["name"]), {})
-            values = [seeds[s]["mAP"] for s in sorted(seeds)]
-            table.append({
-                "n": n, "run": run["name"], "seeds": sorted(seeds), "mean": statistics.fmean(values) if values else None,
-                "std": statistics.stdev(values) if len(values) > 1 else None, "paper": paper_map(dataset, run, n, ablation_norm),
-            })
-            paired = sorted(set(seeds) & set(base)) if run["name"] != "baseline" else []
-            if paired:
-                mean, low, high = paired_interval([seeds[s]["mAP"] - base[s]["mAP"] for s in paired])
-                differences.append({"n": n, "run": run["name"], "seeds": paired, "mean": mean, "low": low, "high": high})
-    return {"table": table, "differences": differences}
+    table, differences, comparisons, bias = [], [], [], []
+    for spec in specs:
+        uniform = spec is None or CooccurSpec.parse(spec).rho == 0
+        for n in ns:
+            base = grouped.get((spec, n, "baseline"), {})
+            for run in runs:
+                seeds = grouped.get((spec, n, run["name"]), {})
+                mean, std = _mean_std([seeds[s]["mAP"] for s in sorted(seeds)])
+                contexts = [seeds[s].get("context_score") for s in sorted(seeds)]
+                context_mean, context_std = _mean_std(contexts) if contexts and None not in contexts else (None, None)
+                table.append({
+                    "cooccur": spec, "n": n, "run": run["name"], "seeds": sorted(seeds), "mean": mean, "std": std,
+                    "paper": paper_map(dataset, run, n, ablation_norm) if uniform else None,
+                    "context_mean": context_mean, "context_std": context_std,
+                })
+                paired = _paired(seeds, base) if run["name"] != "baseline" else None
+                if paired:
+                    differences.append({"cooccur": spec, "n": n, "run": run["name"], **paired})
+            for text in compare:
+                a, _, b = text.partition(":")
+                paired = _paired(grouped.get((spec, n, a), {}), grouped.get((spec, n, b), {}))
+                if paired:
+                    comparisons.append({"cooccur": spec, "n": n, "a": a, "b": b, **paired})
+            reference = unbiased_reference(spec, specs)
+            reference_base = grouped.get((reference, n, "baseline"), {})
+            lost = _paired(reference_base, base) if reference else None
+            if lost:
+                recovered = {}
+                for run in runs:
+                    seeds = grouped.get((spec, n, run["name"]), {})
+                    common = sorted(set(seeds) & set(lost["seeds"]))
+                    if run["name"] == "baseline" or not common:
+                        continue
+                    gain = statistics.fmean(seeds[s]["mAP"] - base[s]["mAP"] for s in common)
+                    loss = statistics.fmean(reference_base[s]["mAP"] - base[s]["mAP"] for s in common)
+                    recovered[run["name"]] = {"seeds": common, "gain": gain, "loss": loss, "fraction": gain / loss if loss > 0 else None}
+                bias.append({
+                    "cooccur": spec, "n": n, "reference": reference,
+                    "baseline_reference": statistics.fmean(reference_base[s]["mAP"] for s in lost["seeds"]),
+                    "baseline": statistics.fmean(base[s]["mAP"] for s in lost["seeds"]),
+                    "loss": {k: lost[k] for k in ("seeds", "mean", "low", "high")}, "recovered": recovered,
+                })
+    return {"table": table, "differences": differences, "comparisons": comparisons, "bias": bias}
 
 
 def _number(value: float | None, digits: int = 1) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def _signed(value: float) -> str:
-    return "–" if math.isnan(value) else f"{value:+.1f}"
+def _signed(value: float, digits: int = 1) -> str:
+    return "–" if math.isnan(value) else f"{value:+.{digits}f}"
+
+
+def _interval(low: float, high: float, digits: int = 1) -> str:
+    return "–" if math.isnan(low) else f"[{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def _difference_cells(d: dict, with_context: bool) -> list[str]:
+    """mean and interval of a paired mAP difference, and of the context score's when asked."""
+    cells = [_signed(d["mean"]), _interval(d["low"], d["high"])]
+    if with_context:
+        context = d["context"]
+        cells += ["–", "–"] if context is None else [_signed(context["mean"], 3), _interval(context["low"], context["high"], 3)]
+    return cells
 
 
 def markdown(summary: dict, runs: list[dict], settings: dict, cells: list[dict] = ()) -> str:
-    """study.md: the Table 1 layout (ours and the paper's), the paired differences, then every cell's mAP."""
-    per_seed = {(c["n"], c["run"], c["seed"]): c["mAP"] for c in cells}
-    rows = {(r["n"], r["run"]): r for r in summary["table"]}
+    """study.md: the Table 1 layout (ours and the paper's; with co-occurrence specs, the context score too), the
+    paired differences to the baseline and between the --compare runs, the bias and its recovery, every cell's mAP."""
+    specs = settings.get("cooccur") or [None]
+    with_specs = specs != [None]
+    per_seed = {(c.get("cooccur"), c["n"], c["run"], c["seed"]): c["mAP"] for c in cells}
+    rows = {(r.get("cooccur"), r["n"], r["run"]): r for r in summary["table"]}
     titles = {run["name"]: run_title(run) for run in runs}
     ns = sorted({r["n"] for r in summary["table"]})
-    header = ["N"] + [f"{titles[run['name']]} | paper" for run in runs]
-    lines = [
-        f"# indeed-study: {settings['dataset']}, {settings['epochs']} epochs",
-        "",
-        f"Settings: `{' '.join(settings['train_args'])}`",
-        "",
-        "mAP (%) after the last epoch, mean ± std over seeds (number of seeds); the paper's number beside it.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * (1 + 2 * len(runs)),
-    ]
-    for n in ns:
-        cells = [str(n)]
+    keys = [(spec, n) for spec in specs for n in ns]
+
+    def key_cells(spec, n) -> list[str]:  # the first columns of a row: (co-occurrence,) N
+        return ([f"`{spec}`"] if with_specs else []) + [str(n)]
+
+    key_header = (["co-occurrence"] if with_specs else []) + ["N"]
+    lines = [f"# indeed-study: {settings['dataset']}, {settings['epochs']} epochs", "", f"Settings: `{' '.join(settings['train_args'])}`", ""]
+    if with_specs:
+        lines += [
+            "mAP (%) on single-object test canvases after the last epoch, mean ± std over seeds (number of seeds); "
+            "co-occurrence: the structure of the training label sets (indeed-train --cooccur). "
+            "The paper's numbers (uniform label sets) are in study.json for the ρ = 0 rows.",
+            "",
+            "| " + " | ".join(key_header + [titles[run["name"]] for run in runs]) + " |",
+            "|" + "---|" * (len(key_header) + len(runs)),
+        ]
+    else:
+        lines += [
+            "mAP (%) after the last epoch, mean ± std over seeds (number of seeds); the paper's number beside it.",
+            "",
+            "| " + " | ".join(key_header + [f"{titles[run['name']]} | paper" for run in runs]) + " |",
+            "|" + "---|" * (len(key_header) + 2 * len(runs)),
+        ]
+    for spec, n in keys:
+        row = key_cells(spec, n)
         for run in runs:
-            r = rows.get((n, run["name"]))
-            ours = "–" if r is None or r["mean"] is None else f"{r['mean']:.1f} ± {_number(r['std'])} ({len(r['seeds'])})"
-            cells += [ours, _number(None if r is None else r["paper"], 2)]
-        lines.append("| " + " | ".join(cells) + " |")
+            r = rows.get((spec, n, run["name"]))
+            row.append("–" if r is None or r["mean"] is None else f"{r['mean']:.1f} ± {_number(r['std'])} ({len(r['seeds'])})")
+            if not with_specs:
+                row.append(_number(None if r is None else r["paper"], 2))
+        lines.append("| " + " | ".join(row) + " |")
+    if with_specs:
+        lines += [
+            "",
+            "Context score: the mean probability given to the shown object's co-occurring classes (lower is better), "
+            "mean ± std over seeds.",
+            "",
+            "| " + " | ".join(key_header + [titles[run["name"]] for run in runs]) + " |",
+            "|" + "---|" * (len(key_header) + len(runs)),
+        ]
+        for spec, n in keys:
+            row = key_cells(spec, n)
+            for run in runs:
+                r = rows.get((spec, n, run["name"]))
+                row.append("–" if r is None or r["context_mean"] is None else f"{r['context_mean']:.3f} ± {_number(r['context_std'], 3)}")
+            lines.append("| " + " | ".join(row) + " |")
+    context_header = ["context-score difference", "95 % interval"] if with_specs else []
     if summary["differences"]:
         lines += [
             "",
-            "INDeeD − baseline, paired by seed (same initial weights and data order): mean and 95 % Student-t interval.",
+            "Each run − baseline, paired by seed (same initial weights and data order): mean and 95 % Student-t interval.",
             "",
-            "| N | run | seeds | mean difference | 95 % interval |",
-            "|---|---|---|---|---|",
+            "| " + " | ".join(key_header + ["run", "seeds", "mean difference", "95 % interval"] + context_header) + " |",
+            "|" + "---|" * (len(key_header) + 4 + len(context_header)),
         ]
         for d in summary["differences"]:
-            interval = "–" if math.isnan(d["low"]) else f"[{d['low']:+.1f}, {d['high']:+.1f}]"
-            seeds = ", ".join(map(str, d["seeds"]))
-            lines.append(f"| {d['n']} | {titles[d['run']]} | {seeds} | {_signed(d['mean'])} | {interval} |")
+            row = key_cells(d.get("cooccur"), d["n"]) + [titles[d["run"]], ", ".join(map(str, d["seeds"]))]
+            lines.append("| " + " | ".join(row + _difference_cells(d, with_specs)) + " |")
+    if summary.get("comparisons"):
+        lines += [
+            "",
+            "Paired differences between runs (--compare), as above.",
+            "",
+            "| " + " | ".join(key_header + ["A − B", "seeds", "mean difference", "95 % interval"] + context_header) + " |",
+            "|" + "---|" * (len(key_header) + 4 + len(context_header)),
+        ]
+        for d in summary["comparisons"]:
+            row = key_cells(d.get("cooccur"), d["n"]) + [f"{d['a']} − {d['b']}", ", ".join(map(str, d["seeds"]))]
+            lines.append("| " + " | ".join(row + _difference_cells(d, with_specs)) + " |")
+    if summary.get("bias"):
+        others = [run["name"] for run in runs if run["name"] != "baseline"]
+        lines += [
+            "",
+            "The bias the data causes: the baseline's mAP at the same structure with ρ = 0 minus at the structure "
+            "(paired by seed), and the part of that loss each run recovers (its mean paired gain over the baseline "
+            "/ the mean loss, over the seeds of both).",
+            "",
+            "| " + " | ".join(key_header + ["seeds", "baseline at ρ = 0", "baseline", "loss", "95 % interval"]
+                             + [f"recovered: {titles[name]}" for name in others]) + " |",  # fmt: skip
+            "|" + "---|" * (len(key_header) + 5 + len(others)),
+        ]
+        for b in summary["bias"]:
+            loss = b["loss"]
+            row = key_cells(b["cooccur"], b["n"]) + [", ".join(map(str, loss["seeds"])), _number(b["baseline_reference"]),
+                                                      _number(b["baseline"]), _signed(loss["mean"]), _interval(loss["low"], loss["high"])]  # fmt: skip
+            for name in others:
+                r = b["recovered"].get(name)
+                row.append("–" if r is None else f"{_number(None if r['fraction'] is None else 100 * r['fraction'], 0)} % ({_signed(r['gain'])})")
+            lines.append("| " + " | ".join(row) + " |")
     if per_seed:
         names = [run["name"] for run in runs]
-        lines += ["", "mAP (%) per seed:", "", "| N | seed | " + " | ".join(titles[n] for n in names) + " |", "|---|---|" + "---|" * len(names)]
-        for n, seed in sorted({(n, seed) for n, _, seed in per_seed}):
-            lines.append(f"| {n} | {seed} | " + " | ".join(_number(per_seed.get((n, name, seed))) for name in names) + " |")
-    lines += ["", "Plots: `map_vs_n.png` (mean ± std over seeds, the paper dashed), `map_per_epoch.png` (mean over seeds).", ""]
+        lines += ["", "mAP (%) per seed:", "", "| " + " | ".join(key_header + ["seed"] + [titles[n] for n in names]) + " |",
+                  "|" + "---|" * (len(key_header) + 1 + len(names))]  # fmt: skip
+        seeds = sorted({seed for *_, seed in per_seed})
+        for spec, n in keys:
+            for seed in seeds:
+                values = [per_seed.get((spec, n, name, seed)) for name in names]
+                if any(v is not None for v in values):
+                    lines.append("| " + " | ".join(key_cells(spec, n) + [str(seed)] + [_number(v) for v in values]) + " |")
+    panels = "; one panel per co-occurrence structure" if with_specs else ""
+    lines += ["", f"Plots: `map_vs_n.png` (mean ± std over seeds, the paper dashed{panels}), `map_per_epoch.png` (mean over seeds).", ""]
     return "\n".join(lines)
 
 
@@ -166,50 +318,56 @@ def _figure(width: float, height: float):
     return figure
 
 
-def save_plots(out: str, cells: list[dict], summary: dict, runs: list[dict]) -> list[str]:
-    """map_vs_n.png and map_per_epoch.png in out; returns their paths."""
+def save_plots(out: str, cells: list[dict], summary: dict, runs: list[dict], specs=None) -> list[str]:
+    """map_vs_n.png (a panel per co-occurrence spec) and map_per_epoch.png (a row per spec, a panel per N) in out;
+    returns their paths."""
+    specs = list(specs) if specs else [None]
     rows = summary["table"]
     ns = sorted({r["n"] for r in rows})
     names = [run["name"] for run in runs]
     titles = {run["name"]: run_title(run) for run in runs}
     colours = {name: f"C{i}" for i, name in enumerate(names)}
 
-    figure = _figure(6.5, 4.5)
-    axes = figure.add_subplot()
-    for run in names:
-        ours = [r for r in rows if r["run"] == run and r["mean"] is not None]
-        axes.errorbar([r["n"] for r in ours], [r["mean"] for r in ours], yerr=[r["std"] or 0.0 for r in ours],
-                      marker="o", capsize=3, color=colours[run], label=titles[run])  # fmt: skip
-        paper = [r for r in rows if r["run"] == run and r["paper"] is not None]
-        if paper:
-            axes.plot([r["n"] for r in paper], [r["paper"] for r in paper], ls="--", marker="x", color=colours[run], alpha=0.6)
-    axes.set_xticks(ns)
-    axes.set_xlabel("labels per training image N")
-    axes.set_ylabel("mAP (%)")
-    axes.set_title("mAP vs N (solid: this study, mean ± std; dashed: the paper)")
-    axes.legend(fontsize=8)
-    axes.grid(alpha=0.3)
+    figure = _figure(6.5 * len(specs), 4.5)
+    for i, spec in enumerate(specs):
+        axes = figure.add_subplot(1, len(specs), i + 1)
+        for run in names:
+            ours = [r for r in rows if r.get("cooccur") == spec and r["run"] == run and r["mean"] is not None]
+            axes.errorbar([r["n"] for r in ours], [r["mean"] for r in ours], yerr=[r["std"] or 0.0 for r in ours],
+                          marker="o", capsize=3, color=colours[run], label=titles[run])  # fmt: skip
+            paper = [r for r in rows if r.get("cooccur") == spec and r["run"] == run and r["paper"] is not None]
+            if paper:
+                axes.plot([r["n"] for r in paper], [r["paper"] for r in paper], ls="--", marker="x", color=colours[run], alpha=0.6)
+        axes.set_xticks(ns)
+        axes.set_xlabel("labels per training image N")
+        axes.set_ylabel("mAP (%)")
+        what = "mAP vs N" if spec is None else f"{spec}: mAP vs N"
+        axes.set_title(f"{what} (solid: this study, mean ± std; dashed: the paper)", fontsize=9)
+        axes.legend(fontsize=8)
+        axes.grid(alpha=0.3)
     vs_n = os.path.join(out, "map_vs_n.png")
     figure.savefig(vs_n, dpi=110, bbox_inches="tight")
 
     grouped = _by_key(cells)
-    figure = _figure(3.6 * max(1, len(ns)), 3.4)
-    for i, n in enumerate(ns):
-        axes = figure.add_subplot(1, len(ns), i + 1)
-        for run in names:
-            seeds = grouped.get((n, run), {})
-            if not seeds:
-                continue
-            curves = [seeds[s]["epoch_mAP"] for s in sorted(seeds)]
-            epochs = min(map(len, curves))
-            mean = [statistics.fmean(c[e] for c in curves) for e in range(epochs)]
-            axes.plot(range(1, epochs + 1), mean, marker="o", color=colours[run], label=f"{titles[run]} ({len(curves)})")
-        axes.set_title(f"N = {n}")
-        axes.set_xlabel("epoch")
-        if i == 0:
-            axes.set_ylabel("mAP (%)")
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=7)
+    figure = _figure(3.6 * max(1, len(ns)), 3.4 * len(specs))
+    for row, spec in enumerate(specs):
+        for i, n in enumerate(ns):
+            axes = figure.add_subplot(len(specs), len(ns), row * len(ns) + i + 1)
+            for run in names:
+                seeds = grouped.get((spec, n, run), {})
+                if not seeds:
+                    continue
+                curves = [seeds[s]["epoch_mAP"] for s in sorted(seeds)]
+                epochs = min(map(len, curves))
+                mean = [statistics.fmean(c[e] for c in curves) for e in range(epochs)]
+                axes.plot(range(1, epochs + 1), mean, marker="o", color=colours[run], label=f"{titles[run]} ({len(curves)})")
+            axes.set_title(f"N = {n}" if spec is None else f"{spec}, N = {n}")
+            axes.set_xlabel("epoch")
+            if i == 0:
+                axes.set_ylabel("mAP (%)")
+            axes.grid(alpha=0.3)
+            if axes.get_legend_handles_labels()[0]:  # a panel with no finished cell yet has none
+                axes.legend(fontsize=7)
     per_epoch = os.path.join(out, "map_per_epoch.png")
     figure.savefig(per_epoch, dpi=110, bbox_inches="tight")
     return [vs_n, per_epoch]

@@ -4,8 +4,8 @@
 
 Wires data (indeed_ext.recipes.data) -> model (backbones + INDeeD) -> loop (engine) -> metrics,
 and writes OUT/results.json (one object per trained model), OUT/table.md (per-class AP,
-the paper's Table 1 layout), OUT/confidence_<run>.png (paper Fig. 3) and the checkpoints
-OUT/<run>/checkpoint.pt. Flags avoid every prefix of a torchrun option, so the same
+the paper's Table 1 layout; with --cooccur the context score under it), OUT/confidence_<run>.png
+(paper Fig. 3) and the checkpoints OUT/<run>/checkpoint.pt. Flags avoid every prefix of a torchrun option, so the same
 command line works after ``torchrun ... --no-python``:
 
     torchrun --nproc_per_node 2 --no-python indeed-train ... --device cpu --out OUT
@@ -28,16 +28,18 @@ import torch
 from . import distributed, engine
 from .backbones import BACKBONES, INITS, build_backbone, initialize
 from .data import DATASETS, DataOptions, build_dataset
+from .data.cooccur import SYNTAX as COOCCUR_SYNTAX, canonical_spec
 from .data.registry import PHOTO_DATASETS, TEST_SCHEMES, TRAIN_SCHEMES
 from .ema import ModelEma
 from ..losses import INDeeDLoss
-from ..metrics import ap_table_markdown
+from ..metrics import DEFAULT_PAIRS, ap_table_markdown, biased_pairs_by_cooccurrence, context_score
 from ..model import INDeeD
 from ..ops import BACKENDS
 from ..reference import NORMS
+from ..reweighting import ExclusiveWeightedBCE
 from .viz import save_confidence_map
 
-METHODS = ("baseline", "indeed", "both")
+METHODS = ("baseline", "indeed", "both", "reweight")
 BLOCKS = ("identical", "disparate")
 STRATEGIES = ("any", "matching")
 SELF_PAIR_DISPARATE = ("zero_target", "skip")
@@ -47,6 +49,7 @@ INIT_STREAM = 3  # seed stream of the model initialisation (engine uses 0-2 per 
 RESUME_MAY_CHANGE = ("epochs", "out", "resume", "workers", "device", "compile", "quiet", "backend", "channels_last")
 PER_RUN = ("method", "norm")  # the run's own method and norm replace the lists given on the command line
 INDEED_ONLY = ("norm", "blocks", "lam", "lam_warmup", "strategy", "self_pair_disparate", "global_pairs")  # no effect on a baseline
+REWEIGHT_ONLY = ("exclusive_weight", "biased_pairs")  # train the weighted loss alone (the others' evaluation is recomputed)
 DEFAULT_BACKBONE = "simple-cnn"  # the paper's ML-MNIST network
 # On 24 px ml-digits canvases the paper's network (no batch norm) stays at the label prior within a
 # demo's budget (docs/EXPERIMENTS.md): the batch-normed, globally pooled one learns them.
@@ -75,6 +78,14 @@ def _number(kind, low=None, low_inclusive=True, high=None):
     return parse
 
 
+def _cooccur_spec(text: str) -> str:
+    """argparse type of --cooccur: the canonical SPEC, or the parser's usage error naming the problem."""
+    try:
+        return canonical_spec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="indeed-train", description=__doc__.split("\n\n")[0], allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -84,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--root", metavar="PATH", help="folder of the source files (ml-mnist: MNIST/raw/ or the IDX files; ml-cifar10: cifar-10-batches-py/)")
     data.add_argument("--split-test-set", action="store_true", help="build train and test objects from the test files only (disjoint 80/20 split), e.g. for the MNIST t10k files alone")
     data.add_argument("--labels-per-image", metavar="N", type=_number(int, 1), default=3, help="N objects of N distinct labels per training image (1..min(9, classes))")
+    data.add_argument("--cooccur", metavar="SPEC", type=_cooccur_spec,
+                      help=f"composites: training label sets that co-occur, one of {COOCCUR_SYNTAX}; a drawn class brings each "
+                           "group-mate with probability RHO, or the hub joins an image with probability RHO; RHO = 0 gives the "
+                           "uniform sets (README). Adds the context score to the results")
     data.add_argument("--train-size", metavar="IMAGES", type=_number(int, 1), default=8000, help="composite training images")
     data.add_argument("--test-size", metavar="IMAGES", type=_number(int, 1), default=2000, help="single-label test images")
     data.add_argument("--train-scheme", default="all", choices=TRAIN_SCHEMES, help="voc2007/coco2014: all training images or the multi-label ones")
@@ -93,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--randaugment", action="store_true", help="RandAugment (torchvision) on training images")
     data.add_argument("--workers", type=_number(int, 0), default=0, help="DataLoader worker processes")
     method = p.add_argument_group("method")
-    method.add_argument("--method", default="both", choices=METHODS, help="both = baseline, then INDeeD")
+    method.add_argument("--method", default="both", choices=METHODS,
+                        help="both = baseline, then INDeeD; reweight = Singh et al.'s weighted loss (a debiasing baseline: "
+                             "the loss of b weighted by --exclusive-weight on the images with b and without c, for the "
+                             "--biased-pairs most co-occurring pairs (b, c) of the training labels)")
     method.add_argument("--norm", nargs="+", default=["minmax"], choices=NORMS, help="identical-map normalisation(s); one INDeeD model each")
     method.add_argument("--blocks", nargs="+", default=list(BLOCKS), choices=BLOCKS, help="INDeeD heads besides the originals (ablations: one of them)")
     method.add_argument("--lam", type=_number(float, 0.0), default=1.0, help="weight of the identical and disparate heads")
@@ -103,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--strategy", default="any", choices=STRATEGIES, help="pair mining")
     method.add_argument("--self-pair-disparate", default="zero_target", choices=SELF_PAIR_DISPARATE, help="disparate heads of self-pairs")
     method.add_argument("--backend", default="auto", choices=BACKENDS, help="INDeeD operator backend")
+    method.add_argument("--exclusive-weight", metavar="W", type=_number(float, 0.0, low_inclusive=False), default=10.0,
+                        help="reweight: the weight of b's loss on its exclusive images (Singh et al.: 10)")
+    method.add_argument("--biased-pairs", metavar="K", type=_number(int, 1), default=DEFAULT_PAIRS,
+                        help="reweight: the K biased pairs (b, c), each class b's most co-occurring c by P(c | b), then the top K "
+                             "(Singh et al.'s K; at most one per class)")
     model = p.add_argument_group("model and optimisation")
     model.add_argument("--backbone", metavar="NAME", help=f"one of {', '.join(BACKBONES)} (default: {DEFAULT_BACKBONE} or, per data set, {DATASET_BACKBONES})")
     model.add_argument("--weights", metavar="PATH", help="local weights file for the backbone (nothing downloads)")
@@ -160,7 +183,26 @@ def planned_runs(args) -> list[dict]:
     if args.method in ("indeed", "both"):
         for norm in dict.fromkeys(args.norm):
             runs.append({"name": f"indeed-{norm}", "method": "indeed", "norm": norm, "lam": args.lam, "title": f"INDeeD ({NORM_TITLES[norm]})"})
+    if args.method == "reweight":
+        runs.append({"name": "reweight", "method": "reweight", "norm": None, "lam": 0.0,
+                     "title": f"Weighted loss (Singh et al., w = {args.exclusive_weight:g})"})  # fmt: skip
     return runs
+
+
+def unused_settings(method: str) -> tuple[str, ...]:
+    """The settings a run of this method does not depend on (a resume and indeed-study's read-back ignore them)."""
+    return {"baseline": INDEED_ONLY + REWEIGHT_ONLY, "indeed": REWEIGHT_ONLY, "reweight": INDEED_ONLY}[method]
+
+
+def training_bias_pairs(args, bundle) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(pairs (K, 2) of (b, c), their strengths, how they were ranked) for the weighted loss: Singh et al.'s
+    ranking without a model, by the co-occurrence of the training labels."""
+    pairs, strength = biased_pairs_by_cooccurrence(bundle.train.targets, k=args.biased_pairs)
+    return pairs, strength, "annotation co-occurrence: P(c | b) of the training labels"
+
+
+def _named_pairs(pairs: torch.Tensor, strength: torch.Tensor, class_names) -> list[dict]:
+    return [{"b": class_names[b], "c": class_names[c], "strength": float(v)} for (b, c), v in zip(pairs.tolist(), strength)]
 
 
 def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool) -> dict:
@@ -173,10 +215,18 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
     memory_format = torch.channels_last if args.channels_last else torch.preserve_format
     model = INDeeD(backbone, num_classes, feature_dim).to(device, memory_format=memory_format)
     ema = ModelEma(model, args.ema) if args.ema else None
-    criterion = INDeeDLoss(
-        lam=run["lam"], norm=run["norm"] or "minmax", blocks=tuple(args.blocks), self_pair_disparate=args.self_pair_disparate,
-        strategy=args.strategy, backend=args.backend,
-    )
+    weighted = {}  # the weighted loss's pairs, for its results.json entry
+    if run["method"] == "reweight":
+        pairs, strength, ranking = training_bias_pairs(args, bundle)
+        weighted = {"biased_pairs": _named_pairs(pairs, strength, bundle.class_names), "biased_pairs_ranking": ranking}
+        log(f"[{run['name']}] weight {args.exclusive_weight:g} on the exclusive images of {len(pairs)} pairs (b, c) by {ranking}: "
+            + ", ".join(f"{p['b']}-{p['c']}" for p in weighted["biased_pairs"]))  # fmt: skip
+        criterion = ExclusiveWeightedBCE(pairs, args.exclusive_weight)
+    else:
+        criterion = INDeeDLoss(
+            lam=run["lam"], norm=run["norm"] or "minmax", blocks=tuple(args.blocks), self_pair_disparate=args.self_pair_disparate,
+            strategy=args.strategy, backend=args.backend,
+        )
     if args.global_pairs:
         criterion = distributed.GlobalPairsLoss(criterion)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -189,7 +239,7 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
     scheduler, per_batch = engine.build_scheduler(optimizer, args.schedule, args.epochs, len(train_loader))
     amp_dtype = engine.AMP_DTYPES[args.amp]
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    ignored = RESUME_MAY_CHANGE + PER_RUN + (INDEED_ONLY if run["method"] == "baseline" else ())
+    ignored = RESUME_MAY_CHANGE + PER_RUN + unused_settings(run["method"])
     fingerprint = {k: v for k, v in config.items() if k not in ignored}
     fingerprint |= {"run": run, "world_size": distributed.world_size()}  # the global batch and the steps per epoch
     if args.schedule == "onecycle":  # its steps are laid out over the planned epochs
@@ -216,10 +266,16 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
         lam_schedule=lam_schedule, unrecorded=UNRECORDED_SETTINGS,
     )
     ev, ev_ema = result.evaluation, result.evaluation_ema
+    context_scores = {}  # the context score of composites with a co-occurrence structure, of the model and its EMA
+    if bundle.context is not None:
+        context_scores["context_score"] = _json_number(context_score(ev.scores, ev.targets.argmax(1), bundle.context))
+        if ev_ema is not None:
+            context_scores["context_score_ema"] = _json_number(context_score(ev_ema.scores, ev_ema.targets.argmax(1), bundle.context))
     return {
         "name": run["name"], "method": run["method"], "norm": run["norm"], "lam": run["lam"], "title": run["title"],
         "mAP": _json_number(ev.mAP), "per_class_ap": [_json_number(v) for v in ev.per_class_ap],
         **({} if ev_ema is None else {"mAP_ema": _json_number(ev_ema.mAP), "per_class_ap_ema": [_json_number(v) for v in ev_ema.per_class_ap]}),
+        **context_scores, **weighted,
         "class_names": list(bundle.class_names),
         "seed": args.seed, "epochs": args.epochs, "world_size": distributed.world_size(), "train_time_s": result.train_time_s,
         "history": result.history, "config": config, "_per_class_ap": torch.tensor(ev.per_class_ap), "_confidence": ev.confidence_map,
@@ -230,9 +286,27 @@ def _json_number(value: float) -> float | None:
     return None if math.isnan(value) else value  # JSON has no NaN (a class without test images)
 
 
-def write_report(out: str, results: list[dict], class_names) -> str:
-    """results.json, table.md and the confidence-map PNGs; returns the markdown table."""
+def context_table(results: list[dict], spec: str) -> str:
+    """The markdown lines of the runs' context scores (under the AP table, for --cooccur)."""
+    ema = any("context_score_ema" in r for r in results)
+    lines = [
+        f"Context score ({spec}): the mean probability given to the shown object's co-occurring classes "
+        "on the single-object test images; lower is better.",
+        "",
+        "| Model | context score |" + (" EMA |" if ema else ""),
+        "|---|---:|" + ("---:|" if ema else ""),
+    ]
+    for r in results:
+        values = [r["context_score"]] + ([r.get("context_score_ema")] if ema else [])
+        lines.append(f"| {r['title']} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: str, results: list[dict], class_names, cooccur: str | None = None) -> str:
+    """results.json, table.md and the confidence-map PNGs; returns the markdown of table.md."""
     table = ap_table_markdown({r["title"]: r["_per_class_ap"] for r in results}, list(class_names))
+    if any("context_score" in r for r in results):
+        table += "\n" + context_table(results, cooccur)
     for r in results:
         if r["_confidence"] is not None:
             save_confidence_map(r["_confidence"], os.path.join(out, f"confidence_{r['name']}.png"), list(class_names), r["title"])
@@ -257,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         options = DataOptions(
             root=args.root, labels_per_image=args.labels_per_image, train_size=args.train_size, test_size=args.test_size,
             seed=args.seed, split_test_set=args.split_test_set, cutout=args.cutout, randaugment=args.randaugment,
-            image_size=args.image_size, train_scheme=args.train_scheme, test_scheme=args.test_scheme,
+            image_size=args.image_size, train_scheme=args.train_scheme, test_scheme=args.test_scheme, cooccur=args.cooccur,
         )
         bundle = build_dataset(args.dataset, options)
         build_backbone(args.backbone, bundle.image_shape[0], args.weights, bundle.object_size, bundle.image_shape[1:])  # fail before any training on a bad backbone
@@ -284,6 +358,8 @@ def _train_and_report(args, bundle, device: torch.device, context: distributed.C
     """Every planned run; rank 0 logs and writes the report."""
     log = print if context.is_main else lambda *_: None
     title = args.dataset if args.dataset in PHOTO_DATASETS else f"{args.dataset}-{args.labels_per_image}"
+    if args.cooccur:
+        title += f" ({args.cooccur})"
     processes = f" x {context.world_size} processes" if context.world_size > 1 else ""
     log(f"{title}: {len(bundle.train)} training / {len(bundle.test)} test images of shape {tuple(bundle.image_shape)}, "
         f"{len(bundle.class_names)} classes; backbone {args.backbone} on {device}{processes}")  # fmt: skip
@@ -297,7 +373,7 @@ def _train_and_report(args, bundle, device: torch.device, context: distributed.C
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     if context.is_main:
-        table = write_report(args.out, results, bundle.class_names)
+        table = write_report(args.out, results, bundle.class_names, args.cooccur)
         log(f"\nAP per class and mAP (%), {title}, seed {args.seed}, {args.epochs} epochs:\n\n{table}\n")
         log(f"trained in {time.perf_counter() - began:.1f}s; results in {os.path.join(args.out, 'results.json')}")
     return 0

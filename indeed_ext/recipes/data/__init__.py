@@ -1,5 +1,6 @@
 """Data for the driver: composite multi-label sets (ML-MNIST, ML-CIFAR-10, ml-digits) by name."""
 from .composite import GRID, CompositeMultiLabel, SingleLabelCanvas
+from .cooccur import CooccurSpec, Cooccurrence
 from .registry import DATASETS, DataBundle, DataOptions, build_dataset, composite_bundle, register_dataset
 from .sources import ObjectPool, load_cifar10, load_mnist, load_sklearn_digits, read_cifar_batch, read_idx, split_pool
 from .transforms import CanvasTransform, Cutout
@@ -9,6 +10,8 @@ __all__ = [
     "GRID",
     "CanvasTransform",
     "CompositeMultiLabel",
+    "CooccurSpec",
+    "Cooccurrence",
     "Cutout",
     "DataBundle",
     "DataOptions",

@@ -6,7 +6,8 @@ random cells, the other cells empty (zeros); a single-label test image holds one
 in a random cell. Item i depends only on (seed, i): a numpy generator seeded with both
 picks the labels, the cells and the objects (``seed`` is an int or a tuple of ints, e.g.
 (run seed, stream)), so the sets need no storage and any
-worker or process builds the same image for the same index.
+worker or process builds the same image for the same index. A training set's labels are
+uniform random subsets, or follow a co-occurrence structure (cooccur.py).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .cooccur import Cooccurrence
 from .sources import ObjectPool
 
 GRID = 3
@@ -79,20 +81,42 @@ class CompositeMultiLabel(_CanvasSet):
     """Training canvases: ``labels_per_image`` objects of distinct labels in distinct cells.
 
     Items are (image, target): the transform of the uint8 canvas and a float multi-hot (c,).
+    cooccurrence: how the label sets are drawn (None: uniform random subsets; see cooccur.py).
     """
 
-    def __init__(self, pool: ObjectPool, labels_per_image: int, size: int, seed: int | tuple[int, ...], transform: Callable | None = None):
+    def __init__(
+        self, pool: ObjectPool, labels_per_image: int, size: int, seed: int | tuple[int, ...], transform: Callable | None = None,
+        cooccurrence: Cooccurrence | None = None,
+    ):
         super().__init__(pool, size, seed, transform)
         limit = min(GRID * GRID, self.num_classes)
         if not 1 <= labels_per_image <= limit:
             raise ValueError(f"labels per image must be between 1 and {limit} (min of {GRID * GRID} cells and {self.num_classes} classes), got {labels_per_image}")
-        self.labels_per_image = labels_per_image
+        if cooccurrence is not None and cooccurrence.num_classes != self.num_classes:
+            raise ValueError(f"the co-occurrence structure is over {cooccurrence.num_classes} classes, the pool has {self.num_classes}")
+        self.labels_per_image, self.cooccurrence = labels_per_image, cooccurrence
+        self._targets = None
+
+    def _labels(self, rng: np.random.Generator) -> np.ndarray:
+        if self.cooccurrence is None:
+            return rng.choice(self.num_classes, self.labels_per_image, replace=False)
+        return self.cooccurrence.sample(rng, self.labels_per_image)
 
     def layout(self, index: int):
         rng = self._rng(index)
-        labels = rng.choice(self.num_classes, self.labels_per_image, replace=False)
+        labels = self._labels(rng)
         cells = rng.choice(GRID * GRID, self.labels_per_image, replace=False)
         return labels, cells, self._pick_objects(rng, labels)
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """(size, c) float multi-hot of every item, from the label draws alone (no painting); computed once."""
+        if self._targets is None:
+            targets = torch.zeros(self.size, self.num_classes)
+            for index in range(self.size):
+                targets[index, torch.from_numpy(self._labels(self._rng(index)))] = 1.0
+            self._targets = targets
+        return self._targets
 
 
 class SingleLabelCanvas(_CanvasSet):

@@ -4,7 +4,8 @@ New data sets register a builder with ``@register_dataset("name")``; the driver 
 them up by the name given to ``--dataset``.
 
 - Composite sets (ml-digits, ml-mnist, ml-cifar10): train_size composite canvases of
-  labels_per_image objects, test_size single-object canvases.
+  labels_per_image objects, test_size single-object canvases. cooccur: a co-occurrence
+  SPEC for the training label sets (cooccur.py), None for uniform ones.
 - Photographs (voc2007, coco2014): the local copy under root, in the train scheme
   ("all" or "split") and the test scheme ("single" or "entire") of images.SCHEMES,
   squish-resized to image_size; training images get Cutout (cutout, as a fraction of
@@ -16,10 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch.utils.data import Dataset
 
 from .coco import COCO2014
 from .composite import CompositeMultiLabel, SingleLabelCanvas
+from .cooccur import CooccurSpec
 from .images import IMAGENET_MEAN, IMAGENET_STD, SCHEME_SUBSET, eval_transform, train_transform
 from .sources import ObjectPool, load_cifar10, load_mnist, load_sklearn_digits, split_pool
 from .transforms import CanvasTransform
@@ -45,6 +48,7 @@ class DataOptions:
     image_size: int = 224  # photographs: the square side they are resized to
     train_scheme: str = "all"  # photographs: "all" or "split"
     test_scheme: str = "entire"  # photographs: "single" or "entire"
+    cooccur: str | None = None  # composites: co-occurrence SPEC of the training label sets
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class DataBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     object_size: int | None = None  # side of one object (a grid cell) in px, for sizing a model
+    context: torch.Tensor | None = None  # (c, c) bool, row k: the classes k co-occurs with by construction (--cooccur)
 
 
 DATASETS: dict[str, Callable[[DataOptions], DataBundle]] = {}
@@ -83,10 +88,14 @@ def composite_bundle(train_pool: ObjectPool, test_pool: ObjectPool, options: Dat
     """Composite training canvases and single-label test canvases of two object pools."""
     mean, std = tuple(mean), tuple(std)
     train_transform = CanvasTransform(mean, std, options.cutout, options.randaugment)
-    train = CompositeMultiLabel(train_pool, options.labels_per_image, options.train_size, (options.seed, TRAIN_STREAM), train_transform)
+    cooccurrence = None if options.cooccur is None else CooccurSpec.parse(options.cooccur).resolve(len(train_pool.class_names))
+    train = CompositeMultiLabel(
+        train_pool, options.labels_per_image, options.train_size, (options.seed, TRAIN_STREAM), train_transform, cooccurrence
+    )
     test = SingleLabelCanvas(test_pool, options.test_size, (options.seed, TEST_STREAM), CanvasTransform(mean, std))
     object_size = max(train.object_h, train.object_w)
-    return DataBundle(train, test, train_pool.class_names, train.image_shape, mean, std, object_size)
+    context = None if cooccurrence is None else cooccurrence.context_matrix()
+    return DataBundle(train, test, train_pool.class_names, train.image_shape, mean, std, object_size, context)
 
 
 def _require_root(name: str, options: DataOptions) -> str:
@@ -129,6 +138,8 @@ def photo_bundle(dataset_class, options: DataOptions) -> DataBundle:
         raise ValueError(f"unknown test scheme {options.test_scheme!r}; expected one of {TEST_SCHEMES}")
     if options.image_size < 1:
         raise ValueError(f"image size must be >= 1, got {options.image_size}")
+    if options.cooccur is not None:
+        raise ValueError("a co-occurrence structure (--cooccur) applies to the composite sets only: photographs have their own")
     size = options.image_size
     train = dataset_class(options.root, options.train_scheme, train_transform(size, options.cutout, options.randaugment))
     test = dataset_class(options.root, options.test_scheme, eval_transform(size))
