@@ -6,8 +6,8 @@ architectures, or to WHEEL_ARCHS when none is visible.
 
 The version is VERSION plus a local label naming the torch and CUDA the kernels were built
 for (0.1.0+torch2.14cu130, 0.1.0+torch2.14cpu), as flash-attention and vLLM label their
-wheels. The sdist and builds from it carry no label: pip checks that the wheel it builds from
-an sdist has the version in the sdist's name.
+wheels. The sdist and builds from it carry no label: pip rejects metadata built from an
+index's sdist whose version differs from the one in the sdist's name.
 
 Each build writes indeed_ext/_build_info.json beside _C (and into wheels; not in git or the
 sdist): the version, the torch, CUDA and architectures built for, which `import indeed_ext`
