@@ -1,13 +1,17 @@
-# make install | test | bench | bench-gpu | demo | study | cmake-build. Everything runs in .venv, made here,
-# except bench-gpu, which uses the GPU machine's own Python (GPU_PYTHON).
+# make install | test | wheel | test-wheel | bench | bench-gpu | demo | study | cmake-build. Everything runs
+# in .venv, made here, except bench-gpu, which uses the GPU machine's own Python (GPU_PYTHON).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export MAX_JOBS ?= 2
-TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+TORCH_PIN := torch==2.14.1
+TORCH_PINS := $(TORCH_PIN) torchvision==0.29.1
 SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
+# The CUDA kernels only where a GPU is visible: a CPU demo never runs them, and they are most of the
+# build. INDEED_CUDA=1 builds them anyway (CI, make wheel); see setup.py.
+export INDEED_CUDA ?= $(if $(shell nvidia-smi -L 2>/dev/null),auto,0)
 
-.PHONY: install test bench bench-gpu demo study cmake-build clean
+.PHONY: install test wheel test-wheel bench bench-gpu demo study cmake-build clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -17,13 +21,43 @@ $(VENV)/.torch:
 
 # Editable install: builds indeed_ext/_C*.so in place; rebuilt when csrc/ or setup changes.
 $(VENV)/.installed: $(VENV)/.torch $(SOURCES)
-	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	$(PY) -m pip install -q --no-build-isolation -e ".[train,test]"
 	touch $@
 
 install: $(VENV)/.installed
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# A wheel of the CPU kernels and the CUDA kernels for setup.py's WHEEL_ARCHS (no GPU visible, so that
+# setup.py does not build for the visible one alone; TORCH_CUDA_ARCH_LIST overrides), against the venv's
+# torch (no build isolation: README, "Install"), with its version's label: dist/indeed_ext-0.1.0+torch2.14cu130-*.whl.
+WHEEL_DIR ?= dist
+WHEEL_CUDA ?= 1
+wheel: $(VENV)/.torch
+	CUDA_VISIBLE_DEVICES= INDEED_CUDA=$(WHEEL_CUDA) $(PY) -m pip wheel -q --no-build-isolation --no-deps -w $(WHEEL_DIR) .
+
+# The wheel as users get it: a fresh venv with torch alone (no torchvision, scikit-learn, scipy or
+# matplotlib) and pytest, the wheel installed, and the tests of the public API, the ops and a training
+# step run against it from a folder outside the checkout (tests/test_packaging.py checks where indeed_ext
+# came from and what is installed beside it). Then, where MISMATCH_TORCH is on the local disk, the same
+# wheel under that torch: the kernels do not load, the import warns, and a step trains on the reference.
+WHEEL_TESTS := packaging reference cpu_ops losses pairs errors model compile aten_counts triton_ops
+MISMATCH_TORCH ?= torch==2.13.0+cpu
+test-wheel: $(VENV)/.torch
+	rm -rf build/wheelhouse
+	$(MAKE) wheel WHEEL_DIR=build/wheelhouse
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/pip" install -q $(TORCH_PIN) pytest expecttest; \
+	"$$tmp/venv/bin/pip" install -q build/wheelhouse/indeed_ext-*.whl; \
+	cd "$$tmp"; \
+	INDEED_TEST_WHEEL=1 venv/bin/python -m pytest -q -p no:cacheprovider -c "$(CURDIR)/pyproject.toml" \
+	  $(WHEEL_TESTS:%="$(CURDIR)/tests/test_%.py"); \
+	if venv/bin/pip install -q --no-index "$(MISMATCH_TORCH)"; then \
+	  INDEED_TEST_WHEEL=1 INDEED_TEST_MISMATCH=1 venv/bin/python -m pytest -q -p no:cacheprovider \
+	    -c "$(CURDIR)/pyproject.toml" "$(CURDIR)/tests/test_packaging.py"; \
+	else echo "test-wheel: no $(MISMATCH_TORCH) on the local disk, the real mismatch was not tried"; fi
 
 # Offline demo: Baseline vs INDeeD (min-max) on ml-digits-7 (scikit-learn's bundled 8x8 digits, 7 per
 # 24x24 canvas; 2,000 training canvases, 5 epochs, simple-cnn-gap), 5 seeds, 2 at a time, CPU: about

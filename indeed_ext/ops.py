@@ -7,11 +7,15 @@ of shapes; ``register_autograd`` gives indeed_triton the gradients csrc/autograd
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
+
 import torch
 
-from . import _checks, reference
+from . import _checks, _extension, reference
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}  # device type -> the dispatch key of its C++ kernels
 OP_NAMES = (
     "identical_map",
     "_identical_map_backward",
@@ -149,33 +153,74 @@ def register_autograd(namespace: str) -> None:
 
 
 # ----------------------------------------------------------------------------- backend choice
+def _constant(fn):
+    """fn with its result computed once per arguments, a constant to torch.compile: for queries of what
+    was registered and installed at import (the dispatcher's take microseconds; dynamo traces neither)."""
+    results = {}
+
+    @torch.compiler.assume_constant_result
+    @functools.wraps(fn)
+    def once(*args):
+        try:
+            return results[args]
+        except KeyError:
+            results[args] = fn(*args)
+            return results[args]
+
+    return once
+
+
+@_constant
 def _has_kernel(op_name: str, dispatch_key: str) -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"indeed::{op_name}", dispatch_key)
+    # Without _C the op is not defined at all (indeed_ext._extension)
+    return _extension.loaded and torch._C._dispatch_has_kernel_for_dispatch_key(f"indeed::{op_name}", dispatch_key)
+
+
+@_constant
+def triton_unavailable() -> str | None:
+    """Why the Triton backend cannot be used here, or None when it can."""
+    if importlib.util.find_spec("triton") is None:
+        return "the triton package is not installed"
+    if _extension.build_info is None:
+        return "indeed_ext is not built (the Triton ops take their schemas from its build record)"
+    return None
 
 
 def _triton_ops():
+    reason = triton_unavailable()
+    if reason:
+        raise RuntimeError(f"backend='triton' is unavailable: {reason}")
     from .triton import ops as triton_ops  # noqa: F401  (registers torch.ops.indeed_triton)
 
     return torch.ops.indeed_triton
 
 
 def resolve_backend(backend: str, device: torch.device, op_name: str):
-    """The namespace (torch.ops.indeed, torch.ops.indeed_triton or reference) that runs op_name on device."""
+    """The namespace (torch.ops.indeed, torch.ops.indeed_triton or reference) that runs op_name on device.
+
+    "auto": the C++ kernel of op_name for the device where there is one, else Triton on CUDA
+    tensors, else the reference.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
     if backend == "reference":
         return reference
     if backend == "triton":
         return _triton_ops()
+    key = _DISPATCH_KEYS.get(device.type)
     if backend == "auto":
-        if device.type == "cpu" or (device.type == "cuda" and _has_kernel(op_name, "CUDA")):
+        if key and _has_kernel(op_name, key):
             return torch.ops.indeed
-        if device.type == "cuda":
+        if device.type == "cuda" and triton_unavailable() is None:
             return _triton_ops()
         return reference
     if device.type != backend:
         raise ValueError(f"backend={backend!r} needs {backend} tensors, got tensors on {device}")
-    key = "CPU" if backend == "cpu" else "CUDA"
+    if not _extension.loaded:
+        raise RuntimeError(
+            f"backend={backend!r} needs indeed_ext's compiled kernels, which did not load ({_extension.load_error}); "
+            f"use backend='auto', or build them for this torch: {_extension.rebuild_command()}"
+        )
     if not _has_kernel(op_name, key):
         raise RuntimeError(f"indeed_ext was built without {backend} kernels (see INDEED_CUDA in setup.py)")
     return torch.ops.indeed

@@ -160,7 +160,7 @@ def test_photo_set_smaller_than_a_batch(voc_root, tmp_path, capsys):  # noqa: F8
 def test_console_scripts_resolve():
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         scripts = tomllib.load(f)["project"]["scripts"]
-    assert scripts["indeed-cam"] == "indeed_ext.recipes.cam:main"
+    assert scripts["indeed-cam"] == "indeed_ext.recipes.cli:cam"  # checks the train extra, then cam.main
     for target in scripts.values():
         module, function = target.split(":")
         assert callable(getattr(importlib.import_module(module), function)), target

@@ -1,18 +1,19 @@
 """Registers the Triton kernels as torch.ops.indeed_triton, with the schemas of torch.ops.indeed.
 
-Each schema is copied from the op in namespace ``indeed`` (csrc/ops.cpp), so the two
-namespaces cannot drift apart; the fake kernels are the shared ones of indeed_ext.ops,
-and so are the autograd formulas (Python here, the C++ ones of csrc/autograd.cpp for
-indeed). The ops are plain torch.library definitions with CPU and CUDA kernels (not
-triton_op/wrap_triton, which fail opcheck and torch.compile under the Triton interpreter,
-pytorch#152868): torch.compile treats them as opaque custom ops.
+Each schema is the one csrc/ops.cpp gives the op in namespace ``indeed``, as setup.py
+recorded it in _build_info.json (torch.ops.indeed is undefined when _C does not load;
+tests/test_triton_ops.py checks that the namespaces agree); the fake kernels are the
+shared ones of indeed_ext.ops, and so are the autograd formulas (Python here, the C++
+ones of csrc/autograd.cpp for indeed). The ops are plain torch.library definitions with
+CPU and CUDA kernels (not triton_op/wrap_triton, which fail opcheck and torch.compile
+under the Triton interpreter, pytorch#152868): torch.compile treats them as opaque custom ops.
 CPU tensors run through the Triton interpreter (TRITON_INTERPRET=1, the CI setting).
 """
 from __future__ import annotations
 
 import torch
 
-from .. import _checks
+from .. import _checks, _extension
 from ..ops import OP_NAMES, register_autograd, register_fakes
 from . import decompose as _pair
 from . import mine_pairs as _mine
@@ -23,8 +24,7 @@ NAMESPACE = "indeed_triton"
 
 _lib = torch.library.Library(NAMESPACE, "DEF")
 for _name in OP_NAMES:
-    # "indeed::identical_map(Tensor fa, ...) -> Tensor" -> "identical_map(Tensor fa, ...) -> Tensor"
-    _lib.define(str(getattr(torch.ops.indeed, _name).default._schema).split("::", 1)[1])
+    _lib.define(_extension.build_info.schemas[_name])
 
 
 def _check_pair_op(fa, fb, norm, eps):
