@@ -98,11 +98,16 @@ def version(torch, with_cuda):
 
 
 def op_schemas():
-    """{name: schema} of the m.def("...") calls in csrc/ops.cpp (adjacent string literals joined)."""
+    """{name: schema} of the m.def(...) calls in csrc/ops.cpp: adjacent string literals joined, and the
+    string macros it #defines (one literal each) expanded."""
     literal = r'"(?:[^"\\]|\\.)*"'
     with open(os.path.join(HERE, "csrc", "ops.cpp")) as f:
-        calls = re.findall(rf"m\.def\(\s*((?:{literal}\s*)+)", f.read())
-    schemas = ["".join(ast.literal_eval(s) for s in re.findall(literal, call)) for call in calls]
+        source = f.read()
+    macros = {name: ast.literal_eval(value) for name, value in re.findall(rf"#define\s+(\w+)\s+({literal})", source)}
+    piece = literal + "|" + "|".join(map(re.escape, macros)) if macros else literal
+    calls = re.findall(rf"m\.def\(\s*((?:(?:{piece})\s*)+)\)", source)
+    schemas = ["".join(macros[s] if s in macros else ast.literal_eval(s) for s in re.findall(piece, call))
+               for call in calls]
     return {schema.split("(", 1)[0]: schema for schema in schemas}
 
 

@@ -12,7 +12,7 @@ import torch
 
 from . import __version__, _extension, ops, reference
 
-OP = "_six_head_bce_forward"  # the op whose kernels are checked: every build registers every op
+OP = "_six_head_loss_forward"  # the op whose kernels are checked: every build registers every op
 BACKENDS = {
     "cpu": "C++ kernels, CPU tensors",
     "cuda": "CUDA C++ kernels",

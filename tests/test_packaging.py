@@ -75,7 +75,7 @@ TRAINING_STEP = textwrap.dedent("""\
     print(json.dumps({
         "loaded": _extension.loaded,
         "warnings": [f"{w.category.__name__}: {w.message}" for w in caught],
-        "auto_cpu_is_reference": ops.resolve_backend("auto", torch.device("cpu"), "_six_head_bce_forward") is reference,
+        "auto_cpu_is_reference": ops.resolve_backend("auto", torch.device("cpu"), "_six_head_loss_forward") is reference,
         "loss": loss.item(),
         "step_changed_weights": not torch.equal(before, model.classifier.weight),
         "explicit_cpu": explicit_cpu,
