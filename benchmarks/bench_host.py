@@ -95,20 +95,8 @@ def count_aten_ops(step) -> int:
 
 
 def host_times(steps: dict, rounds: int, calls: int) -> dict:
-    """{name: (median µs per call, median ratio to the baseline)} over rounds of interleaved calls."""
-    per_round = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
-            step()
-            start = time.perf_counter()
-            for _ in range(calls):
-                step()
-            per_round[name].append((time.perf_counter() - start) / calls)
-    baseline = per_round["baseline"]
-    return {
-        name: (statistics.median(t) * 1e6, statistics.median(x / b for x, b in zip(t, baseline)))
-        for name, t in per_round.items()
-    }
+    """{name: (median µs per call, median ratio to the baseline, the first step)} over rounds of interleaved calls."""
+    return {name: (ms * 1e3, ratio) for name, (ms, ratio) in interleaved_ms(steps, rounds, calls).items()}
 
 
 # ----------------------------------------------------------------------------- mine_pairs
