@@ -100,6 +100,17 @@ def _mulhi64(u_lo, u_hi, total):
 
 
 @triton.jit
+def _contrast_tile(weights_ptr, co_ptr, firsts, first_mask, seconds, c):
+    """The (firsts, seconds) tiles of S[i, j] (0 on the diagonal, which is no contrast) and co[i, j],
+    0 where masked; with their offsets and mask into the (c, c) tables."""
+    mask = first_mask[:, None] & (seconds[None, :] < c)
+    offsets = firsts[:, None] * c + seconds[None, :]
+    weight = tl.load(weights_ptr + offsets, mask=mask & (firsts[:, None] != seconds[None, :]), other=0)
+    co_ij = tl.load(co_ptr + offsets, mask=mask, other=0)
+    return weight, co_ij, offsets, mask
+
+
+@triton.jit
 def _contrast_tables_kernel(weights_ptr, co_ptr, alone_ptr, joined_ptr, c, BLOCK_L: tl.constexpr):
     """For a tile of labels i: alone[i] = sum_j S[i, j] co[i, j] and joined[i, j] = S[i, j] (co[i, i] -
     2 co[i, j]), the diagonal of S taken as 0 (see _label_masses)."""
@@ -108,11 +119,8 @@ def _contrast_tables_kernel(weights_ptr, co_ptr, alone_ptr, joined_ptr, c, BLOCK
     co_ii = tl.load(co_ptr + firsts * c + firsts, mask=first_mask, other=0)
     alone = tl.zeros([BLOCK_L], tl.int64)
     for start in range(0, c, BLOCK_L):
-        seconds = start + tl.arange(0, BLOCK_L)
-        mask = first_mask[:, None] & (seconds[None, :] < c)
-        offsets = firsts[:, None] * c + seconds[None, :]
-        weight = tl.load(weights_ptr + offsets, mask=mask & (firsts[:, None] != seconds[None, :]), other=0)
-        co_ij = tl.load(co_ptr + offsets, mask=mask, other=0)
+        weight, co_ij, offsets, mask = _contrast_tile(weights_ptr, co_ptr, firsts, first_mask,
+                                                      start + tl.arange(0, BLOCK_L), c)
         alone += tl.sum(weight * co_ij, axis=1)
         tl.store(joined_ptr + offsets, weight * (co_ii[:, None] - 2 * co_ij), mask=mask)
     tl.store(alone_ptr + firsts, alone, mask=first_mask)
@@ -171,10 +179,7 @@ def _draw_contrasts(words_ptr, weights_ptr, co_ptr, alone_ptr, joined_ptr, rows,
     co_ii = tl.load(co_ptr + first * c + first, mask=row_mask, other=0)
     for start in range(0, c, BLOCK_J):
         seconds = start + tl.arange(0, BLOCK_J)
-        mask = row_mask[:, None] & (seconds[None, :] < c)
-        offsets = first[:, None] * c + seconds[None, :]
-        weight = tl.load(weights_ptr + offsets, mask=mask & (first[:, None] != seconds[None, :]), other=0)
-        co_ij = tl.load(co_ptr + offsets, mask=mask, other=0)
+        weight, co_ij, _, _ = _contrast_tile(weights_ptr, co_ptr, first, row_mask, seconds, c)
         has_j = _has_labels(words_ptr, rows, row_mask, seconds, seconds < c, W)
         counts = tl.where(has_j != 0, co_ii[:, None] - co_ij, co_ij)
         masses = weight * counts
