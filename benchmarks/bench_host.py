@@ -95,7 +95,8 @@ def count_aten_ops(step) -> int:
 
 
 def host_times(steps: dict, rounds: int, calls: int) -> dict:
-    """{name: (median µs per call, median ratio to the baseline, the first step)} over rounds of interleaved calls."""
+    """{name: (median µs per call, median ratio to the baseline)} over rounds of interleaved calls; the baseline
+    is the first step of steps."""
     return {name: (ms * 1e3, ratio) for name, (ms, ratio) in interleaved_ms(steps, rounds, calls).items()}
 
 
