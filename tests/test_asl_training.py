@@ -66,6 +66,7 @@ def test_tiny_asl_study_pairs_each_run_with_its_baseline(tmp_path):
     assert difference["mean"] == pytest.approx(statistics.fmean(paired))
     assert "| 3 | INDeeD (Min-max, ASL) | Baseline (ASL) | 0, 1 |" in (out / "study.md").read_text()
     references = {name: study_report.reference_run(study.parse_run(name))
-                  for name in ("asl", "half=asl-minmax:--lam 0.5", "minmax", "baseline")}
+                  for name in ("asl", "half=asl-minmax:--lam 0.5", "minmax", "baseline", "ident=identical-only:--loss asl",
+                               "focal=minmax:--loss focal")}
     assert references == {"asl": "baseline", "half=asl-minmax:--lam 0.5": "asl", "minmax": "baseline",
-                          "baseline": "baseline"}
+                          "baseline": "baseline", "ident=identical-only:--loss asl": "asl", "focal=minmax:--loss focal": "baseline"}

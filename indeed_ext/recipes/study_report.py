@@ -26,14 +26,12 @@ RUN_TITLES = {
     "disparate-only": "Disparate only",
     "cooccur": "INDeeD (co-occurrence pairs)",
     "cooccur-orig": "Co-occurrence pairs, original heads only",
+    "orig-heads": "INDeeD's pairs, original heads only",
     "reweight": "Weighted loss (Singh et al.)",
     "asl": "Baseline (ASL)",
     "asl-minmax": "INDeeD (Min-max, ASL)",
     "asl-cooccur": "INDeeD (co-occurrence pairs, ASL)",
 }
-# The run a run is paired with, by its base: INDeeD on ASL against the ASL baseline; every
-# other run (the ASL baseline too) against "baseline".
-REFERENCE_RUNS = {"asl-minmax": "asl", "asl-cooccur": "asl"}
 
 # mAP (%) of the paper: Table 1 (ML-MNIST, simple CNN, 30 epochs), Table 2 (ML-CIFAR-10,
 # VGG-16, 300 epochs) and Table 4 (the ablations, per normalisation), by run and N.
@@ -67,8 +65,12 @@ def paper_map(dataset: str, run: dict, n: int, ablation_norm: str) -> float | No
 
 
 def reference_run(run: dict) -> str:
-    """The name of the run that run is compared with, paired by seed."""
-    return REFERENCE_RUNS.get(run["base"], "baseline")
+    """The name of the run that run is compared with, paired by seed: a run trained with ASL (an asl-*
+    run, or a variant with --loss asl) with the ASL baseline "asl"; every other run, "asl" too, with "baseline"."""
+    flags = run["flags"]
+    with_asl = run["base"].startswith("asl-") or any(
+        flag == "--loss" and value == "asl" for flag, value in zip(flags, flags[1:])) or "--loss=asl" in flags
+    return "asl" if with_asl and run["name"] != "asl" else "baseline"
 
 
 def run_title(run: dict) -> str:
