@@ -265,21 +265,49 @@ def _contrast_masses(labels: torch.Tensor, contrast_weights: torch.Tensor):
     return torch.where(contrasts, contrast_weights * counts, 0), counts
 
 
-def mine_pairs_cooccur(targets: torch.Tensor, seed: torch.Tensor, contrast_weights: torch.Tensor):
+def _pair_weights(labels: torch.Tensor, contrast_weights: torch.Tensor) -> torch.Tensor:
+    """(B, B) int64: w(a, b) = the sum of contrast_weights[i, j] over i in ya & yb and j in ya ^ yb
+    (exact: float64 sums of integers below 2^53)."""
+    y = labels.double()
+    shared = y[:, None, :] * y[None, :, :]
+    differs = (y[:, None, :] != y[None, :, :]).double()
+    return torch.einsum("abi,ij,abj->ab", shared, contrast_weights.double(), differs).long()
+
+
+def load_scale(B: int) -> int:
+    """Q = 63 - bit_length(B): loads are fixed-point numbers with Q fraction bits, below B * 2^Q < 2^63."""
+    return 63 - B.bit_length()
+
+
+def partner_loads(targets: torch.Tensor, contrast_weights: torch.Tensor) -> torch.Tensor:
+    """(B,) int64: each row's load, how many weighted draws of the batch pick it in expectation, in fixed
+    point: L[b] = sum over rows a of w(a, b) * floor(2^Q / W_a) (rows with W_a = 0 draw no weighted
+    partner and count 0), Q = load_scale(B); L[b] / 2^Q is sum_a w(a, b) / W_a up to the floors."""
+    labels = _labels(targets)
+    weights = _pair_weights(labels, contrast_weights)
+    total = weights.sum(1)
+    share = torch.where(total > 0, (1 << load_scale(labels.shape[0])) // total.clamp_min(1), 0)
+    return (weights * share[:, None]).sum(0)
+
+
+def mine_pairs_cooccur(targets: torch.Tensor, seed: torch.Tensor, contrast_weights: torch.Tensor, load_cap: int = 0):
     """(index_a, index_b, is_partial), each (B,): pairs (a, b) for a = 0..B-1, b drawn with
-    probability w(a, b) / W_a, w(a, b) = sum of contrast_weights[i, j] over i in ya & yb, j in ya ^ yb.
+    probability w(a, b) / W_a, w(a, b) = sum of contrast_weights[i, j] over i in ya & yb, j in ya ^ yb,
+    each weighted draw kept with probability min(1, load_cap / load(b)) (load_cap > 0), else uniform.
 
     The draw: the contrasts (i, j) of a (i in ya, j != i, i then j ascending) have masses
     S[i, j] * count(i, j) (_contrast_masses), W_a their sum; r = floor(u * W_a / 2^64) from Philox
     words 2 and 3 of a's counter picks the first contrast whose cumulative mass exceeds r, and b is
     the rank-th of its rows in batch order, rank from words 0 and 1 as partner_rank(seed, a,
-    count(i, j)). W_a = 0: mine_pairs' draw. Builds (B, c, c) and B x B tensors: a spec, not a
-    sampler for large batches.
+    count(i, j)). W_a = 0: mine_pairs' draw. The cap: b is kept when floor(u' * L[b] / 2^64) <
+    min(load_cap, B) * 2^Q (partner_loads; u' from words 0 and 1 of a's counter (1, 0, a, 0)), else a
+    takes a uniform valid partner, ranked by words 2 and 3 of that counter. Builds (B, c, c) and B x B
+    tensors: a spec, not a sampler for large batches.
     """
     labels = _labels(targets)
     B, c = labels.shape
     rows = torch.arange(B, device=targets.device)
-    zero = torch.zeros_like(rows)
+    zero, one = torch.zeros_like(rows), torch.ones_like(rows)
     lo, hi, u_lo, u_hi = philox4x32(seed.reshape(()), (zero, zero, rows, zero))
     masses, counts = _contrast_masses(labels, contrast_weights)
     total = masses.sum((1, 2))
@@ -291,20 +319,30 @@ def mine_pairs_cooccur(targets: torch.Tensor, seed: torch.Tensor, contrast_weigh
     valid = _valid_partners(labels)
     count = valid.sum(1)
     uniform = torch.where(count > 0, _nth(valid, _rank(lo, hi, count)), rows)
+    if load_cap > 0:
+        keep_lo, keep_hi, redraw_lo, redraw_hi = philox4x32(seed.reshape(()), (one, zero, rows, zero))
+        loads = partner_loads(labels, contrast_weights)
+        kept = _mulhi64(keep_lo, keep_hi, loads[weighted]) < (min(load_cap, B) << load_scale(B))
+        redrawn = torch.where(count > 0, _nth(valid, _rank(redraw_lo, redraw_hi, count)), rows)
+        weighted = torch.where(kept, weighted, redrawn)
     return rows, torch.where(total > 0, weighted, uniform), count > 0
 
 
-def cooccur_partner_probabilities(targets: torch.Tensor, contrast_weights: torch.Tensor) -> torch.Tensor:
-    """(B, B) float64: P(b | a) of mine_pairs_cooccur, w(a, b) / W_a; uniform over a's valid
+def cooccur_partner_probabilities(targets: torch.Tensor, contrast_weights: torch.Tensor, load_cap: int = 0) -> torch.Tensor:
+    """(B, B) float64: P(b | a) of mine_pairs_cooccur: w(a, b) / W_a, times min(1, cap / L[b]) with its
+    complement spread uniformly over a's valid partners when load_cap > 0; uniform over a's valid
     partners where W_a = 0 (mine_pairs' draw), and 1 at b = a for a row without one."""
     labels = _labels(targets)
-    y = labels.double()
-    shared = y[:, None, :] * y[None, :, :]
-    differs = (y[:, None, :] != y[None, :, :]).double()
-    weights = torch.einsum("abi,ij,abj->ab", shared, contrast_weights.double(), differs)
+    weights = _pair_weights(labels, contrast_weights).double()
     valid = _valid_partners(labels)
-    self_pairs = torch.eye(y.shape[0], dtype=torch.bool, device=y.device)
+    self_pairs = torch.eye(labels.shape[0], dtype=torch.bool, device=labels.device)
     uniform = torch.where(valid.any(1, keepdim=True), valid, self_pairs).double()
     uniform = uniform / uniform.sum(1, keepdim=True)
     total = weights.sum(1, keepdim=True)
-    return torch.where(total > 0, weights / total.clamp_min(1), uniform)
+    weighted = weights / total.clamp_min(1)
+    if load_cap > 0:
+        B = labels.shape[0]
+        loads = partner_loads(labels, contrast_weights).double()
+        kept = (min(load_cap, B) * 2.0 ** load_scale(B) / loads.clamp_min(1)).clamp_max(1)
+        weighted = weighted * kept + (1 - (weighted * kept).sum(1, keepdim=True)) * uniform
+    return torch.where(total > 0, weighted, uniform)

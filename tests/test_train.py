@@ -213,6 +213,30 @@ def test_reweight_with_weight_one_trains_the_baseline(tmp_path, capsys):
     assert "exclusive_weight: 10.0 -> 5.0" in capsys.readouterr().err
 
 
+def test_featuresplit_through_the_driver(tmp_path, capsys):
+    """Singh et al.'s feature-split method: its pairs from the training labels, its running mean in the
+    checkpoint (resumed with the model), a model other than the baseline's, BCE only. N = 4: with an odd
+    N every image holds a digit without its partner, and no row would update the mean."""
+    common = ["--cooccur", "pairs:0.9", "--labels-per-image", "4", "--seed", "2"]
+    assert run(tmp_path / "baseline", "--method", "baseline", *common) == 0
+    assert run(tmp_path / "split", "--method", "featuresplit", *common) == 0
+    checkpoint = engine.load_checkpoint(str(tmp_path / "split" / "featuresplit" / "checkpoint.pt"))
+    baseline = engine.load_checkpoint(str(tmp_path / "baseline" / "baseline" / "checkpoint.pt"))
+    assert not torch.equal(baseline["model"]["classifier.weight"], checkpoint["model"]["classifier.weight"])
+    assert int(checkpoint["criterion"]["context_batches"]) > 0 and checkpoint["criterion"]["context_mean"].abs().sum() > 0
+    (result,) = json.loads((tmp_path / "split" / "results.json").read_text())
+    assert result["method"] == "featuresplit" and result["title"] == "Feature-split (Singh et al.)"
+    partners = [int(p["c"]) == int(p["b"]) ^ 1 for p in result["biased_pairs"]]
+    assert len(partners) == 10 and sum(partners) >= 8  # 64 images: a class's most frequent companion may be another
+    assert run(tmp_path / "split", "--method", "featuresplit", "--epochs", "2", "--resume", *common) == 0
+    resumed = engine.load_checkpoint(str(tmp_path / "split" / "featuresplit" / "checkpoint.pt"))
+    assert int(resumed["criterion"]["context_batches"]) == 2 * int(checkpoint["criterion"]["context_batches"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        run(tmp_path / "asl", "--method", "featuresplit", "--loss", "asl", *common)
+    assert "--method featuresplit is Singh et al.'s BCE method" in capsys.readouterr().err
+
+
 def test_checkpoint_written_atomically(tmp_path):
     path = tmp_path / "c.pt"
     engine.save_checkpoint(str(path), {"x": torch.ones(2)})

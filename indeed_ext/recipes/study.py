@@ -15,9 +15,9 @@ re-run with the same command, continues where it stopped. Runs: baseline, l2, mi
 (INDeeD with that identical-map normalisation), the paper's Table 4 ablations
 identical-only and disparate-only (normalised with --ablation-norm); for co-occurring
 data cooccur (INDeeD min-max with partners mined by co-occurrence), cooccur-orig (the same
-partners, original heads only: the reweighting control), orig-heads (the "any" pairs with the original
-heads only: what INDeeD's pairs do without its blocks) and reweight (Singh et al.'s weighted
-loss, a standard debiasing baseline); and asl, asl-minmax, asl-cooccur (the baseline and INDeeD
+partners, original heads only: the reweighting control), orig-heads (the "any" pairs with the
+original heads only: what INDeeD's pairs do without its blocks), and Singh et al.'s debiasing
+methods reweight (their weighted loss) and featuresplit (their feature-split method); and asl, asl-minmax, asl-cooccur (the baseline and INDeeD
 with the Asymmetric Loss as the base loss). Cells of one seed share the data, the initial
 weights and the data order, so run − baseline is paired (asl-* − asl for the ASL runs).
 
@@ -56,6 +56,7 @@ RUN_ARGS = {
     "cooccur-orig": ["--method", "indeed", "--pairs", "cooccur", "--blocks", "none"],
     "orig-heads": ["--method", "indeed", "--blocks", "none"],  # "any" pairs, original heads only
     "reweight": ["--method", "reweight"],
+    "featuresplit": ["--method", "featuresplit"],
     "asl": ["--method", "baseline", "--loss", "asl"],  # issue 19: the baseline and INDeeD trained with ASL
     "asl-minmax": ["--method", "indeed", "--norm", "minmax", "--loss", "asl"],
     "asl-cooccur": ["--method", "indeed", "--norm", "minmax", "--pairs", "cooccur", "--loss", "asl"],

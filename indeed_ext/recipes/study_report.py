@@ -28,6 +28,7 @@ RUN_TITLES = {
     "cooccur-orig": "Co-occurrence pairs, original heads only",
     "orig-heads": "INDeeD's pairs, original heads only",
     "reweight": "Weighted loss (Singh et al.)",
+    "featuresplit": "Feature-split (Singh et al.)",
     "asl": "Baseline (ASL)",
     "asl-minmax": "INDeeD (Min-max, ASL)",
     "asl-cooccur": "INDeeD (co-occurrence pairs, ASL)",

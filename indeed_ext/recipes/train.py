@@ -45,10 +45,10 @@ from ..model import INDeeD
 from ..ops import BACKENDS
 from ..pairs import COOCCURRENCE_STATISTICS, STRATEGIES
 from ..reference import NORMS
-from ..reweighting import ExclusiveWeightedBCE
+from ..reweighting import ExclusiveWeightedBCE, FeatureSplitBCE
 from .viz import save_confidence_map
 
-METHODS = ("baseline", "indeed", "both", "reweight")
+METHODS = ("baseline", "indeed", "both", "reweight", "featuresplit")
 BLOCKS = ("identical", "disparate")
 NO_BLOCKS = "none"  # --blocks none: the original heads of the mined pairs only (blocks=())
 SELF_PAIR_DISPARATE = ("zero_target", "skip")
@@ -61,6 +61,7 @@ PER_RUN = ("method", "norm")  # the run's own method and norm replace the lists 
 INDEED_ONLY = ("norm", "blocks", "lam", "lam_warmup", "strategy", "cooccur_statistic", "cooccur_z", "self_pair_disparate",
                "global_pairs")  # no effect on a baseline
 REWEIGHT_ONLY = ("exclusive_weight", "biased_pairs", "bias_model")  # train the weighted loss alone (the others' evaluation is recomputed)
+DEBIASING_METHODS = ("reweight", "featuresplit")  # Singh et al.'s methods: BCE on the biased pairs' exclusive images
 DEFAULT_BACKBONE = "simple-cnn"  # the paper's ML-MNIST network
 # On 24 px ml-digits canvases the paper's network (no batch norm) stays at the label prior within a
 # demo's budget (docs/EXPERIMENTS.md): the batch-normed, globally pooled one learns them.
@@ -123,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--method", default="both", choices=METHODS,
                         help="both = baseline, then INDeeD; reweight = Singh et al.'s weighted loss (a debiasing baseline: "
                              "the loss of b weighted by --exclusive-weight on the images with b and without c, for the "
-                             "--biased-pairs most biased pairs (b, c): see --bias-model)")
+                             "--biased-pairs most biased pairs (b, c): see --bias-model); featuresplit = Singh et al.'s "
+                             "feature-split method on the same pairs (the context half of the features held at its mean on "
+                             "the exclusive images)")
     method.add_argument("--norm", nargs="+", default=["minmax"], choices=NORMS, help="identical-map normalisation(s); one INDeeD model each")
     method.add_argument("--blocks", nargs="+", default=list(BLOCKS), choices=BLOCKS + (NO_BLOCKS,),
                         help=f"INDeeD heads besides the originals (ablations: one of them; {NO_BLOCKS}: the original heads of the pairs only, the reweighting control)")
@@ -141,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--exclusive-weight", metavar="W", type=_number(float, 0.0, low_inclusive=False), default=10.0,
                         help="reweight: the weight of b's loss on its exclusive images (Singh et al.: 10)")
     method.add_argument("--biased-pairs", metavar="K", type=_number(int, 1), default=DEFAULT_PAIRS,
-                        help="the K biased pairs (b, c) of reweight and of the exclusive / co-occur evaluation: each class b's "
+                        help="the K biased pairs (b, c) of reweight, featuresplit and of the exclusive / co-occur evaluation: each class b's "
                              "most biased c, then the top K (Singh et al.'s K; at most one per class)")
     method.add_argument("--bias-model", metavar="CHECKPOINT",
                         help="an indeed-train checkpoint (a baseline's) whose scores on the training images rank the biased pairs, "
@@ -228,12 +231,15 @@ def planned_runs(args) -> list[dict]:
     if args.method == "reweight":
         runs.append({"name": "reweight", "method": "reweight", "norm": None, "lam": 0.0,
                      "title": f"Weighted loss (Singh et al., w = {args.exclusive_weight:g})"})  # fmt: skip
+    if args.method == "featuresplit":
+        runs.append({"name": "featuresplit", "method": "featuresplit", "norm": None, "lam": 0.0, "title": "Feature-split (Singh et al.)"})
     return runs
 
 
 def unused_settings(method: str) -> tuple[str, ...]:
     """The settings a run of this method does not depend on (a resume and indeed-study's read-back ignore them)."""
-    return {"baseline": INDEED_ONLY + REWEIGHT_ONLY, "indeed": REWEIGHT_ONLY, "reweight": INDEED_ONLY}[method]
+    return {"baseline": INDEED_ONLY + REWEIGHT_ONLY, "indeed": REWEIGHT_ONLY, "reweight": INDEED_ONLY,
+            "featuresplit": INDEED_ONLY + ("exclusive_weight",)}[method]
 
 
 def bias_pairs(args, bundle, device: torch.device, model: torch.nn.Module | None = None, source: str = "") -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -291,13 +297,18 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
     memory_format = torch.channels_last if args.channels_last else torch.preserve_format
     model = INDeeD(backbone, num_classes, feature_dim).to(device, memory_format=memory_format)
     ema = ModelEma(model, args.ema) if args.ema else None
-    weighted = {}  # the weighted loss's pairs, for its results.json entry
-    if run["method"] == "reweight":
+    weighted = {}  # the debiasing method's pairs, for its results.json entry
+    if run["method"] in DEBIASING_METHODS:
         pairs, strength, ranking = bias_pairs(args, bundle, device, bias_model, args.bias_model)
         weighted = {"biased_pairs": _named_pairs(pairs, strength, bundle.class_names), "biased_pairs_ranking": ranking}
-        log(f"[{run['name']}] weight {args.exclusive_weight:g} on the exclusive images of {len(pairs)} pairs (b, c) by {ranking}: "
+        if run["method"] == "reweight":
+            criterion = ExclusiveWeightedBCE(pairs, args.exclusive_weight)
+            what = f"weight {args.exclusive_weight:g} on"
+        else:
+            criterion = FeatureSplitBCE.from_labels(pairs, bundle.train.targets, feature_dim)
+            what = f"the context half of {feature_dim} features held at its mean on"
+        log(f"[{run['name']}] {what} the exclusive images of {len(pairs)} pairs (b, c) by {ranking}: "
             + ", ".join(f"{p['b']}-{p['c']}" for p in weighted["biased_pairs"]))  # fmt: skip
-        criterion = ExclusiveWeightedBCE(pairs, args.exclusive_weight)
     else:
         pair_settings = {}  # a baseline mines no pairs
         if run["method"] != "baseline":
@@ -458,8 +469,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--cooccur-z must be finite, got {args.cooccur_z}")
         if args.clip >= 1.0:
             raise ValueError(f"--clip must be below 1, got {args.clip}")
-        if args.method == "reweight" and args.loss != "bce":
-            raise ValueError(f"--method reweight weights a BCE loss (Singh et al.'s); --loss {args.loss} is not available with it")
+        if args.method in DEBIASING_METHODS and args.loss != "bce":
+            raise ValueError(f"--method {args.method} is Singh et al.'s BCE method; --loss {args.loss} is not available with it")
         bias_model = None if args.bias_model is None else load_bias_model(args.bias_model, bundle.class_names)
         os.makedirs(args.out, exist_ok=True)
     except (ValueError, OSError, ImportError) as e:
