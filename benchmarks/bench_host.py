@@ -86,12 +86,14 @@ def tiny_steps() -> dict:
             "ASL baseline": asl_baseline, "INDeeDLoss(base=asl)": indeed_asl_loss}
 
 
-def count_aten_ops(step) -> int:
-    """aten:: events (nested ones included) of one call, after a warm-up call."""
+def count_aten_ops(step, calls: int = 1) -> float:
+    """aten:: events (nested ones included) per call, the mean over calls consecutive calls after a warm-up call
+    (calls = INDeeDLoss's cooccur_refresh: the steps between two computations of the co-occurrence weights)."""
     step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step()
-    return sum(1 for e in prof.events() if e.name.startswith("aten::"))
+        for _ in range(calls):
+            step()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::")) / calls
 
 
 def host_times(steps: dict, rounds: int, calls: int) -> dict:

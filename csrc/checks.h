@@ -120,14 +120,15 @@ inline void check_mine_pairs(const at::Tensor& targets, const at::Tensor& seed) 
                     ", ", seed.device());
 }
 
-// mine_pairs_cooccur: check_mine_pairs, and contrast_weights (c, c) int64 on the targets' device;
-// its values are checked by the CPU kernel, which reads them anyway. The masses of a row's
-// contrasts sum to at most c * (c - 1) * B * 2^16, which must stay below 2^63.
+// mine_pairs_cooccur: check_mine_pairs, contrast_weights (c, c) int64 on the targets' device (its
+// values are checked by the CPU kernel, which reads them anyway) and load_cap >= 0. The masses of a
+// row's contrasts sum to at most c * (c - 1) * B * 2^16, which must stay below 2^63.
 constexpr int64_t kContrastScale = int64_t(1) << 16;
 
 inline void check_mine_pairs_cooccur(const at::Tensor& targets, const at::Tensor& seed,
-                                     const at::Tensor& contrast_weights) {
+                                     const at::Tensor& contrast_weights, int64_t load_cap) {
   check_mine_pairs(targets, seed);
+  TORCH_CHECK_VALUE(load_cap >= 0, "load_cap must be >= 0 (0: no cap), got ", load_cap);
   const int64_t B = targets.size(0), c = targets.size(1);
   TORCH_CHECK_VALUE(contrast_weights.dim() == 2 && contrast_weights.size(0) == c && contrast_weights.size(1) == c,
                     "contrast_weights must have shape (c, c) = (", c, ", ", c, "), got ", contrast_weights.sizes());

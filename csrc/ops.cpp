@@ -46,6 +46,8 @@ at::Tensor six_head_bce(const at::Tensor& features, const at::Tensor& weight, co
 }  // namespace
 
 #define INDEED_SIX_HEAD_INPUTS "Tensor features, Tensor weight, Tensor? bias, Tensor targets, Tensor index_a, Tensor index_b"
+// mine_pairs_cooccur's default load cap: indeed_ext._checks.DEFAULT_LOAD_CAP (tests/test_mine_pairs_cooccur.py checks they agree).
+#define INDEED_LOAD_CAP "4"
 #define INDEED_LOSS_PARAMS "str loss, float gamma_neg, float gamma_pos, float clip, float eps_log, bool focal_grad"
 
 TORCH_LIBRARY(indeed, m) {
@@ -66,7 +68,7 @@ TORCH_LIBRARY(indeed, m) {
         " str norm, float eps, " INDEED_LOSS_PARAMS ")"
         " -> (Tensor grad_features, Tensor grad_weight, Tensor grad_bias)");
   m.def("mine_pairs(Tensor targets, Tensor seed) -> (Tensor index_a, Tensor index_b, Tensor is_partial)");
-  m.def("mine_pairs_cooccur(Tensor targets, Tensor seed, Tensor contrast_weights)"
+  m.def("mine_pairs_cooccur(Tensor targets, Tensor seed, Tensor contrast_weights, int load_cap=" INDEED_LOAD_CAP ")"
         " -> (Tensor index_a, Tensor index_b, Tensor is_partial)");
 }
 

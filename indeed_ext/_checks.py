@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .reference import LOSSES, NORMS
+from .reference import DEFAULT_LOAD_CAP, LOSSES, NORMS
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -130,10 +130,17 @@ def check_mine_pairs(targets, seed) -> None:
 CONTRAST_SCALE = 2**16  # contrast weights are round(S * 2^16) for S in [0, 1]
 
 
-def check_mine_pairs_cooccur(targets, seed, contrast_weights, check_weight_values: bool = True) -> None:
-    """check_mine_pairs, and contrast_weights: (c, c) int64 on the targets' device, values in
-    [0, 2^16] when asked (a host sync on GPU); the masses' sum below 2^63 from the shapes."""
+def check_load_cap(load_cap) -> None:
+    if isinstance(load_cap, bool) or not isinstance(load_cap, int) or load_cap < 0:
+        raise ValueError(f"load_cap must be an int >= 0 (0: no cap), got {load_cap!r}")
+
+
+def check_mine_pairs_cooccur(targets, seed, contrast_weights, load_cap: int = DEFAULT_LOAD_CAP,
+                             check_weight_values: bool = True) -> None:
+    """check_mine_pairs, contrast_weights: (c, c) int64 on the targets' device, values in [0, 2^16]
+    when asked (a host sync on GPU); the masses' sum below 2^63 from the shapes; load_cap an int >= 0."""
     check_mine_pairs(targets, seed)
+    check_load_cap(load_cap)
     B, c = targets.shape
     if tuple(contrast_weights.shape) != (c, c):
         raise ValueError(f"contrast_weights must have shape (c, c) = ({c}, {c}), got {tuple(contrast_weights.shape)}")

@@ -64,8 +64,10 @@ class INDeeDLoss(nn.Module):
     strategy: pair mining, "any", "matching" or "cooccur" (see indeed_ext.pairs.mine_pairs).
     backend: passed to indeed_ext.ops.six_head_loss ("auto", "cpu", "cuda", "triton", "reference").
     num_classes: the c of the targets, checked when given; strategy "cooccur" needs it.
-    cooccur_statistic, cooccur_z: strategy "cooccur" only ("excess" or "lift", and the z of its
-        significance test: see pairs.CooccurrenceStatistic). The loss owns that statistic,
+    cooccur_statistic, cooccur_z, load_cap, cooccur_refresh: strategy "cooccur" only ("excess" or "lift",
+        the z of its significance test: see pairs.CooccurrenceStatistic; the load cap of the partner
+        draw, 0 for none: see pairs.mine_pairs; the weights are recomputed from the statistic every
+        cooccur_refresh steps in eager mode, at every step when compiled). The loss owns that statistic,
         ``self.cooccurrence`` (its counts are in the loss's state_dict), updates it with each
         batch's targets in training mode (lam = 0 included) and mines with its contrast
         weights; ``self.cooccurrence.seed_from_labels(labels)`` starts it from a data set's labels.
@@ -94,6 +96,8 @@ class INDeeDLoss(nn.Module):
         num_classes: int | None = None,
         cooccur_statistic: str = "excess",
         cooccur_z: float = 3.0,
+        load_cap: int = reference.DEFAULT_LOAD_CAP,
+        cooccur_refresh: int = 16,
         base: str = "bce",
         gamma_neg: float = 4.0,
         gamma_pos: float = 0.0,
@@ -133,12 +137,15 @@ class INDeeDLoss(nn.Module):
             raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
         if strategy == "cooccur" and num_classes is None:
             raise ValueError("strategy='cooccur' needs num_classes, the c of the targets (B, c)")
-        if strategy != "cooccur" and (cooccur_statistic != COOCCURRENCE_STATISTICS[0] or cooccur_z != 3.0):
-            raise ValueError(f"cooccur_statistic and cooccur_z are settings of strategy='cooccur', not {strategy!r}")
-        self.num_classes = num_classes
+        _checks.check_load_cap(load_cap)
+        if strategy != "cooccur" and (cooccur_statistic != COOCCURRENCE_STATISTICS[0] or cooccur_z != 3.0
+                                      or load_cap != reference.DEFAULT_LOAD_CAP or cooccur_refresh != 16):
+            raise ValueError("cooccur_statistic, cooccur_z, load_cap and cooccur_refresh are settings of "
+                             f"strategy='cooccur', not {strategy!r}")
+        self.num_classes, self.load_cap = num_classes, load_cap
         self.cooccurrence = None
         if strategy == "cooccur":
-            self.cooccurrence = CooccurrenceStatistic(num_classes, cooccur_statistic, cooccur_z)
+            self.cooccurrence = CooccurrenceStatistic(num_classes, cooccur_statistic, cooccur_z, cooccur_refresh)
         self._warned_unfused = False
 
     def extra_repr(self) -> str:
@@ -151,6 +158,7 @@ class INDeeDLoss(nn.Module):
             f"self_pair_disparate={self.self_pair_disparate!r}, strategy={self.strategy!r}, backend={self.backend!r}, "
             f"base={self.base!r}{base}"
             + ("" if self.num_classes is None else f", num_classes={self.num_classes}")
+            + (f", load_cap={self.load_cap}, cooccur_refresh={self.cooccurrence.refresh}" if self.strategy == "cooccur" else "")
         )
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor, classifier: nn.Module, generator=None) -> LossOutput:
@@ -194,10 +202,11 @@ class INDeeDLoss(nn.Module):
             if self.training:
                 self.cooccurrence.update(targets)
             if self.lam != 0:
-                contrast_weights = self.cooccurrence.contrast_weights()
+                contrast_weights = self.cooccurrence.weights()
         if self.lam == 0:
             return self._baseline(features, targets, head)
-        index_a, index_b, is_partial = mine_pairs(targets, self.strategy, generator, self.backend, contrast_weights)
+        index_a, index_b, is_partial = mine_pairs(targets, self.strategy, generator, self.backend, contrast_weights,
+                                                  self.load_cap)
         if isinstance(head, tuple):
             per_head = ops.six_head_loss(
                 features, *head, targets, index_a, index_b, self.norm, self.eps, *self._loss_settings,

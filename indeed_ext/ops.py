@@ -82,8 +82,8 @@ def _fake_mine_pairs(targets, seed):
     return _empty_pairs(targets)
 
 
-def _fake_mine_pairs_cooccur(targets, seed, contrast_weights):
-    _checks.check_mine_pairs_cooccur(targets, seed, contrast_weights, check_weight_values=False)
+def _fake_mine_pairs_cooccur(targets, seed, contrast_weights, load_cap=_checks.DEFAULT_LOAD_CAP):
+    _checks.check_mine_pairs_cooccur(targets, seed, contrast_weights, load_cap, check_weight_values=False)
     return _empty_pairs(targets)
 
 

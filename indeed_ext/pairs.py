@@ -11,7 +11,10 @@ pairs, on every backend.
 valid partner b of a is drawn with a weight, the sum of contrast_weights[i, j] over the labels i
 the pair shares and the labels j that separate it, so that pairs contrast labels that co-occur.
 ``CooccurrenceStatistic`` learns those weights from the labels it sees; where labels co-occur no
-more than chance they are 0 and the pairs are exactly the "any" pairs.
+more than chance they are 0 and the pairs are exactly the "any" pairs. A load cap keeps the draw
+from collapsing onto a few rows (the images without a hub label that nearly every image holds):
+a row's load is how many weighted draws of the batch pick it in expectation, and a weighted
+partner of load L is kept with probability min(1, load_cap / L), else replaced by a uniform one.
 
 "matching" runs Python rounds on the targets' device with batched tensor ops; the
 rounds' sizes are read on the host, so it syncs and cannot be graph-captured. Its
@@ -284,7 +287,7 @@ class CooccurrenceStatistic(nn.Module):
     ``sync = False`` where every process already sees the same targets (recipes' GlobalPairsLoss).
     """
 
-    def __init__(self, num_classes: int, statistic: str = "excess", z: float = 3.0):
+    def __init__(self, num_classes: int, statistic: str = "excess", z: float = 3.0, refresh: int = 1):
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
@@ -292,19 +295,38 @@ class CooccurrenceStatistic(nn.Module):
             raise ValueError(f"unknown co-occurrence statistic {statistic!r}; expected one of {COOCCURRENCE_STATISTICS}")
         if isinstance(z, bool) or not isinstance(z, (int, float)) or not math.isfinite(z) or z < 0:
             raise ValueError(f"z must be a finite number >= 0, got {z!r}")
-        self.num_classes, self.statistic, self.z = num_classes, statistic, float(z)
+        if isinstance(refresh, bool) or not isinstance(refresh, int) or refresh < 1:
+            raise ValueError(f"refresh must be an int >= 1, got {refresh!r}")
+        self.num_classes, self.statistic, self.z, self.refresh = num_classes, statistic, float(z), refresh
         self.sync = True
         self.register_buffer("counts", torch.zeros((num_classes, num_classes), dtype=torch.float64))
         self.register_buffer("samples", torch.zeros((), dtype=torch.float64))
+        self._forget_weights()
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, statistic={self.statistic!r}, z={self.z}, sync={self.sync}"
+        return (f"num_classes={self.num_classes}, statistic={self.statistic!r}, z={self.z}, refresh={self.refresh}, "
+                f"sync={self.sync}")
+
+    def _forget_weights(self) -> None:
+        self._weights, self._updates_since = None, 0  # see weights()
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(): the cached weights stay behind; recompute them
+        self._forget_weights()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._forget_weights()
+        super()._load_from_state_dict(*args, **kwargs)
 
     def _labels(self, name: str, targets: torch.Tensor) -> torch.Tensor:
         if not isinstance(targets, torch.Tensor) or targets.dim() != 2 or targets.shape[1] != self.num_classes:
             shape = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
             raise ValueError(f"{name} must be (N, num_classes) = (N, {self.num_classes}), got {shape}")
-        return (targets if targets.dtype == torch.bool else targets.detach() > 0.5).to(torch.float64)
+        if targets.dtype == torch.bool:
+            return targets.to(torch.float64)
+        # Rounding half to even, clamped, is "> 0.5" on finite values, in 4 aten ops fewer than a comparison
+        # with a Python scalar (which wraps it in a tensor): the eager step's dispatch count is pinned.
+        return targets.detach().round().clamp_(0, 1).to(torch.float64)
 
     def follow(self, device: torch.device) -> None:
         """Moves the buffers to device unless they are there."""
@@ -324,7 +346,9 @@ class CooccurrenceStatistic(nn.Module):
             self.samples += increment[-1]
         else:
             self.counts += co_counts
-            self.samples += labels.shape[0]
+            self.samples += float(labels.shape[0])  # a float: an int would add a cast
+        if not torch.compiler.is_compiling():  # a Python counter would recompile the graph at every step
+            self._updates_since += 1
 
     @torch.no_grad()
     def seed_from_labels(self, labels: torch.Tensor, chunk: int = 1 << 16) -> None:
@@ -333,11 +357,25 @@ class CooccurrenceStatistic(nn.Module):
             part = part.to(self.counts.device)
             self.counts += torch.mm(part.t(), part)
         self.samples += labels.shape[0]
+        self._forget_weights()
 
     @torch.no_grad()
     def reset(self) -> None:
         self.counts.zero_()
         self.samples.zero_()
+        self._forget_weights()
+
+    def weights(self) -> torch.Tensor:
+        """contrast_weights() as computed at most refresh - 1 updates ago: recomputed at the first call,
+        once refresh updates have passed since, and after seed_from_labels, reset, load_state_dict or a
+        move. refresh = 1 is always current. Why: the weights are ~50 small aten ops, a third of an eager
+        step's dispatches, and a statistic of thousands of samples moves little in a few batches. Under
+        torch.compile they are recomputed at every call (fused into the graph, they cost no dispatch)."""
+        if torch.compiler.is_compiling():
+            return self.contrast_weights()
+        if self._weights is None or self._updates_since >= self.refresh:
+            self._weights, self._updates_since = self.contrast_weights(), 0
+        return self._weights
 
     def contrast_weights(self) -> torch.Tensor:
         """(c, c) int64 in [0, 2^16]: round(S * 2^16), S[i, j] the weight of "i shared, j separates"
@@ -361,6 +399,7 @@ def mine_pairs(
     generator: torch.Generator | None = None,
     backend: str = "auto",
     contrast_weights: torch.Tensor | None = None,
+    load_cap: int = reference.DEFAULT_LOAD_CAP,
 ):
     """Pairs (index_a, index_b, is_partial) for the INDeeD loss.
 
@@ -374,7 +413,9 @@ def mine_pairs(
     - "cooccur": as "any", but a's partner b is drawn with probability w(a, b) / W_a, w(a, b) =
       the sum of contrast_weights[i, j] over the labels i in ya & yb and j in ya ^ yb, W_a = the
       sum over b; "any"'s draw where W_a = 0. contrast_weights: (c, c) int64 in [0, 2^16] on the
-      targets' device (CooccurrenceStatistic.contrast_weights()). One op,
+      targets' device (CooccurrenceStatistic.contrast_weights()). load_cap (default 4; 0: none):
+      a weighted partner b is kept with probability min(1, load_cap / load(b)), load(b) = the sum
+      over a of w(a, b) / W_a, else replaced by a uniform valid partner (docs/SPEC.md). One op,
       torch.ops.indeed.mine_pairs_cooccur; values are checked on the CPU only (no host sync).
     - "matching": disjoint pairs (each sample in exactly one pair), a maximal random
       matching of the valid-partner graph (see the module docstring); the samples left
@@ -400,6 +441,8 @@ def mine_pairs(
             "CooccurrenceStatistic.contrast_weights()" if strategy == "cooccur"
             else f"contrast_weights are used by strategy='cooccur' only, not {strategy!r}"
         )
+    if strategy != "cooccur" and load_cap != reference.DEFAULT_LOAD_CAP:
+        raise ValueError(f"load_cap is a setting of strategy='cooccur', not {strategy!r}")
     if strategy in ("any", "cooccur"):
         # The op's randomness: one int64 drawn on the device (a graph replays the draw).
         seed = torch.randint(-(2**63), 2**63 - 1, (), generator=generator, device=targets.device)
@@ -409,7 +452,7 @@ def mine_pairs(
         op = ops.resolve_backend(backend, targets.device, "mine_pairs_cooccur")
         # The CPU kernels read the weights anyway and check their values; the reference does not.
         check_values = op is reference and targets.device.type == "cpu" and not torch.compiler.is_compiling()
-        _checks.check_mine_pairs_cooccur(targets, seed, contrast_weights, check_weight_values=check_values)
-        return op.mine_pairs_cooccur(targets, seed, contrast_weights)
+        _checks.check_mine_pairs_cooccur(targets, seed, contrast_weights, load_cap, check_weight_values=check_values)
+        return op.mine_pairs_cooccur(targets, seed, contrast_weights, load_cap)
     with torch.no_grad():
         return _matching(_LabelSets.of_batch(targets.detach()), generator)

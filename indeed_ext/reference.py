@@ -15,6 +15,9 @@ import torch.nn.functional as F
 
 NORMS = ("minmax", "l2")
 HEADS = ("orig_a", "orig_b", "ident_a", "ident_b", "disp_a", "disp_b")
+# mine_pairs_cooccur's default load cap: how many weighted draws of a batch one row may serve as a
+# partner, in expectation (docs/SPEC.md); csrc/ops.cpp's schema default (INDEED_LOAD_CAP) is the same.
+DEFAULT_LOAD_CAP = 4
 LOSSES = ("bce", "asl")  # base losses of six_head_loss (focal loss: asl with gamma_neg = gamma_pos, clip = 0)
 
 
@@ -290,7 +293,8 @@ def partner_loads(targets: torch.Tensor, contrast_weights: torch.Tensor) -> torc
     return (weights * share[:, None]).sum(0)
 
 
-def mine_pairs_cooccur(targets: torch.Tensor, seed: torch.Tensor, contrast_weights: torch.Tensor, load_cap: int = 0):
+def mine_pairs_cooccur(targets: torch.Tensor, seed: torch.Tensor, contrast_weights: torch.Tensor,
+                       load_cap: int = DEFAULT_LOAD_CAP):
     """(index_a, index_b, is_partial), each (B,): pairs (a, b) for a = 0..B-1, b drawn with
     probability w(a, b) / W_a, w(a, b) = sum of contrast_weights[i, j] over i in ya & yb, j in ya ^ yb,
     each weighted draw kept with probability min(1, load_cap / load(b)) (load_cap > 0), else uniform.
@@ -328,7 +332,8 @@ def mine_pairs_cooccur(targets: torch.Tensor, seed: torch.Tensor, contrast_weigh
     return rows, torch.where(total > 0, weighted, uniform), count > 0
 
 
-def cooccur_partner_probabilities(targets: torch.Tensor, contrast_weights: torch.Tensor, load_cap: int = 0) -> torch.Tensor:
+def cooccur_partner_probabilities(targets: torch.Tensor, contrast_weights: torch.Tensor,
+                                  load_cap: int = DEFAULT_LOAD_CAP) -> torch.Tensor:
     """(B, B) float64: P(b | a) of mine_pairs_cooccur: w(a, b) / W_a, times min(1, cap / L[b]) with its
     complement spread uniformly over a's valid partners when load_cap > 0; uniform over a's valid
     partners where W_a = 0 (mine_pairs' draw), and 1 at b = a for a row without one."""

@@ -61,11 +61,12 @@ def test_compile_loss_fullgraph_matches_eager(self_pair_disparate):
 
 @torch._inductor.config.patch(fallback_random=True)
 def test_compile_cooccur_loss_fullgraph_matches_eager():
-    """The statistic's update and weights, the "cooccur" op and the heads in one graph: no host sync."""
+    """The statistic's update and weights, the "cooccur" op and the heads in one graph: no host sync. Compiled,
+    the weights are computed at every step: the eager loss matches with cooccur_refresh = 1."""
     torch._dynamo.reset()
     features, weight, bias, targets, _, _ = make_six_head_inputs(12, 1, 16, 5)
     classifier = nn.Linear(16, 5)
-    eager, compiled = (INDeeDLoss(strategy="cooccur", num_classes=5, cooccur_z=0.0) for _ in range(2))
+    eager, compiled = (INDeeDLoss(strategy="cooccur", num_classes=5, cooccur_z=0.0, cooccur_refresh=1) for _ in range(2))
     step = torch.compile(lambda f, t: compiled(f, t, classifier), fullgraph=True)
     outs = []
     for loss_fn in (lambda f, t: eager(f, t, classifier), step):

@@ -35,6 +35,11 @@ def multi_hot(sets, num_classes=10) -> np.ndarray:
         ("hub:0.9", "hub:0.9", dict(structure="hub", hub=0)),
         ("hub=0:0.9", "hub:0.9", dict(structure="hub", hub=0)),
         ("hub=7:0", "hub=7:0", dict(structure="hub", hub=7)),
+        ("tail=1&hub=0@1+2&groups=4+5,6+7:0.9", "groups=4+5,6+7&hub=0@1+2&tail=1:0.9",
+         dict(structure="mix", groups=((4, 5), (6, 7)), hub=0, ties=(1, 2), tail=1.0)),
+        ("pairs&hub:0.5", "pairs&hub=0:0.5", dict(structure="mix", group_size=2, hub=0, ties=None, tail=0.0)),
+        ("hub=3@1&tail=0.5:0", "hub=3@1&tail=0.5:0", dict(structure="mix", hub=3, ties=(1,), tail=0.5)),
+        ("groups=3&tail=2:0.7", "groups=3&tail=2:0.7", dict(structure="mix", group_size=3, hub=None, tail=2.0)),
     ],
 )
 def test_spec_syntax_and_canonical_text(text, canonical, structure):
@@ -57,6 +62,16 @@ def test_spec_syntax_and_canonical_text(text, canonical, structure):
         ("groups=0+1,1+2:0.5", "must be disjoint"),
         ("groups=0+1,2:0.5", r"a size G or classes like 0\+1,2\+3\+4"),
         ("hub=x:0.5", "must be a class index"),
+        ("hub=0@1:0.5", "a tied hub is a mixture component"),
+        ("hub=0@0+1&tail=1:0.5", "distinct and not the hub"),
+        ("hub=0@1+x&tail=1:0.5", "takes the tied classes"),
+        ("pairs&groups=3:0.5", "at most one grouping"),
+        ("hub&hub=2:0.5", "at most one hub"),
+        ("tail=1:0.5", "unknown co-occurrence spec"),
+        ("tail=1&tail=2:0.5", "at most one tail"),
+        ("pairs&tail=-1:0.5", "tail exponent must be a finite number >= 0"),
+        ("pairs&tail=x:0.5", "tail='x' is not a number"),
+        ("groups=0+1&hub=1:0.5", "the hub 1 is also in a group"),
     ],
 )
 def test_bad_specs_raise_a_value_error_naming_the_problem(text, message):
@@ -82,12 +97,15 @@ def test_context_of_each_structure():
     assert CooccurSpec.parse("pairs:0.5").resolve(5).context == ((1,), (0,), (3,), (2,), ())  # odd count: 4 alone
     assert CooccurSpec.parse("groups=3:0.5").resolve(5).context == ((1, 2), (0, 2), (0, 1), (4,), (3,))
     assert CooccurSpec.parse("groups=0+3,1+2+4:0.5").resolve(6).context == ((3,), (2, 4), (1, 4), (0,), (1, 2), ())
+    mixture = CooccurSpec.parse("groups=1+2&hub=0@1+3&tail=1:0.9").resolve(5)
+    assert mixture.context == ((), (2, 0), (1,), (0,), ())  # the mates, then the hub where it is tied
+    assert CooccurSpec.parse("pairs&hub=4:0.9").resolve(5).context == ((1, 4), (0, 4), (3, 4), (2, 4), ())
     hub = CooccurSpec.parse("hub=2:0.9").resolve(4)
     assert hub.context == ((2,), (2,), (), (2,))
     assert hub.context_matrix().tolist() == [[False, False, True, False], [False, False, True, False], [False] * 4, [False, False, True, False]]
 
 
-@pytest.mark.parametrize("spec", ["pairs:0", "groups=3:0", "groups=0+1,2+3+4:0", "hub=3:0"])
+@pytest.mark.parametrize("spec", ["pairs:0", "groups=3:0", "groups=0+1,2+3+4:0", "hub=3:0", "groups=2+3&hub=0@1&tail=0:0"])
 @pytest.mark.parametrize("n", [1, 3, 7])
 def test_rho_zero_draws_todays_uniform_sets_exactly(spec, n):
     pool = marked_pool()
@@ -186,3 +204,30 @@ def test_bundles_keep_the_single_object_test_sets():
         build_dataset("voc2007", DataOptions(root="/nowhere", cooccur="pairs:0.5"))
     with pytest.raises(ValueError, match="over 4 classes, the pool has 10"):
         CompositeMultiLabel(marked_pool(), 2, size=4, seed=0, cooccurrence=CooccurSpec.parse("pairs:0.5").resolve(4))
+
+
+def test_a_tail_draws_free_classes_by_their_frequencies():
+    """One label (N = 1) is one free draw: P(k) = (k + 1)^-T / sum_j (j + 1)^-T; at rho = 0 only the tail acts."""
+    Y = multi_hot(label_sets("pairs&tail=1:0", 1))
+    expected = 1 / np.arange(1, 11) / (1 / np.arange(1, 11)).sum()
+    assert (np.abs(Y.mean(0) - expected) < 4.5 * (expected * (1 - expected) / SETS) ** 0.5).all(), (Y.mean(0), expected)
+
+
+@pytest.mark.parametrize("rho", [0.5, 0.9])
+def test_a_tied_hub_joins_its_tied_classes_only(rho):
+    """N = 2, uniform free draws, hub 0 tied to 1: {0, 1} is drawn when 1 comes first and brings the hub
+    (rho) or the second free draw hits 0, or when 0 comes first and the second free draw hits 1; {0, 2}
+    only by two free draws. Groups 2+3: the mate joins with rho, as in pairs:RHO."""
+    c, sets = 10, label_sets(f"groups=2+3&hub=0@1:{rho}", 2)
+    pairs = {frozenset(map(int, labels)) for labels in sets}
+    assert all(len(p) == 2 for p in pairs)
+    rates = {frozenset(k): np.mean([frozenset(map(int, labels)) == frozenset(k) for labels in sets]) for k in ((0, 1), (0, 4), (2, 3))}
+    expected = {frozenset((0, 1)): (rho + (1 - rho) / (c - 1)) / c + 1 / (c * (c - 1)),
+                frozenset((0, 4)): 2 / (c * (c - 1)),
+                frozenset((2, 3)): 2 * (rho + (1 - rho) / (c - 1)) / c}
+    for key, p in expected.items():
+        assert rates[key] == pytest.approx(p, abs=4.5 * (p * (1 - p) / SETS) ** 0.5), sorted(key)
+    Y = multi_hot(label_sets(f"groups=5+6,7+8&hub=0@1+2+3&tail=0.3:{rho}", 4))
+    given = lambda k: (Y[:, 0] * Y[:, k]).sum() / Y[:, k].sum()  # noqa: E731
+    assert min(given(k) for k in (1, 2, 3)) > max(given(k) for k in (4, 9)) + 0.05, "tied far more than untied"
+    assert (Y.sum(1) == 4).all()

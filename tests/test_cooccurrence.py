@@ -151,6 +151,44 @@ def test_bad_arguments():
         CooccurrenceStatistic(3, z=-1.0)
     with pytest.raises(ValueError, match=r"targets must be \(N, num_classes\) = \(N, 3\), got \(2, 4\)"):
         CooccurrenceStatistic(3).update(torch.ones(2, 4))
+    for refresh in (0, 1.5, True):
+        with pytest.raises(ValueError, match="refresh must be an int >= 1"):
+            CooccurrenceStatistic(3, refresh=refresh)
+
+
+def test_soft_targets_count_above_one_half():
+    """The update's labels are targets > 0.5, whatever the values (its rounding trick included)."""
+    targets = torch.tensor([[0.5, 0.51, 1.5, -0.2, 2.5, 0.49, 1.0, 0.0]])
+    s = CooccurrenceStatistic(8)
+    s.update(targets)
+    assert torch.equal(s.counts.diagonal(), (targets[0] > 0.5).double())
+
+
+def test_weights_are_refreshed_every_refresh_updates():
+    """weights() is contrast_weights() of at most refresh - 1 updates ago; seeding, resetting, loading and
+    moving the statistic recompute them at the next call."""
+    s = CooccurrenceStatistic(4, z=0.0, refresh=3)
+    s.update(LABELS)
+    first = s.weights()
+    assert torch.equal(first, s.contrast_weights())
+    for _ in range(2):
+        s.update(LABELS[:2])
+        assert s.weights() is first, "within the refresh period the weights are the cached ones"
+    assert not torch.equal(s.contrast_weights(), first), "the statistic has moved"
+    s.update(LABELS[:2])
+    assert torch.equal(s.weights(), s.contrast_weights()), "refresh updates later they are recomputed"
+    restored = CooccurrenceStatistic(4, z=0.0, refresh=3)
+    restored.weights()  # cached: nothing seen
+    restored.load_state_dict(s.state_dict())
+    assert torch.equal(restored.weights(), s.contrast_weights())
+    s = CooccurrenceStatistic(4, z=0.0, refresh=100)
+    for forget in (lambda: s.seed_from_labels(LABELS), s.reset, lambda: s.to(torch.float64)):
+        s.update(LABELS)
+        s.weights()
+        s.update(LABELS[:2])
+        assert not torch.equal(s.weights(), s.contrast_weights()), "stale within the period"
+        forget()
+        assert torch.equal(s.weights(), s.contrast_weights())
 
 
 # ----------------------------------------------------------------------------- the loss
@@ -233,7 +271,7 @@ def test_loss_bad_arguments():
     features, targets, classifier = loss_inputs()
     with pytest.raises(ValueError, match="strategy='cooccur' needs num_classes"):
         INDeeDLoss(strategy="cooccur")
-    with pytest.raises(ValueError, match="cooccur_statistic and cooccur_z are settings of strategy='cooccur', not 'any'"):
+    with pytest.raises(ValueError, match="cooccur_statistic, cooccur_z, load_cap and cooccur_refresh are settings of strategy='cooccur', not 'any'"):
         INDeeDLoss(cooccur_statistic="lift")
     with pytest.raises(ValueError, match="unknown co-occurrence statistic"):
         INDeeDLoss(strategy="cooccur", num_classes=6, cooccur_statistic="pmi")

@@ -1,15 +1,19 @@
 """torch.ops.indeed.mine_pairs_cooccur on every backend (CPU C++, CUDA C++, Triton, reference):
-validity, equality with the reference for several seeds and odd sizes, zero weights giving the
-"any" pairs bit for bit, partner frequencies against reference.cooccur_partner_probabilities
-(chi-square), opcheck, torch.compile, no host sync (a CUDA graph, on a GPU) and bad input.
+validity, equality with the reference for several seeds, load caps and odd sizes, zero weights
+giving the "any" pairs bit for bit, partner frequencies against
+reference.cooccur_partner_probabilities (chi-square, with and without the cap), the loads against
+their definition, the cap's bound on a hub batch that the uncapped draw breaks, opcheck,
+torch.compile, no host sync (a CUDA graph, on a GPU) and bad input.
 """
+import statistics
+
 import pytest
 import scipy.stats
 import torch
 
 from indeed_ext import reference
 from indeed_ext.ops import _triton_ops
-from indeed_ext.pairs import mine_pairs
+from indeed_ext.pairs import CooccurrenceStatistic, mine_pairs
 from indeed_ext.triton._common import INTERPRETING
 
 from conftest import requires_cuda
@@ -34,24 +38,31 @@ SHAPES = [(1, 1, 1.0), (9, 1, 0.5), (2, 3, 1.0), (33, 64, 0.1), (33, 65, 0.1), (
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("B, c, p", SHAPES)
-def test_valid_and_equal_to_reference(backend, B, c, p):
+@pytest.mark.parametrize("load_cap", [0, 1, reference.DEFAULT_LOAD_CAP])
+def test_valid_and_equal_to_reference(backend, B, c, p, load_cap):
     name, device = backend
     targets = random_targets(B, c, p, seed=B + c)
     weights = random_weights(c, seed=c)
-    probabilities = reference.cooccur_partner_probabilities(targets, weights)
+    probabilities = reference.cooccur_partner_probabilities(targets, weights, load_cap)
     valid = valid_partners(targets)
     for seed in (0, -1, 2**62 + 7):
         seed_tensor = torch.tensor(seed)
-        got = op_of(name).mine_pairs_cooccur(targets.to(device), seed_tensor.to(device), weights.to(device))
+        got = op_of(name).mine_pairs_cooccur(targets.to(device), seed_tensor.to(device), weights.to(device), load_cap)
         index_a, index_b, is_partial = (t.cpu() for t in got)
         assert index_a.dtype == index_b.dtype == torch.int64 and is_partial.dtype == torch.bool
         assert torch.equal(index_a, torch.arange(B))
         assert torch.equal(is_partial, valid.any(1))
         assert (probabilities[index_a, index_b] > 0).all(), "only partners of positive weight (or the any draw)"
         assert torch.equal(index_b[~is_partial], index_a[~is_partial])
-        expected = reference.mine_pairs_cooccur(targets, seed_tensor, weights)
+        expected = reference.mine_pairs_cooccur(targets, seed_tensor, weights, load_cap)
         for got_part, want in zip((index_a, index_b, is_partial), expected):
             assert torch.equal(got_part, want)
+
+
+def test_the_default_load_cap_is_the_schemas():
+    schema = torch.ops.indeed.mine_pairs_cooccur.default._schema
+    (load_cap,) = [a for a in schema.arguments if a.name == "load_cap"]
+    assert load_cap.default_value == reference.DEFAULT_LOAD_CAP
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -90,42 +101,63 @@ def weighted_batch(heads):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_partner_frequencies_follow_the_weights(backend):
-    # Each head row draws with its own Philox counter, so one call gives `heads` draws.
+@pytest.mark.parametrize("load_cap", [0, "half"])
+def test_partner_frequencies_follow_the_weights(backend, load_cap):
+    # Each head row draws with its own Philox counter, so one call gives `heads` draws. "half": a cap
+    # at half the heaviest partner's load, which then keeps about half of its draws.
     name, device = backend
     heads, calls = (200, 4) if name == "triton" and SLOW else (400, 25)
     targets, weights = weighted_batch(heads)
-    expected = reference.cooccur_partner_probabilities(targets, weights)[0, heads : heads + 5]
+    if load_cap == "half":
+        load_cap = int(reference.partner_loads(targets, weights).max() / 2 ** reference.load_scale(heads + 15) / 2)
+    expected = reference.cooccur_partner_probabilities(targets, weights, load_cap)[0, heads : heads + 5]
     assert sorted(expected.tolist()) == sorted(set(expected.tolist())), "distinct probabilities"
     seeds = torch.Generator().manual_seed(11)
     chosen = []
     for _ in range(calls):
         seed = torch.empty((), dtype=torch.int64).random_(generator=seeds)
-        chosen.append(op_of(name).mine_pairs_cooccur(targets.to(device), seed.to(device), weights.to(device))[1][:heads].cpu())
+        pairs = op_of(name).mine_pairs_cooccur(targets.to(device), seed.to(device), weights.to(device), load_cap)
+        chosen.append(pairs[1][:heads].cpu())
     counts = torch.bincount(torch.cat(chosen), minlength=heads + 15)
     assert counts.sum() == counts[heads : heads + 5].sum(), "only valid partners"
     observed = counts[heads : heads + 5].double()
     p_value = scipy.stats.chisquare(observed.numpy(), (expected * observed.sum()).numpy()).pvalue
     assert p_value > 1e-4, (observed, expected * observed.sum())
-    uniform = scipy.stats.chisquare(observed.numpy()).pvalue
-    assert uniform < 1e-4, "the test tells weighted from uniform draws"
+    others = [reference.cooccur_partner_probabilities(targets, weights, 0)[0, heads : heads + 5], torch.full((5,), 0.2)]
+    for other in others[1 if load_cap == 0 else 0 :]:  # the uncapped draw (for the cap) and the uniform one
+        assert scipy.stats.chisquare(observed.numpy(), (other * observed.sum()).numpy()).pvalue < 1e-4, "the test tells them apart"
+
+
+def test_loads_are_the_expected_weighted_draws():
+    """partner_loads in fixed point against the definition: the sum over rows a of P(b | a) of the uncapped
+    weighted draw (W_a > 0), up to the floors of 2^Q / W_a (a relative error below W_a / 2^Q)."""
+    targets = random_targets(37, 6, 0.4, seed=8)
+    weights = random_weights(6, seed=9, zeros=0.3)
+    loads = reference.partner_loads(targets, weights).double() / 2 ** reference.load_scale(37)
+    weighted = reference._pair_weights(reference._labels(targets), weights).double()
+    totals = weighted.sum(1, keepdim=True)
+    expected = torch.where(totals > 0, weighted / totals.clamp_min(1), 0).sum(0)
+    assert expected.max() > 1.5, "some row carries more than one draw"
+    torch.testing.assert_close(loads, expected, rtol=1e-9, atol=0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_partner_frequencies_per_row_on_random_labels(backend):
-    # Labels 3 and 4 weigh nothing: rows with only them draw uniformly, the others by weight.
+@pytest.mark.parametrize("load_cap", [0, 1])
+def test_partner_frequencies_per_row_on_random_labels(backend, load_cap):
+    # Labels 3 and 4 weigh nothing: rows with only them draw uniformly, the others by weight (cap 1:
+    # most rows' heaviest partners are then redrawn in part).
     name, device = backend
     targets = random_targets(24, 5, 0.4, seed=3)
     weights = random_weights(5, seed=4, zeros=0.2)
     weights[3:] = 0
-    probabilities = reference.cooccur_partner_probabilities(targets, weights)
+    probabilities = reference.cooccur_partner_probabilities(targets, weights, load_cap)
     rows = valid_partners(targets).any(1).nonzero().squeeze(1)
     draws = 60 if name == "reference" or (name == "triton" and SLOW) else 300
     counts = torch.zeros(24, 24, dtype=torch.float64)
     seeds = torch.Generator().manual_seed(12)
     for _ in range(draws):
         seed = torch.empty((), dtype=torch.int64).random_(generator=seeds)
-        index_b = op_of(name).mine_pairs_cooccur(targets.to(device), seed.to(device), weights.to(device))[1].cpu()
+        index_b = op_of(name).mine_pairs_cooccur(targets.to(device), seed.to(device), weights.to(device), load_cap)[1].cpu()
         counts[rows, index_b[rows]] += 1
     support = probabilities > 0
     assert (counts[~support] == 0).all()
@@ -133,6 +165,44 @@ def test_partner_frequencies_per_row_on_random_labels(backend):
                     for r in rows.tolist())
     dof = int(support[rows].sum() - rows.numel())
     assert scipy.stats.chi2.sf(statistic, dof) > 1e-4
+
+
+def hub_label_sets(rows, seed, c=10, hub_rate=0.9):
+    """Sets of 4 of c labels in which class 0 is a hub: with probability hub_rate the hub and 3 others,
+    else 4 uniform labels (the composites' hub:0.9)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.zeros(rows, c)
+    for row in range(rows):
+        if torch.rand((), generator=g) < hub_rate:
+            labels[row, 0] = 1
+            labels[row, 1 + torch.randperm(c - 1, generator=g)[:3]] = 1
+        else:
+            labels[row, torch.randperm(c, generator=g)[:4]] = 1
+    return labels
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_cap_bounds_the_partners_of_a_hub_batch(backend):
+    """With a hub nearly every pair shares it, and the uncapped draw sends most partners to the few rows
+    without it (docs/EXPERIMENTS.md): the most-used partner of a batch of 128 serves about 25 rows. The
+    cap bounds every row's expected weighted load by load_cap, and the most-used partner serves about 8."""
+    name, device = backend
+    statistic = CooccurrenceStatistic(10)
+    statistic.seed_from_labels(hub_label_sets(4000, seed=1))
+    weights = statistic.contrast_weights()
+    targets = hub_label_sets(128, seed=2)
+    cap = reference.DEFAULT_LOAD_CAP
+    loads = {k: reference.cooccur_partner_probabilities(targets, weights, k).sum(0) for k in (0, cap)}
+    assert loads[0].max() > 4 * cap and loads[cap].max() < cap + 1.5  # the uniform redraws add about 1
+    seeds = torch.Generator().manual_seed(13)
+    most_used = {0: [], cap: []}
+    for _ in range(4 if name == "triton" and SLOW else 20):
+        seed = torch.empty((), dtype=torch.int64).random_(generator=seeds)
+        for k in most_used:
+            index_b = op_of(name).mine_pairs_cooccur(targets.to(device), seed.to(device), weights.to(device), k)[1].cpu()
+            assert valid_partners(targets)[torch.arange(128), index_b].all()
+            most_used[k].append(torch.bincount(index_b, minlength=128).max().item())
+    assert statistics.fmean(most_used[0]) > 15 and statistics.fmean(most_used[cap]) < 12, most_used
 
 
 def test_public_api_backends_agree_and_the_generator_decides():
@@ -154,7 +224,8 @@ def test_opcheck(namespace):
         pytest.skip("the CPU-tensor opcheck of indeed_triton needs the interpreter")
     op = torch.ops.indeed.mine_pairs_cooccur if namespace == "indeed" else _triton_ops().mine_pairs_cooccur
     torch.library.opcheck(op.default, (random_targets(12, 70, 0.1), torch.tensor(4), random_weights(70, seed=1)))
-    torch.library.opcheck(op.default, (random_targets(12, 3, 0.5).bool(), torch.tensor(-4), random_weights(3, seed=2)))
+    torch.library.opcheck(op.default, (random_targets(12, 3, 0.5).bool(), torch.tensor(-4), random_weights(3, seed=2), 0))
+    torch.library.opcheck(op.default, (random_targets(9, 5, 0.5), torch.tensor(7), random_weights(5, seed=3), 1))
 
 
 @torch._inductor.config.patch(fallback_random=True)  # the seed drawn as eager draws it
@@ -212,6 +283,8 @@ def test_bad_input(namespace, weights, error, match):
     op = torch.ops.indeed if namespace == "indeed" else _triton_ops()
     with pytest.raises(error, match=match):
         op.mine_pairs_cooccur(torch.ones(4, 3), torch.tensor(0), weights)
+    with pytest.raises(ValueError, match=r"load_cap must be .*>= 0"):
+        op.mine_pairs_cooccur(torch.ones(4, 3), torch.tensor(0), torch.zeros(3, 3, dtype=torch.int64), -1)
     with pytest.raises(TypeError, match="seed must be int64"):
         op.mine_pairs_cooccur(torch.ones(4, 3), torch.tensor(0, dtype=torch.int32), torch.zeros(3, 3, dtype=torch.int64))
 
@@ -235,6 +308,10 @@ def test_bad_input_through_the_api():
         mine_pairs(targets, "any", contrast_weights=torch.zeros(3, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match="outside"):  # the reference reads the values on the CPU
         mine_pairs(targets, "cooccur", backend="reference", contrast_weights=torch.full((3, 3), -2))
+    with pytest.raises(ValueError, match="load_cap is a setting of strategy='cooccur', not 'any'"):
+        mine_pairs(targets, "any", load_cap=2)
+    with pytest.raises(ValueError, match="load_cap must be an int >= 0"):
+        mine_pairs(targets, "cooccur", contrast_weights=torch.zeros(3, 3, dtype=torch.int64), load_cap=1.5)
 
 
 @requires_cuda

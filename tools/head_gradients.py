@@ -78,8 +78,8 @@ class RecordingLoss(INDeeDLoss):
         replay = None
         if generator is not None:  # the step's own pairs: the same draw from a copy of its generator
             replay = torch.Generator(generator.device).set_state(generator.get_state())
-        weights = None if self.cooccurrence is None else self.cooccurrence.contrast_weights()
-        index_a, index_b, _ = mine_pairs(targets, self.strategy, replay, self.backend, weights)
+        weights = None if self.cooccurrence is None else self.cooccurrence.weights()
+        index_a, index_b, _ = mine_pairs(targets, self.strategy, replay, self.backend, weights, self.load_cap)
         heads = ops.six_head_loss(features, classifier.weight, classifier.bias, targets, index_a, index_b, self.norm,
                                   self.eps, *self._loss_settings, backend=self.backend)
         terms = {"O": heads[:, 0:2].sum(1).mean(), "I": self.lam * heads[:, 2:4].sum(1).mean(),

@@ -1,7 +1,7 @@
 // CPU kernels of mine_pairs and mine_pairs_cooccur. Both pack the labels (targets > 0.5) twice,
 // per row and per label (the bitset of the rows carrying it), and group the rows by label set:
-// rows with equal sets have the same valid partners and the same contrasts, so that work is
-// done once per set.
+// rows with equal sets have the same valid partners, contrasts and load, so that work is done once
+// per set.
 //
 // mine_pairs: the rows sharing a label with the set are the OR of its labels' carrier bitsets,
 // and clearing the set's own rows leaves exactly its valid partners. Each member then counts and
@@ -10,10 +10,12 @@
 //
 // mine_pairs_cooccur: the set's contrasts (i, j) have masses S[i, j] * count(i, j), with count
 // from the batch's co-count matrix (popcounts of carrier ANDs, c^2 B / 128 word operations per
-// batch): |ya| * c vectorised additions per set (see Contrasts). Each member draws a contrast
-// from them, then its partner among the contrast's rows, carriers[i] & carriers[j] (or
-// & ~carriers[j]): one pass of AND, popcount and select over B / 64 words. A set whose masses
-// are all 0 draws as mine_pairs.
+// batch): |ya| * c vectorised additions per set (see MassTables). With a load cap, each set's rows
+// add floor(2^Q / W) to a (c, c) matrix R at the pairs of its labels, and a set's load is the same
+// sum as its mass with R in place of the co-counts (docs/SPEC.md). Each member then draws a
+// contrast, then its partner among the contrast's rows, carriers[i] & carriers[j] (or
+// & ~carriers[j]): one pass of AND, popcount and select over B / 64 words; with a cap it keeps it
+// or takes a uniform valid partner instead. A set whose masses are all 0 draws as mine_pairs.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -139,8 +141,8 @@ void for_label_sets(const Batch& batch, int64_t ops_per_set, const PairSets& pai
   at::parallel_for(0, batch.num_sets(), sets_per_task, pair_sets);
 }
 
-// mine_pairs' draw for the rows of label set s; partners: scratch of row_bits words.
-[[gnu::always_inline]] inline void any_pairs_of_set(const Batch& batch, int64_t s, Word* __restrict partners) {
+// The valid partners of label set s as a bitset (partners: scratch of row_bits words), and their count.
+[[gnu::always_inline]] inline int64_t valid_partners_of_set(const Batch& batch, int64_t s, Word* __restrict partners) {
   const PackedLabels& labels = batch.labels;
   const std::vector<int64_t>& rows = batch.sets.rows;
   const int64_t first = batch.sets.starts[s], last = batch.sets.starts[s + 1], row_bits = labels.row_bits;
@@ -155,6 +157,14 @@ void for_label_sets(const Batch& batch, int64_t ops_per_set, const PairSets& pai
   for (int64_t i = first; i < last; ++i) partners[rows[i] / 64] &= ~(Word(1) << (rows[i] % 64));
   int64_t count = 0;
   for (int64_t i = 0; i < row_bits; ++i) count += std::popcount(partners[i]);
+  return count;
+}
+
+// mine_pairs' draw for the rows of label set s; partners: scratch of row_bits words.
+[[gnu::always_inline]] inline void any_pairs_of_set(const Batch& batch, int64_t s, Word* __restrict partners) {
+  const std::vector<int64_t>& rows = batch.sets.rows;
+  const int64_t first = batch.sets.starts[s], last = batch.sets.starts[s + 1];
+  const int64_t count = valid_partners_of_set(batch, s, partners);
   const auto word_at = [&](int64_t w) { return partners[w]; };
   for (int64_t i = first; i < last; ++i) {
     const int64_t a = rows[i];
@@ -178,17 +188,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_pairs(const at::Tensor& targ
   return {batch.index_a, batch.index_b, batch.is_partial};
 }
 
+// A set's mass (or load) is a sum over its labels i of per-label sums over j, which two tables
+// give for every set at once: alone[i] = sum_j S[i, j] X[i, j], the sum for the set {i}, and
+// joined[i * c + k] = S[i, k] (X[i, i] - 2 X[i, k]), what k's joining the set adds (k's rows with
+// i leave contrast (i, k), i's rows without k enter it). X is the co-count matrix for the masses
+// and R for the loads. A set's sum of label i is alone[i] plus joined[i, k] over its labels k: c
+// additions of joined[i, k] & (the set as a mask), which vectorise. Unsigned: the loads' tables
+// wrap around 2^64 on the way, and their sums, below 2^63, come out exact.
+struct MassTables {
+  std::vector<uint64_t> alone, joined;
+};
+
 // mine_pairs_cooccur's tables: weights[i * c + j] = S[i, j] (0 on the diagonal, so that the
-// contrasts' loops need not skip j = i), co[i * c + j] = the rows carrying labels i and j, and
-// the masses of label i's contrasts in two parts: alone[i] = sum_j S[i, j] co[i, j], its sum for
-// the set {i}, and joined[i * c + k] = S[i, k] (co[i, i] - 2 co[i, k]), what k's joining the set
-// adds (k's rows with i leave contrast (i, k), i's rows without k enter it). A set's mass of i is
-// then alone[i] plus joined[i, k] over its labels k: c additions of joined[i, k] & (the set as a
-// mask), which vectorise, per label i of the set; none for a label whose weights S[i, :] are all 0.
+// contrasts' loops need not skip j = i), co[i * c + j] = the rows carrying labels i and j, the
+// masses' tables, and whether S[i, :] has a weight (a label without one adds no mass or load).
 struct Contrasts {
   std::vector<uint32_t> weights, co;
-  std::vector<int64_t> alone, joined;
-  std::vector<uint8_t> weighted;  // S[i, :] has a weight
+  MassTables masses;
+  std::vector<uint8_t> weighted;
 };
 
 // co[i * c + j] = co[j * c + i] for the labels i in [begin, end) and j >= i.
@@ -205,37 +222,41 @@ INDEED_SIMD_CLONES void co_counts(const PackedLabels& labels, int64_t begin, int
   }
 }
 
+template <typename Count>
+MassTables mass_tables(const std::vector<uint32_t>& weights, const Count* x, int64_t c) {
+  MassTables tables{std::vector<uint64_t>(c, 0), std::vector<uint64_t>(c * c)};
+  for (int64_t i = 0; i < c; ++i) {
+    const uint64_t x_ii = x[i * c + i];
+    for (int64_t k = 0; k < c; ++k) {
+      const uint64_t weight = weights[i * c + k], x_ik = x[i * c + k];
+      tables.alone[i] += weight * x_ik;
+      tables.joined[i * c + k] = weight * (x_ii - 2 * x_ik);
+    }
+  }
+  return tables;
+}
+
 Contrasts contrasts_of(const PackedLabels& labels, const at::Tensor& contrast_weights) {
   const int64_t c = labels.c;
   Contrasts contrasts{std::vector<uint32_t>(c * c), std::vector<uint32_t>(c * c)};
   const at::Tensor weights = contrast_weights.contiguous();
   const int64_t* w = weights.const_data_ptr<int64_t>();
+  contrasts.weighted.assign(c, 0);
   for (int64_t k = 0; k < c * c; ++k) {
     TORCH_CHECK_VALUE(w[k] >= 0 && w[k] <= kContrastScale, "contrast_weights has values outside [0, 2^16] = [0, ",
                       kContrastScale, "]: ", w[k]);
     contrasts.weights[k] = k % (c + 1) == 0 ? 0 : static_cast<uint32_t>(w[k]);
+    contrasts.weighted[k / c] |= contrasts.weights[k] != 0;
   }
   const int64_t labels_per_task = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, c * labels.row_bits));
   at::parallel_for(0, c, labels_per_task,
                    [&](int64_t begin, int64_t end) { co_counts(labels, begin, end, contrasts.co.data()); });
-  contrasts.alone.assign(c, 0);
-  contrasts.joined.resize(c * c);
-  contrasts.weighted.assign(c, 0);
-  for (int64_t i = 0; i < c; ++i) {
-    const int64_t co_ii = contrasts.co[i * c + i];
-    for (int64_t k = 0; k < c; ++k) {
-      const int64_t weight = contrasts.weights[i * c + k], co_ik = contrasts.co[i * c + k];
-      contrasts.alone[i] += weight * co_ik;
-      contrasts.joined[i * c + k] = weight * (co_ii - 2 * co_ik);
-      contrasts.weighted[i] |= weight != 0;
-    }
-  }
+  contrasts.masses = mass_tables(contrasts.weights, contrasts.co.data(), c);
   return contrasts;
 }
 
-// Per-task scratch of mine_pairs_cooccur: the set's labels, their masses (the sums of their
-// contrasts' masses), the set as a mask of c words (all ones for its labels), and mine_pairs'
-// partner bitset.
+// Per-task scratch of mine_pairs_cooccur: the set's labels, their masses, the set as a mask of c
+// words (all ones for its labels), and mine_pairs' partner bitset.
 struct CooccurScratch {
   std::vector<int64_t> set_labels;
   std::vector<uint64_t> label_masses;
@@ -243,77 +264,168 @@ struct CooccurScratch {
   std::vector<Word> partners;
 };
 
+// Fills scratch.set_labels and scratch.in_set (to be cleared by clear_set) with set s's labels.
+void enter_set(const Batch& batch, int64_t s, CooccurScratch& scratch) {
+  const PackedLabels& labels = batch.labels;
+  const Word* set_words = labels.row(batch.sets.rows[batch.sets.starts[s]]);
+  scratch.set_labels.clear();
+  for (int64_t w = 0; w < labels.W; ++w) {
+    for (Word rest = set_words[w]; rest != 0; rest &= rest - 1) scratch.set_labels.push_back(w * 64 + std::countr_zero(rest));
+  }
+  for (const int64_t k : scratch.set_labels) scratch.in_set[k] = -1;
+}
+
+void clear_set(CooccurScratch& scratch) {
+  for (const int64_t k : scratch.set_labels) scratch.in_set[k] = 0;
+}
+
+// The set's per-label sums of the tables (into scratch.label_masses when masses is given), and their total.
+INDEED_SIMD_CLONES uint64_t set_sums(const MassTables& tables, const std::vector<uint8_t>& weighted, int64_t c,
+                                     CooccurScratch& scratch, std::vector<uint64_t>* masses) {
+  const int64_t* __restrict in_set = scratch.in_set.data();
+  uint64_t total = 0;
+  if (masses != nullptr) masses->clear();
+  for (const int64_t i : scratch.set_labels) {
+    uint64_t sum = 0;
+    if (weighted[i]) {
+      const uint64_t* __restrict joined_i = tables.joined.data() + i * c;
+      sum = tables.alone[i];
+      for (int64_t k = 0; k < c; ++k) sum += joined_i[k] & static_cast<uint64_t>(in_set[k]);
+    }
+    if (masses != nullptr) masses->push_back(sum);
+    total += sum;
+  }
+  return total;
+}
+
+// Per label set: its total mass W and, with a load cap, its load (what each of its rows carries).
+struct SetSums {
+  std::vector<uint64_t> totals, loads;
+};
+
+// The sets' total masses, then with a load cap R = sum over rows a of floor(2^Q / W_a) y_a y_a^T
+// and the sets' loads from R's tables.
+SetSums set_totals_and_loads(const Batch& batch, const Contrasts& contrasts, int64_t load_cap) {
+  const int64_t c = batch.labels.c, num_sets = batch.num_sets();
+  SetSums sums{std::vector<uint64_t>(num_sets, 0), {}};
+  const auto for_sets = [&](const auto& body) {
+    for_label_sets(batch, c * 4, [&](int64_t begin, int64_t end) {
+      CooccurScratch scratch{{}, {}, std::vector<int64_t>(c, 0), {}};
+      for (int64_t s = begin; s < end; ++s) {
+        enter_set(batch, s, scratch);
+        body(s, scratch);
+        clear_set(scratch);
+      }
+    });
+  };
+  for_sets([&](int64_t s, CooccurScratch& scratch) {
+    sums.totals[s] = set_sums(contrasts.masses, contrasts.weighted, c, scratch, nullptr);
+  });
+  if (load_cap == 0) return sums;
+  const int scale = load_scale(batch.labels.B);
+  std::vector<uint64_t> shares(c * c, 0);  // R
+  CooccurScratch scratch{{}, {}, std::vector<int64_t>(c, 0), {}};
+  for (int64_t s = 0; s < num_sets; ++s) {
+    const uint64_t share = load_share(sums.totals[s], scale);
+    if (share == 0) continue;
+    enter_set(batch, s, scratch);
+    const uint64_t rows = static_cast<uint64_t>(batch.sets.starts[s + 1] - batch.sets.starts[s]);
+    for (const int64_t i : scratch.set_labels) {
+      for (const int64_t j : scratch.set_labels) shares[i * c + j] += share * rows;
+    }
+    clear_set(scratch);
+  }
+  const MassTables load_tables = mass_tables(contrasts.weights, shares.data(), c);
+  sums.loads.assign(num_sets, 0);
+  for_sets([&](int64_t s, CooccurScratch& scratch) {
+    sums.loads[s] = set_sums(load_tables, contrasts.weighted, c, scratch, nullptr);
+  });
+  return sums;
+}
+
 // Rows with label i and without label j when j is in the set, with both when it is not.
 [[gnu::always_inline]] inline uint32_t contrast_count(const uint32_t* co_i, uint32_t co_ii, bool in_set_j, int64_t j) {
   return in_set_j ? co_ii - co_i[j] : co_i[j];
 }
 
-INDEED_SIMD_CLONES void cooccur_pairs(const Batch& batch, const Contrasts& contrasts, int64_t begin, int64_t end,
+// What the draw of mine_pairs_cooccur reads besides the batch: the contrasts, the sets' totals
+// and loads, each row's set, and the load threshold (0: no cap).
+struct CooccurDraw {
+  const Contrasts& contrasts;
+  const SetSums& sums;
+  std::vector<int64_t> row_sets;
+  uint64_t threshold;
+};
+
+INDEED_SIMD_CLONES void cooccur_pairs(const Batch& batch, const CooccurDraw& draw, int64_t begin, int64_t end,
                                       CooccurScratch& scratch) {
   const PackedLabels& labels = batch.labels;
+  const Contrasts& contrasts = draw.contrasts;
   const int64_t c = labels.c;
-  int64_t* __restrict in_set = scratch.in_set.data();
   for (int64_t s = begin; s < end; ++s) {
     const int64_t first = batch.sets.starts[s], last = batch.sets.starts[s + 1];
-    const Word* set_words = labels.row(batch.sets.rows[first]);
-    scratch.set_labels.clear();
-    for (int64_t w = 0; w < labels.W; ++w) {
-      for (Word rest = set_words[w]; rest != 0; rest &= rest - 1) scratch.set_labels.push_back(w * 64 + std::countr_zero(rest));
-    }
-    for (const int64_t k : scratch.set_labels) in_set[k] = -1;
-    uint64_t total = 0;
-    scratch.label_masses.clear();
-    for (const int64_t i : scratch.set_labels) {
-      int64_t mass = 0;
-      if (contrasts.weighted[i]) {
-        const int64_t* __restrict joined_i = contrasts.joined.data() + i * c;
-        mass = contrasts.alone[i];
-        for (int64_t k = 0; k < c; ++k) mass += joined_i[k] & in_set[k];
-      }
-      scratch.label_masses.push_back(static_cast<uint64_t>(mass));
-      total += static_cast<uint64_t>(mass);
-    }
+    const uint64_t total = draw.sums.totals[s];
     if (total == 0) {
       any_pairs_of_set(batch, s, scratch.partners.data());
-    } else {
-      for (int64_t r = first; r < last; ++r) {
-        const int64_t a = batch.sets.rows[r];
-        const RowRandom random = row_random(batch.seed, a);
-        // The first contrast whose cumulative mass exceeds the draw: its label i, then its j.
-        uint64_t drawn = contrast_draw(random, total);
-        size_t k = 0;
-        for (; drawn >= scratch.label_masses[k]; ++k) drawn -= scratch.label_masses[k];
-        const int64_t i = scratch.set_labels[k];
-        const uint32_t* weights_i = contrasts.weights.data() + i * c;
-        const uint32_t* co_i = contrasts.co.data() + i * c;
-        int64_t j = 0;
-        uint32_t count = 0;
-        for (;; ++j) {
-          count = contrast_count(co_i, co_i[i], in_set[j], j);
-          const uint64_t mass = uint64_t(weights_i[j]) * count;
-          if (drawn < mass) break;
-          drawn -= mass;
-        }
-        const Word* __restrict carriers_i = labels.carriers_of(i);
-        const Word* __restrict carriers_j = labels.carriers_of(j);
-        const Word flip = static_cast<Word>(in_set[j]);
-        const auto word_at = [&](int64_t w) { return carriers_i[w] & (carriers_j[w] ^ flip); };
-        batch.set_pair(a, select_bit(word_at, partner_rank(random, count)));
-      }
+      continue;
     }
-    for (const int64_t k : scratch.set_labels) in_set[k] = 0;
+    enter_set(batch, s, scratch);
+    set_sums(contrasts.masses, contrasts.weighted, c, scratch, &scratch.label_masses);
+    int64_t uniform_count = -1;  // the set's valid partners (in scratch.partners), once a row needs them
+    for (int64_t r = first; r < last; ++r) {
+      const int64_t a = batch.sets.rows[r];
+      const RowRandom random = row_random(batch.seed, a);
+      // The first contrast whose cumulative mass exceeds the draw: its label i, then its j.
+      uint64_t drawn = contrast_draw(random, total);
+      size_t k = 0;
+      for (; drawn >= scratch.label_masses[k]; ++k) drawn -= scratch.label_masses[k];
+      const int64_t i = scratch.set_labels[k];
+      const uint32_t* weights_i = contrasts.weights.data() + i * c;
+      const uint32_t* co_i = contrasts.co.data() + i * c;
+      int64_t j = 0;
+      uint32_t count = 0;
+      for (;; ++j) {
+        count = contrast_count(co_i, co_i[i], scratch.in_set[j], j);
+        const uint64_t mass = uint64_t(weights_i[j]) * count;
+        if (drawn < mass) break;
+        drawn -= mass;
+      }
+      const Word* __restrict carriers_i = labels.carriers_of(i);
+      const Word* __restrict carriers_j = labels.carriers_of(j);
+      const Word flip = static_cast<Word>(scratch.in_set[j]);
+      const auto word_at = [&](int64_t w) { return carriers_i[w] & (carriers_j[w] ^ flip); };
+      int64_t b = select_bit(word_at, partner_rank(random, count));
+      if (draw.threshold != 0) {
+        const RowRandom block1 = row_random(batch.seed, a, 1);
+        if (!keep_partner(block1, draw.sums.loads[draw.row_sets[b]], draw.threshold)) {
+          if (uniform_count < 0) uniform_count = valid_partners_of_set(batch, s, scratch.partners.data());
+          const Word* partners = scratch.partners.data();
+          b = select_bit([&](int64_t w) { return partners[w]; }, redraw_rank(block1, uniform_count));
+        }
+      }
+      batch.set_pair(a, b);
+    }
+    clear_set(scratch);
   }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_pairs_cooccur(const at::Tensor& targets, const at::Tensor& seed,
-                                                                  const at::Tensor& contrast_weights) {
-  check_mine_pairs_cooccur(targets, seed, contrast_weights);
+                                                                  const at::Tensor& contrast_weights, int64_t load_cap) {
+  check_mine_pairs_cooccur(targets, seed, contrast_weights, load_cap);
   const Batch batch = prepare(targets, seed);
   const Contrasts contrasts = contrasts_of(batch.labels, contrast_weights);
-  const int64_t c = batch.labels.c, row_bits = batch.labels.row_bits;
+  const int64_t B = batch.labels.B, c = batch.labels.c, row_bits = batch.labels.row_bits;
+  const SetSums sums = set_totals_and_loads(batch, contrasts, load_cap);
+  CooccurDraw draw{contrasts, sums, {}, load_cap > 0 ? load_threshold(load_cap, B) : 0};
+  if (load_cap > 0) {
+    draw.row_sets.resize(B);
+    for (int64_t s = 0; s < batch.num_sets(); ++s) {
+      for (int64_t r = batch.sets.starts[s]; r < batch.sets.starts[s + 1]; ++r) draw.row_sets[batch.sets.rows[r]] = s;
+    }
+  }
   for_label_sets(batch, row_bits * 4 + c * 4, [&](int64_t begin, int64_t end) {
     CooccurScratch scratch{{}, {}, std::vector<int64_t>(c, 0), std::vector<Word>(row_bits)};
-    cooccur_pairs(batch, contrasts, begin, end, scratch);
+    cooccur_pairs(batch, draw, begin, end, scratch);
   });
   return {batch.index_a, batch.index_b, batch.is_partial};
 }

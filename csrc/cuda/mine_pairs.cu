@@ -8,10 +8,13 @@
 // mine_pairs_cooccur: the labels are also packed per label (carrier bitsets of the rows), which
 // give the batch's co-count matrix (one thread per label pair, popcounts of ANDs). The warp's
 // lanes then take 32 labels j at a time for each label i of the row: the contrasts' masses
-// S[i, j] * count(i, j), summed over the warp for the total, and in a second pass a warp scan
-// finds the contrast where the cumulative mass passes the draw. The partner is the rank-th row of
-// carriers[i] & carriers[j] (or & ~carriers[j]): lanes over words, popcounts and a warp scan. A row
-// whose masses are all 0 draws as mine_pairs.
+// S[i, j] * count(i, j), summed over the warp for the row's total (one kernel), and in a second
+// pass a warp scan finds the contrast where the cumulative mass passes the draw. The partner is
+// the rank-th row of carriers[i] & carriers[j] (or & ~carriers[j]): lanes over words, popcounts and
+// a warp scan. A row whose masses are all 0 draws as mine_pairs. With a load cap the totals' kernel
+// also adds floor(2^Q / W) to R[i, j] for the row's label pairs (integer atomics: the same sums in
+// any order), a second kernel gives each row its load, the same sum as its total with R in place
+// of the co-counts, and the draw keeps its partner or takes a uniform one (docs/SPEC.md).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -138,7 +141,8 @@ __device__ __forceinline__ T warp_inclusive_sum(T x, int lane) {
 }
 
 // A row's contrasts: label i of the row (ascending) with label j != i; count(i, j) = the rows with
-// i and without j when the row has j, with both when it has not.
+// i and without j when the row has j, with both when it has not. With R in place of the co-counts
+// co, "count" and "mass" give the terms of the row's load.
 struct Contrasts {
   const Word* row;
   const int64_t *weights, *co;
@@ -188,24 +192,63 @@ __device__ int64_t select_row(const Word* __restrict__ carriers_i, const Word* _
   return -1;
 }
 
-__global__ void __launch_bounds__(kWarp * kRowsPerBlock)
-    mine_pairs_cooccur_kernel(const Word* __restrict__ words, const Word* __restrict__ carriers,
-                              const int64_t* __restrict__ weights, const int64_t* __restrict__ co, int64_t B,
-                              int64_t c, int W, int64_t row_bits, const int64_t* __restrict__ seed,
-                              int64_t* __restrict__ index_a, int64_t* __restrict__ index_b,
-                              bool* __restrict__ is_partial) {
-  const int64_t a = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.x / kWarp;
-  const int lane = threadIdx.x % kWarp;
-  if (a >= B) return;  // the whole warp
-  const RowRandom random = row_random(static_cast<uint64_t>(*seed), a);
-  const Contrasts contrasts{words + a * W, weights, co, c, W};
+// The row's total mass (or, with R as co, its load): the warp's sum of its contrasts' masses.
+__device__ uint64_t contrast_total(const Contrasts& contrasts, int lane) {
   uint64_t lane_mass = 0;
   contrasts.for_each_tile([&](int64_t i, int64_t start) {
     lane_mass += contrasts.mass(i, start + lane);
     return false;
   });
   for (int d = kWarp / 2; d > 0; d /= 2) lane_mass += __shfl_xor_sync(kAllLanes, lane_mass, d);
-  const uint64_t total = lane_mass;
+  return lane_mass;
+}
+
+// totals[a] = row a's total mass W_a; with scale >= 0 (a load cap) also R[i, j] += floor(2^scale / W_a)
+// for the labels i, j of the row.
+__global__ void __launch_bounds__(kWarp * kRowsPerBlock)
+    cooccur_totals_kernel(const Word* __restrict__ words, const int64_t* __restrict__ weights,
+                          const int64_t* __restrict__ co, int64_t B, int64_t c, int W, int scale,
+                          uint64_t* __restrict__ totals, uint64_t* __restrict__ shares) {
+  const int64_t a = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (a >= B) return;  // the whole warp
+  const Contrasts contrasts{words + a * W, weights, co, c, W};
+  const uint64_t total = contrast_total(contrasts, lane);
+  if (lane == 0) totals[a] = total;
+  if (scale < 0 || total == 0) return;
+  const uint64_t share = load_share(total, scale);
+  contrasts.for_each_tile([&](int64_t i, int64_t start) {
+    const int64_t j = start + lane;
+    if (j < c && contrasts.has(j)) atomicAdd(reinterpret_cast<unsigned long long*>(shares + i * c + j), share);
+    return false;
+  });
+}
+
+// loads[b] = the sum over the contrasts (i, j) of row b of S[i, j] * R(i, j), R's rows on the other side of j.
+__global__ void __launch_bounds__(kWarp * kRowsPerBlock)
+    cooccur_loads_kernel(const Word* __restrict__ words, const int64_t* __restrict__ weights,
+                         const int64_t* __restrict__ shares, int64_t B, int64_t c, int W, uint64_t* __restrict__ loads) {
+  const int64_t b = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (b >= B) return;  // the whole warp
+  const uint64_t load = contrast_total(Contrasts{words + b * W, weights, shares, c, W}, lane);
+  if (lane == 0) loads[b] = load;
+}
+
+__global__ void __launch_bounds__(kWarp * kRowsPerBlock)
+    mine_pairs_cooccur_kernel(const Word* __restrict__ words, const Word* __restrict__ carriers,
+                              const int64_t* __restrict__ weights, const int64_t* __restrict__ co,
+                              const uint64_t* __restrict__ totals, const uint64_t* __restrict__ loads,
+                              uint64_t threshold, int64_t B, int64_t c, int W, int64_t row_bits,
+                              const int64_t* __restrict__ seed, int64_t* __restrict__ index_a,
+                              int64_t* __restrict__ index_b, bool* __restrict__ is_partial) {
+  const int64_t a = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (a >= B) return;  // the whole warp
+  const uint64_t key = static_cast<uint64_t>(*seed);
+  const RowRandom random = row_random(key, a);
+  const Contrasts contrasts{words + a * W, weights, co, c, W};
+  const uint64_t total = totals[a];
   int64_t partner = a;
   if (total == 0) {
     partner = uniform_partner(words, a, B, W, random, lane);
@@ -230,6 +273,14 @@ __global__ void __launch_bounds__(kWarp * kRowsPerBlock)
       const Word flip = contrasts.has(second) ? ~Word(0) : Word(0);
       const int64_t row = select_row(carriers + first * row_bits, carriers + second * row_bits, flip, row_bits, rank, lane);
       partner = row >= 0 ? row : a;
+    }
+    if (threshold != 0 && partner != a) {
+      const RowRandom block1 = row_random(key, a, 1);
+      if (!keep_partner(block1, loads[partner], threshold)) {
+        // The uniform draw ranks with words 2 and 3 of block 1: uniform_partner reads words 0 and 1.
+        const RowRandom redraw{{block1.word[2], block1.word[3], 0, 0}};
+        partner = uniform_partner(words, a, B, W, redraw, lane);
+      }
     }
   }
   write_pair(a, partner, lane, index_a, index_b, is_partial);
@@ -265,8 +316,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_pairs(const at::Tensor& targ
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_pairs_cooccur(const at::Tensor& targets, const at::Tensor& seed,
-                                                                  const at::Tensor& contrast_weights) {
-  check_mine_pairs_cooccur(targets, seed, contrast_weights);
+                                                                  const at::Tensor& contrast_weights, int64_t load_cap) {
+  check_mine_pairs_cooccur(targets, seed, contrast_weights, load_cap);
   const c10::cuda::CUDAGuard device_guard(targets.device());
   Outputs out = empty_outputs(targets);
   const int64_t B = targets.size(0), c = targets.size(1), row_bits = (B + 63) / 64;
@@ -275,16 +326,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_pairs_cooccur(const at::Tens
   const at::Tensor words = pack_bits(targets, /*by_label=*/false, stream);
   const at::Tensor carriers = pack_bits(targets, /*by_label=*/true, stream);
   const at::Tensor weights = contrast_weights.contiguous();
+  const int W = static_cast<int>(words.size(1));
   at::Tensor co = at::empty({c, c}, weights.options());
   if (c > 0) {
     co_counts_kernel<<<static_cast<unsigned>((c * c + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
         word_ptr(carriers), c, row_bits, co.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
+  // totals (B,), then with a cap R (c, c) and loads (B,): uint64 values in int64 tensors.
+  const at::Tensor totals = at::empty({B}, weights.options());
+  const at::Tensor shares = load_cap > 0 ? at::zeros({c, c}, weights.options()) : at::Tensor();
+  const at::Tensor loads = load_cap > 0 ? at::empty({B}, weights.options()) : at::Tensor();
+  const auto as_unsigned = [](const at::Tensor& t) {
+    return t.defined() ? reinterpret_cast<uint64_t*>(t.data_ptr<int64_t>()) : nullptr;
+  };
+  cooccur_totals_kernel<<<row_blocks(B), kWarp * kRowsPerBlock, 0, stream>>>(
+      word_ptr(words), weights.data_ptr<int64_t>(), co.data_ptr<int64_t>(), B, c, W, load_cap > 0 ? load_scale(B) : -1,
+      as_unsigned(totals), as_unsigned(shares));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (load_cap > 0) {
+    cooccur_loads_kernel<<<row_blocks(B), kWarp * kRowsPerBlock, 0, stream>>>(
+        word_ptr(words), weights.data_ptr<int64_t>(), shares.data_ptr<int64_t>(), B, c, W, as_unsigned(loads));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
   mine_pairs_cooccur_kernel<<<row_blocks(B), kWarp * kRowsPerBlock, 0, stream>>>(
-      word_ptr(words), c > 0 ? word_ptr(carriers) : nullptr, weights.data_ptr<int64_t>(), co.data_ptr<int64_t>(), B, c,
-      static_cast<int>(words.size(1)), row_bits, seed.data_ptr<int64_t>(), out.index_a.data_ptr<int64_t>(),
-      out.index_b.data_ptr<int64_t>(), out.is_partial.data_ptr<bool>());
+      word_ptr(words), c > 0 ? word_ptr(carriers) : nullptr, weights.data_ptr<int64_t>(), co.data_ptr<int64_t>(),
+      as_unsigned(totals), as_unsigned(loads), load_cap > 0 ? load_threshold(load_cap, B) : 0, B, c, W, row_bits,
+      seed.data_ptr<int64_t>(), out.index_a.data_ptr<int64_t>(), out.index_b.data_ptr<int64_t>(),
+      out.is_partial.data_ptr<bool>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {out.index_a, out.index_b, out.is_partial};
 }

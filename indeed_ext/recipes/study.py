@@ -124,7 +124,7 @@ def train_args(args) -> list[str]:
 
 def spec_tag(spec: str) -> str:
     """A co-occurrence SPEC as part of a folder name: pairs:0.9 -> pairs-0.9, groups=0+1,2+3:0.5 -> groups-0+1_2+3-0.5."""
-    return spec.replace("=", "-").replace(":", "-").replace(",", "_")
+    return spec.replace("=", "-").replace(":", "-").replace(",", "_").replace("&", "_").replace("@", "-at-")
 
 
 def parse_compare(text: str, runs: list[dict]) -> tuple[str, str]:

@@ -44,6 +44,7 @@ from ..metrics import (
 from ..model import INDeeD
 from ..ops import BACKENDS
 from ..pairs import COOCCURRENCE_STATISTICS, STRATEGIES
+from ..reference import DEFAULT_LOAD_CAP
 from ..reference import NORMS
 from ..reweighting import ExclusiveWeightedBCE, FeatureSplitBCE
 from .viz import save_confidence_map
@@ -58,8 +59,8 @@ INIT_STREAM = 3  # seed stream of the model initialisation (engine uses 0-2 per 
 # Settings a resumed run may change; every other one must match the checkpoint.
 RESUME_MAY_CHANGE = ("epochs", "out", "resume", "workers", "device", "compile", "quiet", "backend", "channels_last")
 PER_RUN = ("method", "norm")  # the run's own method and norm replace the lists given on the command line
-INDEED_ONLY = ("norm", "blocks", "lam", "lam_warmup", "strategy", "cooccur_statistic", "cooccur_z", "self_pair_disparate",
-               "global_pairs")  # no effect on a baseline
+INDEED_ONLY = ("norm", "blocks", "lam", "lam_warmup", "strategy", "cooccur_statistic", "cooccur_z", "load_cap", "cooccur_refresh",
+               "self_pair_disparate", "global_pairs")  # no effect on a baseline
 REWEIGHT_ONLY = ("exclusive_weight", "biased_pairs", "bias_model")  # train the weighted loss alone (the others' evaluation is recomputed)
 DEBIASING_METHODS = ("reweight", "featuresplit")  # Singh et al.'s methods: BCE on the biased pairs' exclusive images
 DEFAULT_BACKBONE = "simple-cnn"  # the paper's ML-MNIST network
@@ -71,7 +72,8 @@ DATASET_BACKBONES = {"ml-digits": "simple-cnn-gap"}
 BACKBONE_INITS = {"simple-cnn": "kaiming"}
 # What a setting was before indeed-train recorded it: how a checkpoint or study cell without it ran.
 UNRECORDED_SETTINGS = {"init": "torch", "cooccur_statistic": "excess", "cooccur_z": 3.0, "bias_model": None, "loss": "bce",
-                       "gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05, "gamma": 2.0, "focal_grad": False}
+                       "gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05, "gamma": 2.0, "focal_grad": False,
+                       "load_cap": 0, "cooccur_refresh": 1}  # "cooccur" before 2026-12-07: uncapped, weights at every step
 
 
 def _number(kind, low=None, low_inclusive=True, high=None):
@@ -139,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--cooccur-statistic", default="excess", choices=COOCCURRENCE_STATISTICS,
                         help="--pairs cooccur: the null rate of the co-occurrence weights (excess sees hubs, lift does not)")
     method.add_argument("--cooccur-z", type=_number(float, 0.0), default=3.0, help="--pairs cooccur: the z of the weights' significance test")
+    method.add_argument("--load-cap", type=_number(int, 0), default=DEFAULT_LOAD_CAP,
+                        help="--pairs cooccur: the expected partner draws one image may keep per batch (0 = no cap; docs/SPEC.md)")
+    method.add_argument("--cooccur-refresh", metavar="STEPS", type=_number(int, 1), default=16,
+                        help="--pairs cooccur: recompute the co-occurrence weights every STEPS steps (eager mode)")
     method.add_argument("--self-pair-disparate", default="zero_target", choices=SELF_PAIR_DISPARATE, help="disparate heads of self-pairs")
     method.add_argument("--backend", default="auto", choices=BACKENDS, help="INDeeD operator backend")
     method.add_argument("--exclusive-weight", metavar="W", type=_number(float, 0.0, low_inclusive=False), default=10.0,
@@ -314,7 +320,8 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
         if run["method"] != "baseline":
             pair_settings = {"strategy": args.strategy}
             if args.strategy == "cooccur":
-                pair_settings |= {"num_classes": num_classes, "cooccur_statistic": args.cooccur_statistic, "cooccur_z": args.cooccur_z}
+                pair_settings |= {"num_classes": num_classes, "cooccur_statistic": args.cooccur_statistic, "cooccur_z": args.cooccur_z,
+                                  "load_cap": args.load_cap, "cooccur_refresh": args.cooccur_refresh}
         criterion = INDeeDLoss(
             lam=run["lam"], norm=run["norm"] or "minmax", blocks=loss_blocks(args.blocks), self_pair_disparate=args.self_pair_disparate,
             backend=args.backend, base=args.loss, gamma_neg=args.gamma_neg, gamma_pos=args.gamma_pos, clip=args.clip,
@@ -467,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         loss_blocks(args.blocks)
         if not math.isfinite(args.cooccur_z):
             raise ValueError(f"--cooccur-z must be finite, got {args.cooccur_z}")
+        if args.strategy != "cooccur" and (args.load_cap != DEFAULT_LOAD_CAP or args.cooccur_refresh != 16):
+            raise ValueError(f"--load-cap and --cooccur-refresh are settings of --pairs cooccur, not --pairs {args.strategy}")
         if args.clip >= 1.0:
             raise ValueError(f"--clip must be below 1, got {args.clip}")
         if args.method in DEBIASING_METHODS and args.loss != "bce":

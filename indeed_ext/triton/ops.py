@@ -113,12 +113,12 @@ def mine_pairs(targets, seed):
     return _mine.mine_pairs(targets, seed)
 
 
-def mine_pairs_cooccur(targets, seed, contrast_weights):
+def mine_pairs_cooccur(targets, seed, contrast_weights, load_cap=_checks.DEFAULT_LOAD_CAP):
     # The weights' values are read on the host only for CPU tensors, as six_head_bce's indices.
     on_cpu = targets.device.type == "cpu"
-    _checks.check_mine_pairs_cooccur(targets, seed, contrast_weights, check_weight_values=on_cpu)
+    _checks.check_mine_pairs_cooccur(targets, seed, contrast_weights, load_cap, check_weight_values=on_cpu)
     require_runnable(targets.device)
-    return _mine.mine_pairs_cooccur(targets, seed, contrast_weights)
+    return _mine.mine_pairs_cooccur(targets, seed, contrast_weights, load_cap)
 
 
 _KERNELS = {
