@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """How concentrated each pair strategy's partners are on co-occurring label sets.
 
-    python tools/partner_concentration.py [SPEC ...]   (default: pairs:0.9 hub:0.9 pairs:0)
+    python tools/partner_concentration.py [SPEC ...]   (default: pairs:0.9 hub:0.9, the COCO-like mixture, pairs:0)
 
 For each --cooccur SPEC: 8,000 training label sets of N = 4 of 10 classes (seed 0), the
 co-occurrence statistic seeded from them (the "excess" default, z = 3), then 60 batches of 128
-mined with "any" and with "cooccur". Prints, as means over the batches: how many samples the
+mined with "any", with "cooccur" without its load cap (load_cap = 0, the draw before 2026-12-07)
+and with "cooccur" as it is (load_cap = 4, the default). Prints, as means over the batches: how many samples the
 most-used partner serves, the distinct partners of a batch, and the share of partners without
 class 0 (the hub of hub:ρ) against that share in the batch. docs/EXPERIMENTS.md ("A hub") quotes it.
 """
@@ -16,8 +17,11 @@ import torch
 
 from indeed_ext.pairs import CooccurrenceStatistic, mine_pairs
 from indeed_ext.recipes.data.cooccur import Cooccurrence, CooccurSpec
+from indeed_ext.reference import DEFAULT_LOAD_CAP
 
 SETS, CLASSES, LABELS, BATCH, BATCHES = 8000, 10, 4, 128, 60
+DRAWS = {"any": ("any", {}), "cooccur, no cap": ("cooccur", {"load_cap": 0}),
+         f"cooccur (cap {DEFAULT_LOAD_CAP})": ("cooccur", {"load_cap": DEFAULT_LOAD_CAP})}
 
 
 def main(specs):
@@ -34,20 +38,20 @@ def main(specs):
         statistic.seed_from_labels(labels)
         weights = statistic.contrast_weights()
         generator = torch.Generator().manual_seed(0)
-        for strategy in ("any", "cooccur"):
+        for name, (strategy, settings) in DRAWS.items():
             most, distinct, partners_hubless, batch_hubless = [], [], [], []
             for _ in range(BATCHES):
                 batch = labels[torch.randperm(SETS, generator=generator)[:BATCH]]
                 strategy_weights = weights if strategy == "cooccur" else None
-                _, index_b, _ = mine_pairs(batch, strategy, generator, contrast_weights=strategy_weights)
+                _, index_b, _ = mine_pairs(batch, strategy, generator, contrast_weights=strategy_weights, **settings)
                 uses = torch.bincount(index_b, minlength=BATCH)
                 most.append(uses.max().item())
                 distinct.append((uses > 0).sum().item())
                 partners_hubless.append((~batch[index_b, 0]).float().mean().item())
                 batch_hubless.append((~batch[:, 0]).float().mean().item())
-            print(f"| `{text}` | {strategy} | {int((weights > 0).sum())} | {np.mean(most):.1f} "
+            print(f"| `{text}` | {name} | {int((weights > 0).sum())} | {np.mean(most):.1f} "
                   f"| {np.mean(distinct):.0f} of {BATCH} | {np.mean(partners_hubless):.2f} | {np.mean(batch_hubless):.2f} |")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["pairs:0.9", "hub:0.9", "pairs:0"])
+    main(sys.argv[1:] or ["pairs:0.9", "hub:0.9", "groups=5+6,7+8&hub=0@1+2+3&tail=0.3:0.9", "pairs:0"])
