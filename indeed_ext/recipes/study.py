@@ -170,7 +170,7 @@ def read_cell(cell: dict) -> dict | None:
     with open(results_path) as f:
         (result,) = json.load(f)
     expected = vars(train.parse_args(train.build_parser(), cell["argv"] + ["--out", cell["folder"]]))
-    ignored = train.RESUME_MAY_CHANGE + train.unused_settings(expected["method"])
+    ignored = train.RESUME_MAY_CHANGE + train.unused_settings(expected["method"], expected["strategy"])
     compared = {k: v for k, v in expected.items() if k not in ignored}
     changes = engine.setting_changes(result["config"], compared, train.UNRECORDED_SETTINGS)
     if changes:

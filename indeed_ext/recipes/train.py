@@ -61,6 +61,7 @@ RESUME_MAY_CHANGE = ("epochs", "out", "resume", "workers", "device", "compile", 
 PER_RUN = ("method", "norm")  # the run's own method and norm replace the lists given on the command line
 INDEED_ONLY = ("norm", "blocks", "lam", "lam_warmup", "strategy", "cooccur_statistic", "cooccur_z", "load_cap", "cooccur_refresh",
                "self_pair_disparate", "global_pairs")  # no effect on a baseline
+COOCCUR_ONLY = ("cooccur_statistic", "cooccur_z", "load_cap", "cooccur_refresh")  # no effect on other pairs
 REWEIGHT_ONLY = ("exclusive_weight", "biased_pairs", "bias_model")  # train the weighted loss alone (the others' evaluation is recomputed)
 DEBIASING_METHODS = ("reweight", "featuresplit")  # Singh et al.'s methods: BCE on the biased pairs' exclusive images
 DEFAULT_BACKBONE = "simple-cnn"  # the paper's ML-MNIST network
@@ -242,10 +243,12 @@ def planned_runs(args) -> list[dict]:
     return runs
 
 
-def unused_settings(method: str) -> tuple[str, ...]:
-    """The settings a run of this method does not depend on (a resume and indeed-study's read-back ignore them)."""
-    return {"baseline": INDEED_ONLY + REWEIGHT_ONLY, "indeed": REWEIGHT_ONLY, "reweight": INDEED_ONLY,
-            "featuresplit": INDEED_ONLY + ("exclusive_weight",)}[method]
+def unused_settings(method: str, strategy: str = "cooccur") -> tuple[str, ...]:
+    """The settings a run of this method (and pair strategy) does not depend on (a resume and indeed-study's
+    read-back ignore them)."""
+    unused = {"baseline": INDEED_ONLY + REWEIGHT_ONLY, "indeed": REWEIGHT_ONLY, "reweight": INDEED_ONLY,
+              "featuresplit": INDEED_ONLY + ("exclusive_weight",)}[method]
+    return unused + (COOCCUR_ONLY if method == "indeed" and strategy != "cooccur" else ())
 
 
 def bias_pairs(args, bundle, device: torch.device, model: torch.nn.Module | None = None, source: str = "") -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -339,7 +342,7 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
     scheduler, per_batch = engine.build_scheduler(optimizer, args.schedule, args.epochs, len(train_loader))
     amp_dtype = engine.AMP_DTYPES[args.amp]
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    ignored = RESUME_MAY_CHANGE + PER_RUN + unused_settings(run["method"])
+    ignored = RESUME_MAY_CHANGE + PER_RUN + unused_settings(run["method"], args.strategy)
     fingerprint = {k: v for k, v in config.items() if k not in ignored}
     fingerprint |= {"run": run, "world_size": distributed.world_size()}  # the global batch and the steps per epoch
     if args.schedule == "onecycle":  # its steps are laid out over the planned epochs
