@@ -296,7 +296,7 @@ def test_predict_bad_input(tmp_path, capsys):
 
 
 BAD_INPUTS = [
-    (["--dataset", "ml-mnist"], "give their folder as root"),
+    (["--dataset", "ml-cifar10"], "give their folder as root"),
     (["--dataset", "ml-mnist", "--root", "/nonexistent/folder"], "is not a folder"),
     (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
     (["--backbone", "alexnet"], "unknown backbone 'alexnet'"),
