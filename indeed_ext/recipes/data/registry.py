@@ -31,8 +31,9 @@ from .sources import BUNDLED_MNIST, ObjectPool, downscale_pool, load_cifar10, lo
 from .transforms import CanvasTransform
 from .voc import VOC2007
 
-# Seed streams: the train and test sets of one run seed draw from independent generators.
-TRAIN_STREAM, TEST_STREAM = 1, 2
+# Seed streams: the train and test sets of one run seed draw from independent generators (and so do
+# the multi-label test canvases of multilabel_test_set).
+TRAIN_STREAM, TEST_STREAM, MULTILABEL_TEST_STREAM = 1, 2, 3
 TRAIN_SCHEMES = tuple(scheme for scheme, subset in SCHEME_SUBSET.items() if subset == "train")
 TEST_SCHEMES = tuple(scheme for scheme, subset in SCHEME_SUBSET.items() if subset == "test")
 PHOTO_DATASETS = ("voc2007", "coco2014")  # the real-image sets (the others are composites)
@@ -101,6 +102,17 @@ def composite_bundle(train_pool: ObjectPool, test_pool: ObjectPool, options: Dat
     context = None if cooccurrence is None else cooccurrence.context_matrix()
     return DataBundle(train, test, train_pool.class_names, train.image_shape, mean, std, object_size, context,
                       _with_transform(train, CanvasTransform(mean, std)))  # fmt: skip
+
+
+def multilabel_test_set(bundle: DataBundle, options: DataOptions) -> Dataset:
+    """Test images that hold several labels, for Singh et al.'s exclusive / co-occur AP. Composites' test canvases
+    hold one object: for them, options.test_size canvases of the test objects drawn as the training canvases are
+    (labels per image, co-occurrence structure, grid). Photographs: their test set (multi-label in scheme "entire")."""
+    if not isinstance(bundle.test, SingleLabelCanvas):
+        return bundle.test
+    train, test = bundle.train, bundle.test
+    return CompositeMultiLabel(test.pool, train.labels_per_image, options.test_size, (options.seed, MULTILABEL_TEST_STREAM),
+                               test.transform, train.cooccurrence, test.grid)  # fmt: skip
 
 
 def _with_transform(dataset: Dataset, transform: Callable) -> Dataset:
