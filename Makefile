@@ -60,8 +60,8 @@ test-wheel: $(VENV)/.torch
 	else echo "test-wheel: no $(MISMATCH_TORCH) on the local disk, the real mismatch was not tried"; fi
 
 # Offline demo (indeed_ext/recipes/demo.py): contextual bias on real digits and what INDeeD's co-occurrence pairs
-# give back. MNIST's bundled test digits at half size on a 2x2 grid (ml-mnist-mini), 2 per training image, 6,000
-# training images, 3 epochs, the paper's CNN: the baseline on uniform label sets (pairs:0) and where digits come in
+# give back. MNIST's bundled test digits at half size on a 2x2 grid (ml-mnist-mini), 2 per training image, 4,000
+# training images, 2 epochs, the paper's CNN: the baseline on uniform label sets (pairs:0) and where digits come in
 # partner pairs (pairs:0.9), and INDeeD with --pairs cooccur there; seeds 0-2, 2 cells at a time, CPU. Prints the
 # bias and what INDeeD recovers, each with its paired 95 % interval, and each model's audit (indeed-bias); writes
 # runs/demo/demo.md and runs/demo/partner_scores.png. Re-running reads the finished cells back (rm -rf runs/demo).

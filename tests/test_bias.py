@@ -226,6 +226,14 @@ def test_demo_end_to_end_at_a_tiny_size(tmp_path, capsys):
     assert f"the baseline's loss from co-occurrence:  {sum(loss) / 2:+.1f} [" in text
     assert f'recovered by INDeeD with "cooccur" pairs:      {sum(gain) / 2:+.1f} [' in text
     assert (tmp_path / "partner_scores.png").stat().st_size > 0
+    assert any(line.startswith("  the bias ") and "; the recovery " in line for line in text.splitlines())
     with pytest.raises(SystemExit):
         demo.main(["--out", str(tmp_path), "--seeds", "0"])
     assert "at least 2 different seeds" in capsys.readouterr().err
+
+
+def test_demo_says_whether_each_effect_is_beyond_seed_noise():
+    assert demo.verdict("the bias", {"mean": 27.0, "low": 23.3, "high": 31.0}) == "the bias is beyond seed noise at this size (its interval excludes 0)"
+    assert "is beyond seed noise" in demo.verdict("x", {"mean": -5.0, "low": -9.0, "high": -1.0})
+    assert demo.verdict("the recovery", {"mean": 2.0, "low": -1.0, "high": 5.0}) == "the recovery is NOT beyond seed noise at this size (its interval holds 0)"
+    assert demo.verdict("x", {"mean": 2.0, "low": math.nan, "high": math.nan}) == "x: no interval"
