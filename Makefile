@@ -59,14 +59,14 @@ test-wheel: $(VENV)/.torch
 	    -c "$(CURDIR)/pyproject.toml" "$(CURDIR)/tests/test_packaging.py"; \
 	else echo "test-wheel: no $(MISMATCH_TORCH) on the local disk, the real mismatch was not tried"; fi
 
-# Offline demo: Baseline vs INDeeD (min-max) on ml-digits-7 (scikit-learn's bundled 8x8 digits, 7 per
-# 24x24 canvas; 2,000 training canvases, 5 epochs, simple-cnn-gap), 5 seeds, 2 at a time, CPU: about
-# 3 minutes on 2 cores (1.5 of them training). Prints both mAPs per seed and the paired difference with its 95 %
-# interval (runs/demo/study.md; the same grid as docs/studies/ml-digits-demo, see docs/EXPERIMENTS.md).
+# Offline demo (indeed_ext/recipes/demo.py): contextual bias on real digits and what INDeeD's co-occurrence pairs
+# give back. MNIST's bundled test digits at half size on a 2x2 grid (ml-mnist-mini), 2 per training image, 4,000
+# training images, 2 epochs, the paper's CNN: the baseline on uniform label sets (pairs:0) and where digits come in
+# partner pairs (pairs:0.9), and INDeeD with --pairs cooccur there; seeds 0-2, 2 cells at a time, CPU. Prints the
+# bias and what INDeeD recovers, each with its paired 95 % interval, and each model's audit (indeed-bias); writes
+# runs/demo/demo.md and runs/demo/partner_scores.png. Re-running reads the finished cells back (rm -rf runs/demo).
 demo: install
-	$(VENV)/bin/indeed-study --dataset ml-digits --labels-per-image 7 --runs baseline minmax --seeds 0 1 2 3 4 \
-	  --train-size 2000 --test-size 2000 --epochs 5 --device cpu --jobs 2 --out runs/demo
-	@cat runs/demo/study.md
+	$(PY) -m indeed_ext.recipes.demo --out runs/demo
 
 # The paper's Table 1 grid on ML-MNIST (docs/EXPERIMENTS.md): 4 N x 3 runs x 3 seeds, 3 epochs, CPU.
 # Resumable: re-run to continue; finished cells are read back. MNIST: the folder of the IDX files;

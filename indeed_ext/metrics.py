@@ -12,6 +12,7 @@ order of tied samples, and on tie-free scores equals ASL's number exactly.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -213,6 +214,125 @@ def exclusive_cooccur_ap(scores, targets, pairs) -> tuple[torch.Tensor, torch.Te
             results[row, i] = 100 * average_precision(scores[keep, b : b + 1], positives[keep, None].to(torch.float64))[0]
             results[2 + row, i] = positives.sum()
     return results[0], results[1], results[2].long(), results[3].long()
+
+
+# How bias_report ranked its pairs, by the inputs it was given.
+RANKINGS = {
+    "pairs": "the pairs given",
+    "train_scores": "the model's bias on the training images: b's mean score with c / without c",
+    "train_targets": "annotation co-occurrence: P(c | b) of the training labels",
+    "scores": "the model's bias on the evaluated images themselves: b's mean score with c / without c",
+}
+
+
+@dataclass(frozen=True)
+class BiasReport:
+    """Singh et al.'s exclusive / co-occur evaluation of K category pairs (b, c), the most biased first.
+
+    pairs (K, 2) int64; strength (K,) float64, the ranking's measure (P(c | b) or the bias ratio);
+    ranking: how the pairs were chosen (a RANKINGS value); exclusive_ap, cooccur_ap (K,) float64 in
+    percent, NaN where a pair has no such image; exclusive_images, cooccur_images, negative_images (K,)
+    int64: the positives of each AP and their common negatives (the images without b). An AP's chance
+    level is its share of positives, so exclusive and co-occur APs compare across models, not with
+    each other (co-occur images are usually the many).
+    """
+
+    pairs: torch.Tensor
+    strength: torch.Tensor
+    ranking: str
+    exclusive_ap: torch.Tensor
+    cooccur_ap: torch.Tensor
+    exclusive_images: torch.Tensor
+    cooccur_images: torch.Tensor
+    negative_images: torch.Tensor
+
+    @property
+    def exclusive_mAP(self) -> float:
+        """The mean exclusive AP (%) over the pairs that have exclusive images; NaN when none has."""
+        return _nanmean(self.exclusive_ap)
+
+    @property
+    def cooccur_mAP(self) -> float:
+        """The mean co-occur AP (%) over the pairs that have co-occur images; NaN when none has."""
+        return _nanmean(self.cooccur_ap)
+
+    def to_dict(self, class_names=None) -> dict:
+        """JSON-ready: {"ranking", "pairs": [{"b", "c", "strength", "exclusive_ap", "cooccur_ap", "exclusive_images",
+        "cooccur_images", "negative_images"}], "exclusive_mAP", "cooccur_mAP"}, NaN as None (indeed-train's
+        "exclusive_cooccur" layout, and the negatives);
+        b and c by class_names when given, else by index."""
+        name = (lambda k: k) if class_names is None else (lambda k: class_names[k])
+        rows = []
+        for i, (b, c) in enumerate(self.pairs.tolist()):
+            rows.append({
+                "b": name(b), "c": name(c), "strength": _json_float(self.strength[i]),
+                "exclusive_ap": _json_float(self.exclusive_ap[i]), "cooccur_ap": _json_float(self.cooccur_ap[i]),
+                "exclusive_images": int(self.exclusive_images[i]), "cooccur_images": int(self.cooccur_images[i]),
+                "negative_images": int(self.negative_images[i]),
+            })  # fmt: skip
+        return {"ranking": self.ranking, "pairs": rows, "exclusive_mAP": _json_float(self.exclusive_mAP),
+                "cooccur_mAP": _json_float(self.cooccur_mAP)}  # fmt: skip
+
+
+def _nanmean(values: torch.Tensor) -> float:
+    known = values[~values.isnan()]
+    return known.mean().item() if known.numel() else math.nan
+
+
+def _json_float(value) -> float | None:
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def bias_report(scores, targets, train_targets=None, k: int = DEFAULT_PAIRS, *, train_scores=None, pairs=None,
+                min_cooccurrence: float = MIN_COOCCURRENCE, min_images: int = 1) -> BiasReport:  # fmt: skip
+    """How much a multi-label model judges objects by their context, from scores it already gave.
+
+    scores (N, c): the model's probabilities on evaluation images with multi-hot targets (N, c). The
+    k most biased pairs (b, c) are ranked, in this order of preference, by:
+
+    - ``pairs`` (K, 2) when given: those pairs, strength NaN;
+    - ``train_scores`` with ``train_targets`` (M, c): the model's bias on its training images, Singh et
+      al.'s way (biased_pairs_by_scores);
+    - ``train_targets`` alone: the co-occurrence of the training labels, P(c | b)
+      (biased_pairs_by_cooccurrence; "the co-occurrence statistic");
+    - neither: the model's bias on the evaluation images themselves. The pairs are then chosen on the
+      images they are measured on, which favours pairs whose co-occur AP is above their exclusive AP.
+
+    Each pair gets b's exclusive and co-occur AP on the evaluation images (exclusive_cooccur_ap).
+    ValueError when the ranking finds no pair (no class b has a candidate c: in at least
+    ``min_cooccurrence`` of b's images, with ``min_images`` images of b with c and as many without).
+    """
+    classes = _as_matrix("scores", scores).shape[1]
+    for name, values in (("train_targets", train_targets), ("train_scores", train_scores)):
+        if values is not None and _as_matrix(name, values).shape[1] != classes:
+            raise ValueError(f"{name} must have the {classes} classes of scores, got shape {tuple(torch.as_tensor(values).shape)}")
+    if pairs is not None:
+        pairs = torch.as_tensor(pairs).detach().cpu()
+        ranking = "pairs"
+    elif train_scores is not None:
+        if train_targets is None:
+            raise ValueError("train_scores rank the pairs against their images' labels: give train_targets too")
+        pairs, strength = biased_pairs_by_scores(train_scores, train_targets, k, min_cooccurrence, min_images)
+        ranking, ranked_on = "train_scores", train_targets
+    elif train_targets is not None:
+        pairs, strength = biased_pairs_by_cooccurrence(train_targets, k, min_cooccurrence, min_images)
+        ranking, ranked_on = "train_targets", train_targets
+    else:
+        pairs, strength = biased_pairs_by_scores(scores, targets, k, min_cooccurrence, min_images)
+        ranking, ranked_on = "scores", targets
+    if ranking != "pairs" and pairs.shape[0] == 0:
+        labels = _multi_hot("targets", ranked_on)
+        raise ValueError(
+            f"no biased pair among the {classes} classes ({RANKINGS[ranking]}): no class b has a class c in at least "
+            f"{min_cooccurrence:.0%} of b's images, with at least {min_images} image(s) of b with c and as many without "
+            f"(of {labels.shape[0]} images; e.g. each holds one label)"
+        )
+    exclusive, cooccur, n_exclusive, n_cooccur = exclusive_cooccur_ap(scores, targets, pairs)  # validates given pairs
+    if ranking == "pairs":
+        strength = torch.full((pairs.shape[0],), math.nan, dtype=torch.float64)
+    negatives = (_multi_hot("targets", targets) < 0.5).sum(0)[pairs[:, 0].long()]
+    return BiasReport(pairs.long(), strength, RANKINGS[ranking], exclusive, cooccur, n_exclusive, n_cooccur, negatives)
 
 
 def ap_table_markdown(rows: dict, class_names) -> str:

@@ -1,6 +1,8 @@
 """indeed_ext.recipes.data: readers on tiny files in the real formats, composite layouts, errors."""
 import gzip
+import hashlib
 import os
+import shutil
 import pickle
 import struct
 
@@ -17,6 +19,7 @@ from indeed_ext.recipes.data import (
     ObjectPool,
     SingleLabelCanvas,
     build_dataset,
+    downscale_pool,
     load_cifar10,
     load_mnist,
     read_idx,
@@ -127,6 +130,61 @@ def test_ml_mnist_split_test_set_uses_disjoint_test_digits(tmp_path):
         build_dataset("ml-mnist", DataOptions(root=str(tmp_path)))
 
 
+# The published MD5s of the decompressed t10k files (bundled_mnist/README.md).
+BUNDLED_MD5 = {"t10k-images-idx3-ubyte.gz": "2646ac647ad5339dbf082846283269ea", "t10k-labels-idx1-ubyte.gz": "27ae3e4e09519cfbb04c329615203637"}
+
+
+def test_bundled_mnist_is_the_published_test_set():
+    from indeed_ext.recipes.data.sources import BUNDLED_MNIST
+
+    for name, md5 in BUNDLED_MD5.items():
+        with gzip.open(os.path.join(BUNDLED_MNIST, name), "rb") as f:
+            assert hashlib.md5(f.read()).hexdigest() == md5, name
+    pool = load_mnist(BUNDLED_MNIST, "test")
+    assert pool.images.shape == (10000, 1, 28, 28)
+    # MNIST's t10k class counts
+    assert torch.bincount(pool.labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_ml_mnist_reads_the_bundled_digits_without_a_root(tmp_path):
+    """No root: the bundled t10k digits, split 8,000 / 2,000 exactly as --root COPY --split-test-set splits a copy."""
+    from indeed_ext.recipes.data.sources import BUNDLED_MNIST
+
+    options = DataOptions(labels_per_image=2, train_size=4, test_size=4)
+    bundle = build_dataset("ml-mnist", options)
+    assert bundle.image_shape == (1, 84, 84) and (len(bundle.train.pool), len(bundle.test.pool)) == (8000, 2000)
+    for name in BUNDLED_MD5:
+        shutil.copy(os.path.join(BUNDLED_MNIST, name), tmp_path)
+    copy = build_dataset("ml-mnist", DataOptions(root=str(tmp_path), split_test_set=True, labels_per_image=2, train_size=4, test_size=4))
+    for ours, theirs in ((bundle.train, copy.train), (bundle.test, copy.test)):
+        assert torch.equal(ours.pool.images, theirs.pool.images) and torch.equal(ours.pool.labels, theirs.pool.labels)
+    assert all(torch.equal(bundle.train[i][0], copy.train[i][0]) for i in range(4))
+    with pytest.raises(FileNotFoundError, match="train-images"):  # a root without training files still needs the flag
+        build_dataset("ml-mnist", DataOptions(root=str(tmp_path)))
+
+
+def test_ml_mnist_mini_halves_the_digits_on_a_2x2_grid():
+    bundle = build_dataset("ml-mnist-mini", DataOptions(labels_per_image=2, train_size=4, test_size=4))
+    full = build_dataset("ml-mnist", DataOptions(labels_per_image=2, train_size=4, test_size=4))
+    assert bundle.image_shape == (1, 28, 28) and bundle.object_size == 14 and bundle.train.grid == 2
+    assert torch.equal(bundle.train.pool.labels, full.train.pool.labels)
+    assert torch.equal(bundle.train.pool.images, downscale_pool(full.train.pool, 2).images)
+    with pytest.raises(ValueError, match="between 1 and 4"):
+        build_dataset("ml-mnist-mini", DataOptions(labels_per_image=5))
+
+
+def test_downscale_pool():
+    images = torch.tensor([[1, 2, 10, 10], [3, 4, 10, 11], [0, 0, 255, 255], [0, 1, 255, 255]], dtype=torch.uint8).view(1, 1, 4, 4)
+    pool = ObjectPool(images, torch.tensor([0]), ("a",))
+    # block means 2.5, 10.25, 0.25, 255, rounded half to even
+    assert downscale_pool(pool, 2).images.flatten().tolist() == [2, 10, 0, 255]
+    assert torch.equal(downscale_pool(pool, 1).images, images)
+    with pytest.raises(ValueError, match="do not divide into 3x3 blocks"):
+        downscale_pool(pool, 3)
+    with pytest.raises(ValueError, match="int >= 1"):
+        downscale_pool(pool, 0)
+
+
 # ----------------------------------------------------------------------------- CIFAR-10
 def write_cifar_batch(path, count, seed):
     rng = np.random.default_rng(seed)
@@ -183,11 +241,11 @@ def marked_pool(num_classes=10, per_class=3, size=2):
     return ObjectPool(images, labels, tuple(str(i) for i in range(num_classes)))
 
 
-def decode_cells(canvas, size=2):
+def decode_cells(canvas, size=2, grid=GRID):
     """{cell: label} of the non-empty cells; asserts every cell is uniform."""
     cells = {}
-    for cell in range(GRID * GRID):
-        row, col = divmod(cell, GRID)
+    for cell in range(grid * grid):
+        row, col = divmod(cell, grid)
         block = canvas[0, row * size : (row + 1) * size, col * size : (col + 1) * size]
         assert (block == block[0, 0]).all()
         if block[0, 0] > 0:
@@ -208,6 +266,25 @@ def test_composite_layout(n):
         assert target.sum() == n and target.dtype == torch.float32
         cells_used |= set(cells)
     assert cells_used == set(range(9))
+
+
+def test_composite_layout_on_a_2x2_grid():
+    """grid=2: canvases of 2 x 2 objects, every layout drawn as on the 3 x 3 grid; N is capped by the 4 cells."""
+    data = CompositeMultiLabel(marked_pool(), 3, size=40, seed=(5, 1), grid=2)
+    assert data.image_shape == (1, 4, 4)
+    cells_used = set()
+    for i in range(len(data)):
+        canvas, target = data[i]
+        cells = decode_cells(canvas, grid=2)
+        assert len(cells) == 3 and sorted(cells.values()) == torch.nonzero(target).flatten().tolist()
+        cells_used |= set(cells)
+    assert cells_used == set(range(4))
+    test = SingleLabelCanvas(marked_pool(), size=50, seed=3, grid=2)
+    assert {c for i in range(50) for c in decode_cells(test[i][0], grid=2)} == set(range(4))
+    with pytest.raises(ValueError, match="between 1 and 4"):
+        CompositeMultiLabel(marked_pool(), 5, size=4, seed=0, grid=2)
+    with pytest.raises(ValueError, match="grid must be an int >= 1"):
+        SingleLabelCanvas(marked_pool(), size=4, seed=0, grid=0)
 
 
 def test_composite_deterministic_by_seed_and_index():
@@ -270,7 +347,7 @@ def test_registry_errors():
     with pytest.raises(ValueError, match="unknown dataset 'nope'"):
         build_dataset("nope", DataOptions())
     with pytest.raises(ValueError, match="give their folder as root"):
-        build_dataset("ml-mnist", DataOptions())
+        build_dataset("ml-cifar10", DataOptions())
     with pytest.raises(ValueError, match="already registered"):
         register_dataset("ml-digits")(lambda options: None)
 

@@ -262,6 +262,14 @@ def test_pyproject_train_extra_and_console_scripts():
         assert callable(getattr(cli, function))
 
 
+def test_the_bundled_mnist_digits_are_package_data():
+    """ml-mnist's offline digits and their licence travel with the package (the wheel's too)."""
+    folder = PACKAGE / "recipes" / "data" / "bundled_mnist"
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "README.md"):
+        assert (folder / name).is_file(), name
+    assert "CC BY-SA 3.0" in (folder / "README.md").read_text()
+
+
 def test_console_script_without_the_train_extra(tmp_path):
     """No traceback: the missing modules and the install command, exit status 1."""
     hidden = ["PIL", "scipy"]

@@ -135,6 +135,28 @@ def test_compile_uses_cuda_graphs_on_one_gpu(monkeypatch):
     assert modes == ["reduce-overhead", None, None], "CUDA graphs on one GPU; not under DDP, not on the CPU"
 
 
+def test_cuda_graph_steps_are_marked_for_compiled_models_only(monkeypatch):
+    """cudagraph_mark_step_begin imports torch._inductor (seconds a process): only a torch.compile model, also under
+    DistributedDataParallel's .module, marks its steps; an eager CPU run does not import its cudagraph_trees."""
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    model = torch.nn.Linear(2, 2)
+    wrapper = torch.nn.Module()
+    wrapper.module = torch.compile(model)
+    assert not engine.compiled(model) and engine.compiled(wrapper.module) and engine.compiled(wrapper)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(6, 2), torch.ones(6, 2)), batch_size=2)
+    engine.predict_scores(model, loader, device=torch.device("cpu"))
+    assert marks == []
+    monkeypatch.setattr(engine, "compiled", lambda model: True)
+    engine.predict_scores(model, loader, device=torch.device("cpu"))
+    assert marks == [1, 1, 1]
+    code = ("import sys, torch; from indeed_ext.recipes import engine; "
+            "loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 2), torch.ones(4, 2)), batch_size=2); "
+            "engine.predict_scores(torch.nn.Linear(2, 2), loader, device=torch.device('cpu')); "
+            "assert 'torch._inductor.cudagraph_trees' not in sys.modules, 'an eager CPU run imported cudagraph_trees'")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_lam_warmup_schedule():
     """Linear per step from 0 at the first batch to lam after warmup_epochs epochs, then constant."""
     lam = engine.warmed_up_lam
@@ -320,7 +342,7 @@ def test_predict_bad_input(tmp_path, capsys):
 
 
 BAD_INPUTS = [
-    (["--dataset", "ml-mnist"], "give their folder as root"),
+    (["--dataset", "ml-cifar10"], "give their folder as root"),
     (["--dataset", "ml-mnist", "--root", "/nonexistent/folder"], "is not a folder"),
     (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
     (["--backbone", "alexnet"], "unknown backbone 'alexnet'"),

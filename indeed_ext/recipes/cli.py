@@ -1,4 +1,4 @@
-"""The console scripts indeed-train, -predict, -cam and -study.
+"""The console scripts indeed-train, -predict, -cam, -study and -bias.
 
 The recipes need the train extra, which a plain `pip install indeed-ext` leaves out: each
 script first checks that its modules are installed and, if one is not, exits naming it and
@@ -49,3 +49,7 @@ def cam() -> int:
 
 def study() -> int:
     return _run("indeed-study", "study")
+
+
+def bias() -> int:
+    return _run("indeed-bias", "bias")

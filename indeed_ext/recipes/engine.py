@@ -112,6 +112,15 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- one epoch
+def compiled(model: nn.Module) -> bool:
+    """Whether model, or a module it wraps (DistributedDataParallel), is a torch.compile module."""
+    while not hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None)
+        if not isinstance(model, nn.Module):
+            return False
+    return True
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -141,9 +150,13 @@ def train_one_epoch(
     classifier = unwrap(model).classifier
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, orig, ident, disp; summed on the device
     batches = 0
+    # A new step: CUDA graphs (torch.compile's reduce-overhead) may reuse the last step's outputs. Only for a compiled
+    # model: the call imports torch._inductor, about 3 s a process on the CPU (a third of a make demo cell's start).
+    mark_step = compiled(model)
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress)
     for step, (images, targets) in enumerate(bar):
-        torch.compiler.cudagraph_mark_step_begin()  # a new step: CUDA graphs may reuse the last step's outputs
+        if mark_step:
+            torch.compiler.cudagraph_mark_step_begin()
         if lam_at is not None:
             criterion.lam = lam_at(step)
         images = images.to(device, non_blocking=True, memory_format=memory_format)
@@ -185,8 +198,10 @@ def predict_scores(
     """
     model.eval()
     scores, targets = [], []
+    mark_step = compiled(model)  # as in train_one_epoch
     for images, target in tqdm(loader, desc="eval", leave=False, dynamic_ncols=True, disable=not progress):
-        torch.compiler.cudagraph_mark_step_begin()
+        if mark_step:
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images.to(device, non_blocking=True, memory_format=memory_format))
         scores.append(torch.sigmoid(logits.float()).cpu())

@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default="ml-digits", choices=sorted(DATASETS), help="composite set; ml-digits needs no files")
-    data.add_argument("--root", metavar="PATH", help="folder of the source files (ml-mnist: MNIST/raw/ or the IDX files; ml-cifar10: cifar-10-batches-py/)")
+    data.add_argument("--root", metavar="PATH", help="folder of the source files (ml-mnist, ml-mnist-mini: MNIST/raw/ or the IDX files, else the bundled MNIST test digits; ml-cifar10: cifar-10-batches-py/)")
     data.add_argument("--split-test-set", action="store_true", help="build train and test objects from the test files only (disjoint 80/20 split), e.g. for the MNIST t10k files alone")
     data.add_argument("--labels-per-image", metavar="N", type=_number(int, 1), default=3, help="N objects of N distinct labels per training image (1..min(9, classes))")
     data.add_argument("--cooccur", metavar="SPEC", type=_cooccur_spec,

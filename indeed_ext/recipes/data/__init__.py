@@ -2,7 +2,7 @@
 from .composite import GRID, CompositeMultiLabel, SingleLabelCanvas
 from .cooccur import CooccurSpec, Cooccurrence
 from .registry import DATASETS, DataBundle, DataOptions, build_dataset, composite_bundle, register_dataset
-from .sources import ObjectPool, load_cifar10, load_mnist, load_sklearn_digits, read_cifar_batch, read_idx, split_pool
+from .sources import ObjectPool, downscale_pool, load_cifar10, load_mnist, load_sklearn_digits, read_cifar_batch, read_idx, split_pool
 from .transforms import CanvasTransform, Cutout
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "SingleLabelCanvas",
     "build_dataset",
     "composite_bundle",
+    "downscale_pool",
     "load_cifar10",
     "load_mnist",
     "load_sklearn_digits",

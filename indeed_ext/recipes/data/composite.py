@@ -1,7 +1,7 @@
 """Composite multi-label images (the paper's Fig. 2) built lazily from an ObjectPool.
 
-A canvas is a GRID x GRID grid of cells, each the size of one object (3H x 3W for
-a 3x3 grid). A training image holds N objects of N distinct labels in N distinct
+A canvas is a grid x grid grid of cells (GRID = 3 unless a set is built with another), each
+the size of one object (3H x 3W for a 3x3 grid). A training image holds N objects of N distinct labels in N distinct
 random cells, the other cells empty (zeros); a single-label test image holds one object
 in a random cell. Item i depends only on (seed, i): a numpy generator seeded with both
 picks the labels, the cells and the objects (``seed`` is an int or a tuple of ints, e.g.
@@ -24,14 +24,16 @@ GRID = 3
 
 
 class _CanvasSet(Dataset):
-    def __init__(self, pool: ObjectPool, size: int, seed: int | tuple[int, ...], transform: Callable | None = None):
+    def __init__(self, pool: ObjectPool, size: int, seed: int | tuple[int, ...], transform: Callable | None = None, grid: int = GRID):
         if size < 1:
             raise ValueError(f"a data set needs at least one image, got size {size}")
+        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+            raise ValueError(f"the grid must be an int >= 1 (cells per side), got {grid!r}")
         counts = torch.bincount(pool.labels, minlength=len(pool.class_names))
         if (counts == 0).any():
             missing = [pool.class_names[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
             raise ValueError(f"the object pool has no object of class(es) {missing}")
-        self.pool, self.size, self.transform = pool, size, transform
+        self.pool, self.size, self.transform, self.grid = pool, size, transform, grid
         self.seed = tuple(seed) if isinstance(seed, (tuple, list)) else (seed,)
         order = torch.argsort(pool.labels, stable=True)
         self._class_objects = torch.split(order, counts.tolist())  # object indices per class
@@ -40,7 +42,7 @@ class _CanvasSet(Dataset):
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return (self.channels, GRID * self.object_h, GRID * self.object_w)
+        return (self.channels, self.grid * self.object_h, self.grid * self.object_w)
 
     def __len__(self) -> int:
         return self.size
@@ -50,14 +52,14 @@ class _CanvasSet(Dataset):
         raise NotImplementedError
 
     def canvas(self, index: int) -> torch.Tensor:
-        """The uint8 canvas (C, 3H, 3W) of item ``index``, before the transform."""
+        """The uint8 canvas (C, grid H, grid W) of item ``index``, before the transform."""
         return self._paint(*self.layout(index)[1:])
 
     def _paint(self, cells: np.ndarray, objects: np.ndarray) -> torch.Tensor:
         image = torch.zeros(self.image_shape, dtype=torch.uint8)
         h, w = self.object_h, self.object_w
         for cell, obj in zip(cells.tolist(), objects.tolist()):
-            row, col = divmod(cell, GRID)
+            row, col = divmod(cell, self.grid)
             image[:, row * h : (row + 1) * h, col * w : (col + 1) * w] = self.pool.images[obj]
         return image
 
@@ -86,12 +88,12 @@ class CompositeMultiLabel(_CanvasSet):
 
     def __init__(
         self, pool: ObjectPool, labels_per_image: int, size: int, seed: int | tuple[int, ...], transform: Callable | None = None,
-        cooccurrence: Cooccurrence | None = None,
+        cooccurrence: Cooccurrence | None = None, grid: int = GRID,
     ):
-        super().__init__(pool, size, seed, transform)
-        limit = min(GRID * GRID, self.num_classes)
+        super().__init__(pool, size, seed, transform, grid)
+        limit = min(grid * grid, self.num_classes)
         if not 1 <= labels_per_image <= limit:
-            raise ValueError(f"labels per image must be between 1 and {limit} (min of {GRID * GRID} cells and {self.num_classes} classes), got {labels_per_image}")
+            raise ValueError(f"labels per image must be between 1 and {limit} (min of {grid * grid} cells and {self.num_classes} classes), got {labels_per_image}")
         if cooccurrence is not None and cooccurrence.num_classes != self.num_classes:
             raise ValueError(f"the co-occurrence structure is over {cooccurrence.num_classes} classes, the pool has {self.num_classes}")
         self.labels_per_image, self.cooccurrence = labels_per_image, cooccurrence
@@ -105,7 +107,7 @@ class CompositeMultiLabel(_CanvasSet):
     def layout(self, index: int):
         rng = self._rng(index)
         labels = self._labels(rng)
-        cells = rng.choice(GRID * GRID, self.labels_per_image, replace=False)
+        cells = rng.choice(self.grid * self.grid, self.labels_per_image, replace=False)
         return labels, cells, self._pick_objects(rng, labels)
 
     @property
@@ -125,5 +127,5 @@ class SingleLabelCanvas(_CanvasSet):
     def layout(self, index: int):
         rng = self._rng(index)
         labels = rng.integers(self.num_classes, size=1)
-        cells = rng.integers(GRID * GRID, size=1)
+        cells = rng.integers(self.grid * self.grid, size=1)
         return labels, cells, self._pick_objects(rng, labels)

@@ -3,8 +3,10 @@
 New data sets register a builder with ``@register_dataset("name")``; the driver looks
 them up by the name given to ``--dataset``.
 
-- Composite sets (ml-digits, ml-mnist, ml-cifar10): train_size composite canvases of
-  labels_per_image objects, test_size single-object canvases. cooccur: a co-occurrence
+- Composite sets (ml-digits, ml-mnist, ml-mnist-mini, ml-cifar10): train_size composite canvases of
+  labels_per_image objects, test_size single-object canvases. ml-mnist without a root
+  reads the bundled MNIST test digits (sources.BUNDLED_MNIST), split into train and test
+  digits as with split_test_set. cooccur: a co-occurrence
   SPEC for the training label sets (cooccur.py), None for uniform ones.
 - Photographs (voc2007, coco2014): the local copy under root, in the train scheme
   ("all" or "split") and the test scheme ("single" or "entire") of images.SCHEMES,
@@ -22,15 +24,16 @@ import torch
 from torch.utils.data import Dataset
 
 from .coco import COCO2014
-from .composite import CompositeMultiLabel, SingleLabelCanvas
+from .composite import GRID, CompositeMultiLabel, SingleLabelCanvas
 from .cooccur import CooccurSpec
 from .images import IMAGENET_MEAN, IMAGENET_STD, SCHEME_SUBSET, eval_transform, train_transform
-from .sources import ObjectPool, load_cifar10, load_mnist, load_sklearn_digits, split_pool
+from .sources import BUNDLED_MNIST, ObjectPool, downscale_pool, load_cifar10, load_mnist, load_sklearn_digits, split_pool
 from .transforms import CanvasTransform
 from .voc import VOC2007
 
-# Seed streams: the train and test sets of one run seed draw from independent generators.
-TRAIN_STREAM, TEST_STREAM = 1, 2
+# Seed streams: the train and test sets of one run seed draw from independent generators (and so do
+# the multi-label test canvases of multilabel_test_set).
+TRAIN_STREAM, TEST_STREAM, MULTILABEL_TEST_STREAM = 1, 2, 3
 TRAIN_SCHEMES = tuple(scheme for scheme, subset in SCHEME_SUBSET.items() if subset == "train")
 TEST_SCHEMES = tuple(scheme for scheme, subset in SCHEME_SUBSET.items() if subset == "test")
 PHOTO_DATASETS = ("voc2007", "coco2014")  # the real-image sets (the others are composites)
@@ -86,19 +89,30 @@ def build_dataset(name: str, options: DataOptions) -> DataBundle:
     return DATASETS[name](options)
 
 
-def composite_bundle(train_pool: ObjectPool, test_pool: ObjectPool, options: DataOptions, mean, std) -> DataBundle:
-    """Composite training canvases and single-label test canvases of two object pools."""
+def composite_bundle(train_pool: ObjectPool, test_pool: ObjectPool, options: DataOptions, mean, std, grid: int = GRID) -> DataBundle:
+    """Composite training canvases and single-label test canvases of two object pools, grid x grid cells."""
     mean, std = tuple(mean), tuple(std)
     train_transform = CanvasTransform(mean, std, options.cutout, options.randaugment)
     cooccurrence = None if options.cooccur is None else CooccurSpec.parse(options.cooccur).resolve(len(train_pool.class_names))
     train = CompositeMultiLabel(
-        train_pool, options.labels_per_image, options.train_size, (options.seed, TRAIN_STREAM), train_transform, cooccurrence
+        train_pool, options.labels_per_image, options.train_size, (options.seed, TRAIN_STREAM), train_transform, cooccurrence, grid
     )
-    test = SingleLabelCanvas(test_pool, options.test_size, (options.seed, TEST_STREAM), CanvasTransform(mean, std))
+    test = SingleLabelCanvas(test_pool, options.test_size, (options.seed, TEST_STREAM), CanvasTransform(mean, std), grid)
     object_size = max(train.object_h, train.object_w)
     context = None if cooccurrence is None else cooccurrence.context_matrix()
     return DataBundle(train, test, train_pool.class_names, train.image_shape, mean, std, object_size, context,
                       _with_transform(train, CanvasTransform(mean, std)))  # fmt: skip
+
+
+def multilabel_test_set(bundle: DataBundle, options: DataOptions) -> Dataset:
+    """Test images that hold several labels, for Singh et al.'s exclusive / co-occur AP. Composites' test canvases
+    hold one object: for them, options.test_size canvases of the test objects drawn as the training canvases are
+    (labels per image, co-occurrence structure, grid). Photographs: their test set (multi-label in scheme "entire")."""
+    if not isinstance(bundle.test, SingleLabelCanvas):
+        return bundle.test
+    train, test = bundle.train, bundle.test
+    return CompositeMultiLabel(test.pool, train.labels_per_image, options.test_size, (options.seed, MULTILABEL_TEST_STREAM),
+                               test.transform, train.cooccurrence, test.grid)  # fmt: skip
 
 
 def _with_transform(dataset: Dataset, transform: Callable) -> Dataset:
@@ -126,11 +140,25 @@ def ml_digits(options: DataOptions) -> DataBundle:
     return composite_bundle(*split_pool(load_sklearn_digits()), options, mean=(0.0,), std=(1.0,))
 
 
+def _mnist_pools(options: DataOptions) -> tuple[ObjectPool, ObjectPool]:
+    """MNIST's digits from the IDX files under root, else the bundled test digits (one file set: split)."""
+    if options.root is None:
+        return split_pool(load_mnist(BUNDLED_MNIST, "test"))
+    return _file_pools(load_mnist, options.root, options.split_test_set)
+
+
 @register_dataset("ml-mnist")
 def ml_mnist(options: DataOptions) -> DataBundle:
-    """MNIST digits from IDX files; canvases 84x84."""
-    pools = _file_pools(load_mnist, _require_root("ml-mnist", options), options.split_test_set)
-    return composite_bundle(*pools, options, mean=(0.0,), std=(1.0,))
+    """MNIST digits (28 px) from the IDX files under root, else the bundled test digits; canvases 84x84."""
+    return composite_bundle(*_mnist_pools(options), options, mean=(0.0,), std=(1.0,))
+
+
+@register_dataset("ml-mnist-mini")
+def ml_mnist_mini(options: DataOptions) -> DataBundle:
+    """ml-mnist at a ninth of the pixels, make demo's set: the digits halved to 14 px (means of 2x2 blocks) on a
+    2x2 grid, canvases 28x28 (at most 4 labels per image)."""
+    pools = [downscale_pool(pool, 2) for pool in _mnist_pools(options)]
+    return composite_bundle(*pools, options, mean=(0.0,), std=(1.0,), grid=2)
 
 
 @register_dataset("ml-cifar10")

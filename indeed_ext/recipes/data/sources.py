@@ -3,6 +3,8 @@
 Each source gives an ObjectPool per split: uint8 images (K, C, h, w) and int64 labels (K,).
 - MNIST: IDX files, looked up in torchvision's layout ROOT/MNIST/raw/ and then in ROOT
   itself, each file extracted or gzipped (.gz). Read here; torchvision's downloader is not used.
+  MNIST's 10,000 test digits ship with the package (BUNDLED_MNIST; bundled_mnist/README.md
+  gives their source, checksums and licence), so ml-mnist works offline from a fresh clone.
 - CIFAR-10: the python pickle batches in ROOT/cifar-10-batches-py/.
 - sklearn digits: scikit-learn's bundled 8x8 digits (1,797 images, no files).
 
@@ -26,6 +28,8 @@ MNIST_LAYOUT = "ROOT/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]
 CIFAR10_LAYOUT = "ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch} (the CIFAR-10 python version)"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
+# The t10k IDX files of MNIST as distributed (CC BY-SA 3.0, Y. LeCun and C. Cortes): read when no root is given.
+BUNDLED_MNIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundled_mnist")
 
 # Fraction of a single file set that becomes the test pool, and the fixed seed of the
 # permutation that splits it (independent of the run seed, see the module docstring).
@@ -70,6 +74,17 @@ def split_pool(pool: ObjectPool, test_fraction: float = TEST_POOL_FRACTION) -> t
         members = order[labels[order] == k]
         in_test[members[: min(len(members) - 1, max(1, round(len(members) * test_fraction)))]] = True
     return pool.subset(np.flatnonzero(~in_test)), pool.subset(np.flatnonzero(in_test))
+
+
+def downscale_pool(pool: ObjectPool, factor: int) -> ObjectPool:
+    """The objects at 1/factor of their side: the means of factor x factor blocks, rounded (e.g. MNIST's 28 px digits at 14 px)."""
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"downscale factor must be an int >= 1, got {factor!r}")
+    h, w = pool.images.shape[-2:]
+    if h % factor or w % factor:
+        raise ValueError(f"objects of {h}x{w} px do not divide into {factor}x{factor} blocks")
+    images = torch.nn.functional.avg_pool2d(pool.images.float(), factor).round().to(torch.uint8)
+    return ObjectPool(images, pool.labels, pool.class_names)
 
 
 # ----------------------------------------------------------------------------- IDX (MNIST)
