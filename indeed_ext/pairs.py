@@ -310,13 +310,24 @@ class CooccurrenceStatistic(nn.Module):
     def _forget_weights(self) -> None:
         self._weights, self._updates_since = None, 0  # see weights()
 
-    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(): the cached weights stay behind; recompute them
-        self._forget_weights()
+    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(): the cached weights move with the buffers
+        if self._weights is not None:
+            self._weights = fn(self._weights)
         return super()._apply(fn, *args, **kwargs)
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._forget_weights()
-        super()._load_from_state_dict(*args, **kwargs)
+    def get_extra_state(self) -> dict:
+        """The cached weights and their age, in the state_dict: a resumed run mines the pairs an unbroken one would."""
+        return {"weights": self._weights, "updates_since": self._updates_since}
+
+    def set_extra_state(self, state: dict) -> None:
+        weights = state["weights"]
+        self._weights = None if weights is None else weights.to(self.counts.device)
+        self._updates_since = state["updates_since"]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A state_dict from before the cache (2026-12-07) has no extra state: recompute at the next call.
+        state_dict.setdefault(prefix + "_extra_state", {"weights": None, "updates_since": 0})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _labels(self, name: str, targets: torch.Tensor) -> torch.Tensor:
         if not isinstance(targets, torch.Tensor) or targets.dim() != 2 or targets.shape[1] != self.num_classes:
@@ -367,10 +378,11 @@ class CooccurrenceStatistic(nn.Module):
 
     def weights(self) -> torch.Tensor:
         """contrast_weights() as computed at most refresh - 1 updates ago: recomputed at the first call,
-        once refresh updates have passed since, and after seed_from_labels, reset, load_state_dict or a
-        move. refresh = 1 is always current. Why: the weights are ~50 small aten ops, a third of an eager
-        step's dispatches, and a statistic of thousands of samples moves little in a few batches. Under
-        torch.compile they are recomputed at every call (fused into the graph, they cost no dispatch)."""
+        once refresh updates have passed since, and after seed_from_labels, reset, or loading a state_dict
+        without them (the cache and its age are in the state_dict). refresh = 1 is always current. Why:
+        the weights are ~45 small aten ops, a third of an eager step's dispatches, and a statistic of
+        thousands of samples moves little in a few batches. Under torch.compile they are recomputed at
+        every call (fused into the graph, they cost no dispatch)."""
         if torch.compiler.is_compiling():
             return self.contrast_weights()
         if self._weights is None or self._updates_since >= self.refresh:

@@ -115,7 +115,7 @@ def test_state_dict_round_trip():
     s.update(LABELS)
     copy = CooccurrenceStatistic(4, "lift", 1.0)
     copy.load_state_dict(s.state_dict())
-    assert set(s.state_dict()) == {"counts", "samples"}
+    assert set(s.state_dict()) == {"counts", "samples", "_extra_state"}  # the extra state: the cached weights
     assert torch.equal(copy.counts, s.counts) and torch.equal(copy.samples, s.samples)
     assert torch.equal(copy.contrast_weights(), s.contrast_weights())
 
@@ -182,7 +182,17 @@ def test_weights_are_refreshed_every_refresh_updates():
     restored.load_state_dict(s.state_dict())
     assert torch.equal(restored.weights(), s.contrast_weights())
     s = CooccurrenceStatistic(4, z=0.0, refresh=100)
-    for forget in (lambda: s.seed_from_labels(LABELS), s.reset, lambda: s.to(torch.float64)):
+    s.update(LABELS)
+    cached = s.weights()
+    s.update(LABELS[:2])
+    moved = CooccurrenceStatistic(4, z=0.0, refresh=100)
+    moved.load_state_dict(s.state_dict())
+    moved.to(torch.float64)
+    assert torch.equal(moved.weights(), cached), "a state_dict and a move keep the cache and its age"
+    old_state = {k: v for k, v in s.state_dict().items() if k != "_extra_state"}  # before 2026-12-07
+    moved.load_state_dict(old_state)
+    assert torch.equal(moved.weights(), s.contrast_weights()), "no cache in the state: recomputed"
+    for forget in (lambda: s.seed_from_labels(LABELS), s.reset):
         s.update(LABELS)
         s.weights()
         s.update(LABELS[:2])
@@ -210,7 +220,7 @@ def test_loss_learns_the_statistic_in_training_mode_only():
     criterion.eval()
     criterion(features, targets, classifier)
     assert criterion.cooccurrence.samples.item() == 2 * 24
-    assert set(criterion.state_dict()) == {"cooccurrence.counts", "cooccurrence.samples"}
+    assert set(criterion.state_dict()) == {"cooccurrence.counts", "cooccurrence.samples", "cooccurrence._extra_state"}
     assert INDeeDLoss().state_dict() == {}
 
 
