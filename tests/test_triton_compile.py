@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 KERNELS = {
     "_pair_forward_kernel", "_pair_backward_kernel", "_linear_kernel", "_six_head_forward_kernel",
     "_grad_logits_kernel", "_grad_m_kernel", "_grad_features_kernel", "_grad_weight_kernel",
-    "_pack_labels_kernel", "_mine_pairs_kernel", "_co_counts_kernel", "_contrast_tables_kernel",
+    "_pack_labels_kernel", "_mine_pairs_kernel", "_co_counts_kernel", "_contrast_tables_kernel", "_row_totals_kernel",
+    "_load_shares_kernel",
 }
 
 

@@ -51,6 +51,7 @@ from triton.runtime.jit import JITFunction  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from indeed_ext.triton import decompose as pair_kernels  # noqa: E402
 from indeed_ext.triton import mine_pairs as mine_pairs_kernels  # noqa: E402
+from indeed_ext.reference import DEFAULT_LOAD_CAP  # noqa: E402
 from indeed_ext.triton import six_head_loss as six_head_kernels  # noqa: E402
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -159,14 +160,15 @@ def cases(dtype, norm):
 
 def mine_pairs_cases():
     """(label, launch) for mine_pairs and mine_pairs_cooccur: one kernel variant per targets dtype
-    (W, B and c are runtime values)."""
+    (W, B and c are runtime values), and "cooccur" with and without its load cap."""
     weights = torch.randint(0, 2**16 + 1, (130, 130))
     for dtype in DTYPES + (torch.bool,):
         targets = torch.rand(40, 130) < 0.3 if dtype == torch.bool else torch.rand(40, 130, dtype=dtype)
         name = str(dtype).removeprefix('torch.')
         yield f"mine_pairs {name}", functools.partial(mine_pairs_kernels.mine_pairs, targets, torch.tensor(1))
-        yield f"mine_pairs_cooccur {name}", functools.partial(
-            mine_pairs_kernels.mine_pairs_cooccur, targets, torch.tensor(1), weights)
+        for load_cap in (DEFAULT_LOAD_CAP,) if dtype != torch.float32 else (DEFAULT_LOAD_CAP, 0):  # capped, and without
+            yield f"mine_pairs_cooccur {name} load_cap={load_cap}", functools.partial(
+                mine_pairs_kernels.mine_pairs_cooccur, targets, torch.tensor(1), weights, load_cap)
 
 
 def check(arch: int) -> tuple[list[dict], list[str]]:
