@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _checks, ops, reference
-from .pairs import COOCCURRENCE_STATISTICS, STRATEGIES, CooccurrenceStatistic, mine_pairs
+from .pairs import COOCCURRENCE_STATISTICS, DEFAULT_COOCCUR_REFRESH, STRATEGIES, CooccurrenceStatistic, mine_pairs
 
 BLOCKS = ("identical", "disparate")
 SELF_PAIR_OPTIONS = ("zero_target", "skip")
@@ -97,7 +97,7 @@ class INDeeDLoss(nn.Module):
         cooccur_statistic: str = "excess",
         cooccur_z: float = 3.0,
         load_cap: int = reference.DEFAULT_LOAD_CAP,
-        cooccur_refresh: int = 16,
+        cooccur_refresh: int = DEFAULT_COOCCUR_REFRESH,
         base: str = "bce",
         gamma_neg: float = 4.0,
         gamma_pos: float = 0.0,
@@ -139,7 +139,7 @@ class INDeeDLoss(nn.Module):
             raise ValueError("strategy='cooccur' needs num_classes, the c of the targets (B, c)")
         _checks.check_load_cap(load_cap)
         if strategy != "cooccur" and (cooccur_statistic != COOCCURRENCE_STATISTICS[0] or cooccur_z != 3.0
-                                      or load_cap != reference.DEFAULT_LOAD_CAP or cooccur_refresh != 16):
+                                      or load_cap != reference.DEFAULT_LOAD_CAP or cooccur_refresh != DEFAULT_COOCCUR_REFRESH):
             raise ValueError("cooccur_statistic, cooccur_z, load_cap and cooccur_refresh are settings of "
                              f"strategy='cooccur', not {strategy!r}")
         self.num_classes, self.load_cap = num_classes, load_cap

@@ -264,6 +264,10 @@ def _matching(batch: _LabelSets, generator):
     return index_a, index_b, index_a != index_b
 
 
+# INDeeDLoss's steps between two computations of the co-occurrence weights (CooccurrenceStatistic.weights).
+DEFAULT_COOCCUR_REFRESH = 16
+
+
 class CooccurrenceStatistic(nn.Module):
     """Running label co-occurrence counts, and the contrast weights of strategy "cooccur".
 

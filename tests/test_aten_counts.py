@@ -8,12 +8,11 @@ the goals are the fused op <= the baseline and INDeeDLoss <= 2x the baseline; wi
 base loss (issue 19), INDeeDLoss <= 1.1x its BCE count (and below ASL's eager baseline loss).
 """
 import importlib.util
-import inspect
 from pathlib import Path
 
 import torch
 
-from indeed_ext import INDeeDLoss
+from indeed_ext.pairs import DEFAULT_COOCCUR_REFRESH
 
 _spec = importlib.util.spec_from_file_location(
     "bench_host", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_host.py"
@@ -46,7 +45,7 @@ def test_cooccur_loss_dispatches_at_most_100_aten_ops_per_step_over_its_refresh_
     """Issue 25's goal: the weights' computation shared over cooccur_refresh steps, the statistic's update,
     the op and the heads, <= 100 aten ops per step on average; and the weights are computed in that period."""
     steps = bench_host.tiny_steps()
-    refresh = inspect.signature(INDeeDLoss).parameters["cooccur_refresh"].default  # the bench's loss has the default
+    refresh = DEFAULT_COOCCUR_REFRESH  # the bench's loss has the default
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -43,7 +43,7 @@ from ..metrics import (
 )
 from ..model import INDeeD
 from ..ops import BACKENDS
-from ..pairs import COOCCURRENCE_STATISTICS, STRATEGIES
+from ..pairs import COOCCURRENCE_STATISTICS, DEFAULT_COOCCUR_REFRESH, STRATEGIES
 from ..reference import DEFAULT_LOAD_CAP
 from ..reference import NORMS
 from ..reweighting import ExclusiveWeightedBCE, FeatureSplitBCE
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--cooccur-z", type=_number(float, 0.0), default=3.0, help="--pairs cooccur: the z of the weights' significance test")
     method.add_argument("--load-cap", type=_number(int, 0), default=DEFAULT_LOAD_CAP,
                         help="--pairs cooccur: the expected partner draws one image may keep per batch (0 = no cap; docs/SPEC.md)")
-    method.add_argument("--cooccur-refresh", metavar="STEPS", type=_number(int, 1), default=16,
+    method.add_argument("--cooccur-refresh", metavar="STEPS", type=_number(int, 1), default=DEFAULT_COOCCUR_REFRESH,
                         help="--pairs cooccur: recompute the co-occurrence weights every STEPS steps (eager mode)")
     method.add_argument("--self-pair-disparate", default="zero_target", choices=SELF_PAIR_DISPARATE, help="disparate heads of self-pairs")
     method.add_argument("--backend", default="auto", choices=BACKENDS, help="INDeeD operator backend")
@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         loss_blocks(args.blocks)
         if not math.isfinite(args.cooccur_z):
             raise ValueError(f"--cooccur-z must be finite, got {args.cooccur_z}")
-        if args.strategy != "cooccur" and (args.load_cap != DEFAULT_LOAD_CAP or args.cooccur_refresh != 16):
+        if args.strategy != "cooccur" and (args.load_cap != DEFAULT_LOAD_CAP or args.cooccur_refresh != DEFAULT_COOCCUR_REFRESH):
             raise ValueError(f"--load-cap and --cooccur-refresh are settings of --pairs cooccur, not --pairs {args.strategy}")
         if args.clip >= 1.0:
             raise ValueError(f"--clip must be below 1, got {args.clip}")
