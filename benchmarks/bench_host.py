@@ -62,6 +62,7 @@ def tiny_steps() -> dict:
     criterion = INDeeDLoss()
     cooccur = INDeeDLoss(strategy="cooccur", num_classes=5)
     asl_criterion = INDeeDLoss(base="asl")
+    mean_criterion = INDeeDLoss(present_negatives="mean")
 
     def baseline():
         logits = classifier(features)
@@ -83,8 +84,12 @@ def tiny_steps() -> dict:
     def indeed_asl_loss():
         asl_criterion(features, targets, classifier).loss.backward()
 
+    def indeed_mean_loss():  # the present negatives' weights are computed inside the op
+        mean_criterion(features, targets, classifier).loss.backward()
+
     return {"baseline": baseline, "six_head_bce": six_head_bce, "INDeeDLoss": indeed_loss, "INDeeDLoss cooccur": cooccur_loss,
-            "ASL baseline": asl_baseline, "INDeeDLoss(base=asl)": indeed_asl_loss}
+            "ASL baseline": asl_baseline, "INDeeDLoss(base=asl)": indeed_asl_loss,
+            "INDeeDLoss(present_negatives=mean)": indeed_mean_loss}
 
 
 def count_aten_ops(step, calls: int = 1) -> float:

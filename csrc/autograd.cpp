@@ -86,17 +86,18 @@ class SixHeadLoss : public torch::autograd::Function<SixHeadLoss> {
                                const std::optional<at::Tensor>& bias, const at::Tensor& targets,
                                const at::Tensor& index_a, const at::Tensor& index_b, c10::string_view norm,
                                double eps, c10::string_view loss, double gamma_neg, double gamma_pos, double clip,
-                               double eps_log, bool focal_grad) {
+                               double eps_log, bool focal_grad, c10::string_view present_negatives) {
     static const auto op =
         find_op<SixHeadOutputs(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                                const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view, double,
-                               c10::string_view, double, double, double, double, bool)>(
+                               c10::string_view, double, double, double, double, bool, c10::string_view)>(
             "indeed::_six_head_loss_forward");
     at::Tensor out, logits, ident_logits;
     {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
       std::tie(out, logits, ident_logits) = op.call(features, weight, bias, targets, index_a, index_b, norm, eps, loss,
-                                                    gamma_neg, gamma_pos, clip, eps_log, focal_grad);
+                                                    gamma_neg, gamma_pos, clip, eps_log, focal_grad,
+                                                    present_negatives);
     }
     ctx->set_materialize_grads(false);
     ctx->mark_non_differentiable({logits, ident_logits});
@@ -110,6 +111,7 @@ class SixHeadLoss : public torch::autograd::Function<SixHeadLoss> {
     ctx->saved_data["clip"] = clip;
     ctx->saved_data["eps_log"] = eps_log;
     ctx->saved_data["focal_grad"] = focal_grad;
+    ctx->saved_data["present_negatives"] = std::string(present_negatives);
     return {out, logits, ident_logits};
   }
 
@@ -117,18 +119,20 @@ class SixHeadLoss : public torch::autograd::Function<SixHeadLoss> {
     static const auto op = find_op<SixHeadOutputs(
         const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
         const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-        c10::string_view, double, c10::string_view, double, double, double, double, bool)>(
+        c10::string_view, double, c10::string_view, double, double, double, double, bool, c10::string_view)>(
         "indeed::_six_head_loss_backward");
-    variable_list input_grads(14);
+    variable_list input_grads(15);
     if (!grads[0].defined()) return input_grads;  // the loss was not used
     const variable_list saved = ctx->get_saved_variables();
     const std::optional<at::Tensor> bias = saved[2].defined() ? std::optional<at::Tensor>(saved[2]) : std::nullopt;
     const auto& data = ctx->saved_data;
-    const std::string norm = data.at("norm").toStringRef(), loss = data.at("loss").toStringRef();
+    const std::string norm = data.at("norm").toStringRef(), loss = data.at("loss").toStringRef(),
+                      present_negatives = data.at("present_negatives").toStringRef();
     auto [grad_features, grad_weight, grad_bias] =
         op.call(grads[0], saved[0], saved[1], bias, saved[3], saved[4], saved[5], saved[6], saved[7], norm,
                 data.at("eps").toDouble(), loss, data.at("gamma_neg").toDouble(), data.at("gamma_pos").toDouble(),
-                data.at("clip").toDouble(), data.at("eps_log").toDouble(), data.at("focal_grad").toBool());
+                data.at("clip").toDouble(), data.at("eps_log").toDouble(), data.at("focal_grad").toBool(),
+                present_negatives);
     input_grads[0] = grad_features;
     input_grads[1] = grad_weight;
     if (bias) input_grads[2] = grad_bias;
@@ -149,9 +153,9 @@ SixHeadOutputs six_head_loss_forward(const at::Tensor& features, const at::Tenso
                                      const std::optional<at::Tensor>& bias, const at::Tensor& targets,
                                      const at::Tensor& index_a, const at::Tensor& index_b, c10::string_view norm,
                                      double eps, c10::string_view loss, double gamma_neg, double gamma_pos,
-                                     double clip, double eps_log, bool focal_grad) {
+                                     double clip, double eps_log, bool focal_grad, c10::string_view present_negatives) {
   const variable_list out = SixHeadLoss::apply(features, weight, bias, targets, index_a, index_b, norm, eps, loss,
-                                               gamma_neg, gamma_pos, clip, eps_log, focal_grad);
+                                               gamma_neg, gamma_pos, clip, eps_log, focal_grad, present_negatives);
   return {out[0], out[1], out[2]};
 }
 

@@ -27,10 +27,13 @@ struct LossParams {
   BaseLoss loss;
   double gamma_neg, gamma_pos, clip, eps_log;
   bool focal_grad;
+  bool mean_present_negatives;  // present_negatives="mean": see reference.present_negative_weights
 };
 
 inline LossParams parse_loss(std::string_view loss, double gamma_neg, double gamma_pos, double clip, double eps_log,
-                             bool focal_grad) {
+                             bool focal_grad, std::string_view present_negatives) {
+  TORCH_CHECK_VALUE(present_negatives == "sum" || present_negatives == "mean", "unknown present_negatives '",
+                    std::string(present_negatives), "'; expected one of ('sum', 'mean')");
   TORCH_CHECK_VALUE(loss == "bce" || loss == "asl", "unknown loss '", std::string(loss),
                     "'; expected one of ('bce', 'asl')");
   TORCH_CHECK_VALUE(std::isfinite(gamma_neg) && gamma_neg >= 0, "gamma_neg must be a finite number >= 0, got ",
@@ -43,7 +46,7 @@ inline LossParams parse_loss(std::string_view loss, double gamma_neg, double gam
   TORCH_CHECK_VALUE(parsed == BaseLoss::Asl || (gamma_neg == 0 && gamma_pos == 0 && clip == 0),
                     "gamma_neg, gamma_pos and clip shape loss='asl' only; loss='bce' needs them 0, got ", gamma_neg,
                     ", ", gamma_pos, ", ", clip);
-  return {parsed, gamma_neg, gamma_pos, clip, eps_log, focal_grad};
+  return {parsed, gamma_neg, gamma_pos, clip, eps_log, focal_grad, present_negatives == "mean"};
 }
 
 inline void check_float(const char* name, const at::Tensor& t) {

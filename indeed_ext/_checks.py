@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .reference import DEFAULT_LOAD_CAP, LOSSES, NORMS
+from .reference import DEFAULT_LOAD_CAP, LOSSES, NORMS, PRESENT_NEGATIVES
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -42,6 +42,12 @@ def check_loss(loss: str, gamma_neg: float, gamma_pos: float, clip: float, eps_l
             f"gamma_neg, gamma_pos and clip shape loss='asl' only; loss='bce' needs them 0, "
             f"got {gamma_neg!r}, {gamma_pos!r}, {clip!r}"
         )
+
+
+def check_present_negatives(present_negatives: str) -> None:
+    """six_head_loss's present_negatives (csrc/checks.h parse_loss makes the same check)."""
+    if present_negatives not in PRESENT_NEGATIVES:
+        raise ValueError(f"unknown present_negatives {present_negatives!r}; expected one of {PRESENT_NEGATIVES}")
 
 
 def _check_float(name: str, t: torch.Tensor) -> None:

@@ -77,6 +77,11 @@ class INDeeDLoss(nn.Module):
         the probabilities inside the logs. focal_grad: False (ASL's default) treats the focal
         weight (1 - pt)^gamma as a constant in backward, True differentiates it too. See
         indeed_ext.reference.asl_sum for the formula.
+    present_negatives: how a decomposed head counts its present negatives, the classes its image has
+        that its target excludes (for ident_a the labels of a that b lacks, for the disparate heads
+        the labels a and b share): "sum", the paper's sum over classes, or "mean", their base losses
+        averaged, so that together they weigh as one class (docs/SPEC.md; docs/EXPERIMENTS.md, issue 26:
+        with many labels per image the summed ones outweigh the rest of a head's loss).
 
     The classifier: an nn.Linear is fused into the six-head op. Any other head (an MLP, a
     per-class query decoder: a module mapping (rows, n) features to (rows, c) logits) is
@@ -105,6 +110,7 @@ class INDeeDLoss(nn.Module):
         gamma: float = 2.0,
         eps_log: float = 1e-8,
         focal_grad: bool = False,
+        present_negatives: str = "sum",
     ):
         super().__init__()
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
@@ -127,6 +133,8 @@ class INDeeDLoss(nn.Module):
         if backend not in ops.BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {ops.BACKENDS}")
         self._loss_settings = _base_loss_settings(base, gamma_neg, gamma_pos, clip, gamma, eps_log, focal_grad)
+        _checks.check_present_negatives(present_negatives)
+        self.present_negatives = present_negatives
         self.lam, self.norm, self.eps = float(lam), norm, eps
         self.blocks, self.self_pair_disparate = blocks, self_pair_disparate
         self.strategy, self.backend = strategy, backend
@@ -156,7 +164,7 @@ class INDeeDLoss(nn.Module):
         return (
             f"lam={self.lam}, norm={self.norm!r}, blocks={self.blocks}, "
             f"self_pair_disparate={self.self_pair_disparate!r}, strategy={self.strategy!r}, backend={self.backend!r}, "
-            f"base={self.base!r}{base}"
+            f"base={self.base!r}{base}, present_negatives={self.present_negatives!r}"
             + ("" if self.num_classes is None else f", num_classes={self.num_classes}")
             + (f", load_cap={self.load_cap}, cooccur_refresh={self.cooccurrence.refresh}" if self.strategy == "cooccur" else "")
         )
@@ -210,7 +218,7 @@ class INDeeDLoss(nn.Module):
         if isinstance(head, tuple):
             per_head = ops.six_head_loss(
                 features, *head, targets, index_a, index_b, self.norm, self.eps, *self._loss_settings,
-                backend=self.backend, check_indices=False,
+                self.present_negatives, backend=self.backend, check_indices=False,
             )  # (P, 6): orig_a, orig_b, ident_a, ident_b, disp_a, disp_b
         else:
             per_head = self._unfused_heads(features, targets, head, index_a, index_b)
@@ -251,7 +259,10 @@ class INDeeDLoss(nn.Module):
         six = torch.stack((fa, fb, ia, ib, da, db), dim=1)  # (P, 6, n)
         logits = _head_logits(head, six.flatten(0, 1), targets.shape[1]).unflatten(0, six.shape[:2])
         y = reference.pair_targets(targets.to(logits.dtype), index_a, index_b)
-        return reference.base_loss_sum(logits, y, *self._loss_settings)
+        class_weights = None
+        if self.present_negatives == "mean":
+            class_weights = reference.present_negative_weights(targets.to(logits.dtype), index_a, index_b)
+        return reference.base_loss_sum(logits, y, *self._loss_settings, class_weights)
 
     def _baseline(self, features, targets, head) -> LossOutput:
         if isinstance(head, tuple):

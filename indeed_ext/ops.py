@@ -57,10 +57,11 @@ def _fake_decompose_backward(grad_ia, grad_ib, grad_da, grad_db, fa, fb, norm, e
 
 
 def _fake_six_head_loss_forward(features, weight, bias, targets, index_a, index_b, norm, eps, loss, gamma_neg,
-                                gamma_pos, clip, eps_log, focal_grad):
+                                gamma_pos, clip, eps_log, focal_grad, present_negatives):
     _checks.check_six_head(features, weight, bias, targets, index_a, index_b, check_index_values=False)
     _checks.check_norm_eps(norm, eps)
     _checks.check_loss(loss, gamma_neg, gamma_pos, clip, eps_log)
+    _checks.check_present_negatives(present_negatives)
     P, B, c = index_a.shape[0], features.shape[0], weight.shape[0]
     cd = reference.compute_dtype(features.dtype)
     loss = features.new_empty((P, 6), dtype=reference.loss_dtype(features.dtype))
@@ -68,7 +69,7 @@ def _fake_six_head_loss_forward(features, weight, bias, targets, index_a, index_
 
 
 def _fake_six_head_loss_backward(grad, features, weight, bias, targets, index_a, index_b, logits, ident_logits, norm, eps,
-                                 loss, gamma_neg, gamma_pos, clip, eps_log, focal_grad):
+                                 loss, gamma_neg, gamma_pos, clip, eps_log, focal_grad, present_negatives):
     return _contiguous_like(features), _contiguous_like(weight), weight.new_empty((weight.shape[0],))
 
 
@@ -268,6 +269,7 @@ def six_head_loss(
     clip: float = 0.0,
     eps_log: float = 1e-8,
     focal_grad: bool = False,
+    present_negatives: str = "sum",
     backend: str = "auto",
     check_indices: bool = True,
 ) -> torch.Tensor:
@@ -277,6 +279,10 @@ def six_head_loss(
     Ridnik et al. with ASL's gamma_neg, gamma_pos, clip and log clamp eps_log (reference.asl_sum);
     focal_grad=False makes its focal weight a constant in backward (ASL's default), True gives
     the full gradient. Focal loss: "asl" with gamma_neg = gamma_pos = gamma and clip = 0.
+    present_negatives: "sum" (the paper) or "mean": a decomposed head's present negatives, the
+    classes its image has that its target excludes (the other side's disparate labels for an
+    identical head, the shared labels for a disparate head), count as one class in all
+    (reference.present_negative_weights; docs/SPEC.md).
     Targets should lie in [0, 1] (soft targets are fine).
     check_indices reads the pair indices to raise IndexError for values outside
     [0, B) (one host sync on GPU); pass False for indices known to be valid. Unchecked
@@ -284,10 +290,11 @@ def six_head_loss(
     assertion, the Triton kernels give those pairs NaN losses.
     """
     _checks.check_loss(loss, gamma_neg, gamma_pos, clip, eps_log)
+    _checks.check_present_negatives(present_negatives)
     ops = _six_head_backend(features, weight, bias, targets, index_a, index_b, norm, eps, backend, check_indices)
     return ops.six_head_loss(
         features, weight, bias, targets, index_a, index_b, norm, eps, loss, gamma_neg, gamma_pos, clip, eps_log,
-        bool(focal_grad),
+        bool(focal_grad), present_negatives,
     )
 
 

@@ -19,6 +19,9 @@ HEADS = ("orig_a", "orig_b", "ident_a", "ident_b", "disp_a", "disp_b")
 # partner, in expectation (docs/SPEC.md); csrc/ops.cpp's schema default (INDEED_LOAD_CAP) is the same.
 DEFAULT_LOAD_CAP = 4
 LOSSES = ("bce", "asl")  # base losses of six_head_loss (focal loss: asl with gamma_neg = gamma_pos, clip = 0)
+# How six_head_loss counts a decomposed head's present negatives (docs/SPEC.md): "sum", the paper's
+# sum over classes; "mean", their base losses averaged, so that together they count as one class.
+PRESENT_NEGATIVES = ("sum", "mean")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -68,9 +71,27 @@ def pair_targets(targets: torch.Tensor, index_a: torch.Tensor, index_b: torch.Te
     return torch.stack((ya, yb, both, both, ya * (1 - yb), yb * (1 - ya)), dim=1)
 
 
-def bce_with_logits_sum(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Sum over the last dim of softplus(z) - y*z, the stable BCE with sigma(z) = 1/(1+exp(-z))."""
-    return (F.softplus(z) - y * z).sum(dim=-1)
+def present_negative_weights(targets: torch.Tensor, index_a: torch.Tensor, index_b: torch.Tensor) -> torch.Tensor:
+    """Class weights of the six heads under present_negatives="mean", shape (P, 6, c).
+
+    A decomposed head's present negatives are the classes its image has that its target excludes:
+    for ident_a, s = ya * (1 - yb) (a's own disparate labels); for ident_b, yb * (1 - ya); for both
+    disparate heads, s = ya * yb (the shared labels). Their weight is 1 / max(1, sum_k s_k), every
+    other class's 1: w = 1 - s + s / max(1, sum_k s_k) (for 0/1 labels; the same formula for soft
+    ones). The original heads keep weight 1.
+    """
+    ya, yb = targets[index_a], targets[index_b]
+    ones, both = torch.ones_like(ya), ya * yb
+    s = torch.stack((ya * (1 - yb), yb * (1 - ya), both), dim=1)  # (P, 3, c): ident_a, ident_b, disp_a = disp_b
+    w = 1 - s + s / s.sum(-1, keepdim=True).clamp_min(1)
+    return torch.stack((ones, ones, w[:, 0], w[:, 1], w[:, 2], w[:, 2]), dim=1)
+
+
+def bce_with_logits_sum(z: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum over the last dim of softplus(z) - y*z, the stable BCE with sigma(z) = 1/(1+exp(-z)),
+    each term times weights (broadcast) when given."""
+    terms = F.softplus(z) - y * z
+    return (terms if weights is None else terms * weights).sum(dim=-1)
 
 
 def asl_sum(
@@ -81,8 +102,10 @@ def asl_sum(
     clip: float = 0.05,
     eps_log: float = 1e-8,
     focal_grad: bool = False,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sum over the last dim of the Asymmetric Loss (Ridnik et al. 2021) of logits z, targets y.
+    """Sum over the last dim of the Asymmetric Loss (Ridnik et al. 2021) of logits z, targets y,
+    each term times weights (broadcast) when given.
 
     Line by line ASL's AsymmetricLoss.forward (src/loss_functions/losses.py), so that autograd
     through it fixes the kernels' gradients, clamp ties included (torch's clamp passes no
@@ -103,6 +126,8 @@ def asl_sum(
             one_sided_gamma = gamma_pos * y + gamma_neg * (1 - y)
             one_sided_w = torch.pow(1 - pt, one_sided_gamma)
         loss = loss * one_sided_w
+    if weights is not None:
+        loss = loss * weights
     return -loss.sum(dim=-1)
 
 
@@ -115,13 +140,14 @@ def base_loss_sum(
     clip: float = 0.0,
     eps_log: float = 1e-8,
     focal_grad: bool = False,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The base loss of logits z and targets y, summed over the last dim: "bce" (the ASL
-    parameters must be 0) or "asl" (see asl_sum)."""
+    """The base loss of logits z and targets y, summed over the last dim (each term times weights
+    when given): "bce" (the ASL parameters must be 0) or "asl" (see asl_sum)."""
     if loss == "bce":
-        return bce_with_logits_sum(z, y)
+        return bce_with_logits_sum(z, y, weights)
     if loss == "asl":
-        return asl_sum(z, y, gamma_neg, gamma_pos, clip, eps_log, focal_grad)
+        return asl_sum(z, y, gamma_neg, gamma_pos, clip, eps_log, focal_grad, weights)
     raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
 
 
@@ -140,12 +166,16 @@ def six_head_loss(
     clip: float = 0.0,
     eps_log: float = 1e-8,
     focal_grad: bool = False,
+    present_negatives: str = "sum",
 ) -> torch.Tensor:
-    """Per-pair base loss (base_loss_sum) of the six heads, shape (P, 6), heads ordered as HEADS.
+    """Per-pair base loss (base_loss_sum) of the six heads, shape (P, 6), heads ordered as HEADS;
+    present_negatives "mean" weights the classes by present_negative_weights.
 
     Written the plain way (six feature sets, six linear layers) so that it is
     obviously the paper's method; the kernels use the structure instead.
     """
+    if present_negatives not in PRESENT_NEGATIVES:
+        raise ValueError(f"unknown present_negatives {present_negatives!r}; expected one of {PRESENT_NEGATIVES}")
     cd = compute_dtype(features.dtype)
     f, w = features.to(cd), weight.to(cd)
     bias_cd = None if bias is None else bias.to(cd)
@@ -154,7 +184,8 @@ def six_head_loss(
     feats = torch.stack((fa, fb, ia, ib, da, db), dim=1)  # (P, 6, n)
     logits = F.linear(feats, w, bias_cd)  # (P, 6, c)
     y = pair_targets(targets.to(cd), index_a, index_b)
-    return base_loss_sum(logits, y, loss, gamma_neg, gamma_pos, clip, eps_log, focal_grad)
+    class_weights = present_negative_weights(targets.to(cd), index_a, index_b) if present_negatives == "mean" else None
+    return base_loss_sum(logits, y, loss, gamma_neg, gamma_pos, clip, eps_log, focal_grad, class_weights)
 
 
 def six_head_bce(

@@ -30,10 +30,10 @@ BACKWARD_TOL = {
 }
 DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 NORMS = ("minmax", "l2")
-# six_head_loss's (loss, gamma_neg, gamma_pos, clip, eps_log, focal_grad): BCE, and ASL's training setting
-# with the full focal gradient.
-BCE = ("bce", 0.0, 0.0, 0.0, 1e-8, False)
-ASL = ("asl", 4.0, 0.0, 0.05, 1e-8, True)
+# six_head_loss's (loss, gamma_neg, gamma_pos, clip, eps_log, focal_grad, present_negatives): BCE, and ASL's
+# training setting with the full focal gradient; the paper's sum over present negatives.
+BCE = ("bce", 0.0, 0.0, 0.0, 1e-8, False, "sum")
+ASL = ("asl", 4.0, 0.0, 0.05, 1e-8, True, "sum")
 
 
 def assert_close(actual, expected, dtype, backward=False, what=""):

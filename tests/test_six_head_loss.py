@@ -179,7 +179,7 @@ def test_bf16_logits_of_100_give_finite_losses_and_gradients(backend):
 def _opcheck_args(backend):
     inputs = _inputs(4, 6, 5, 3, torch.float64, _device(backend))
     leaves = tuple(t.requires_grad_() for t in _leaves(*inputs[:3]))
-    return leaves + inputs[3:] + ("l2", 1e-12, "asl", 4.0, 1.0, 0.05, 1e-8, True)
+    return leaves + inputs[3:] + ("l2", 1e-12, "asl", 4.0, 1.0, 0.05, 1e-8, True, "mean")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

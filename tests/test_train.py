@@ -178,6 +178,22 @@ def test_lam_warmup_changes_training(tmp_path):
     assert b["fingerprint"]["lam_warmup"] == 1 and a["fingerprint"]["lam_warmup"] == 0
 
 
+def test_present_negatives_reaches_the_loss_and_its_checkpoint(tmp_path):
+    """--present-negatives mean trains other weights than the paper's sum, is recorded, and a run from before
+    the flag (no such setting in its checkpoint) resumes as "sum"."""
+    common = ["--method", "indeed", "--seed", "7"]
+    assert run(tmp_path / "sum", *common) == 0
+    assert run(tmp_path / "mean", *common, "--present-negatives", "mean") == 0
+    a = engine.load_checkpoint(str(tmp_path / "sum" / "indeed-minmax" / "checkpoint.pt"))
+    b = engine.load_checkpoint(str(tmp_path / "mean" / "indeed-minmax" / "checkpoint.pt"))
+    assert not torch.equal(a["model"]["classifier.weight"], b["model"]["classifier.weight"])
+    assert a["fingerprint"]["present_negatives"] == "sum" and b["fingerprint"]["present_negatives"] == "mean"
+    old = {"fingerprint": {"lr": 0.001}}
+    engine.check_resumable(old, {"lr": 0.001, "present_negatives": "sum"}, "c.pt", train.UNRECORDED_SETTINGS)
+    with pytest.raises(engine.CheckpointError, match="present_negatives: 'sum' -> 'mean'"):
+        engine.check_resumable(old, {"lr": 0.001, "present_negatives": "mean"}, "c.pt", train.UNRECORDED_SETTINGS)
+
+
 def test_a_baseline_resumes_whatever_the_indeed_settings(tmp_path, capsys):
     """λ, its warm-up and the pair settings do not touch a baseline: its checkpoint resumes under others; INDeeD's does not."""
     assert run(tmp_path, "--method", "both", "--lam-warmup", "2") == 0
@@ -359,6 +375,7 @@ BAD_INPUTS = [
     (["--method", "magic"], "invalid choice: 'magic'"),
     (["--norm", "l1"], "invalid choice: 'l1'"),
     (["--blocks", "both"], "invalid choice: 'both'"),
+    (["--present-negatives", "max"], "invalid choice: 'max'"),
     (["--schedule", "cosine"], "invalid choice: 'cosine'"),
     (["--strategy", "all"], "invalid choice: 'all'"),
     (["--pairs", "all"], "invalid choice: 'all'"),

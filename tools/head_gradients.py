@@ -81,7 +81,7 @@ class RecordingLoss(INDeeDLoss):
         weights = None if self.cooccurrence is None else self.cooccurrence.weights()
         index_a, index_b, _ = mine_pairs(targets, self.strategy, replay, self.backend, weights, self.load_cap)
         heads = ops.six_head_loss(features, classifier.weight, classifier.bias, targets, index_a, index_b, self.norm,
-                                  self.eps, *self._loss_settings, backend=self.backend)
+                                  self.eps, *self._loss_settings, self.present_negatives, backend=self.backend)
         terms = {"O": heads[:, 0:2].sum(1).mean(), "I": self.lam * heads[:, 2:4].sum(1).mean(),
                  "S": self.lam * heads[:, 4:6].sum(1).mean()}
         params = leaf_parameters(heads)

@@ -153,6 +153,26 @@ struct PairHeads {
     const acc_t both = ya[k] * yb[k];
     return {ya[k], yb[k], both, both, ya[k] * (1 - yb[k]), yb[k] * (1 - ya[k])};
   }
+  // present_negatives="mean" (reference.present_negative_weights): a decomposed head's present
+  // negatives s (ya(1-yb) for ident_a, yb(1-ya) for ident_b, ya yb for the disparate heads) share
+  // one class's weight. keep = 1 - 1 / max(1, sum_k s) per head (0 under "sum"), and class k's
+  // weight is 1 - s_k keep: exactly 1 under "sum", so that path's sums are today's.
+  Heads<acc_t> present_keep(int64_t c, bool mean) const {
+    if (!mean) return {0, 0, 0, 0, 0, 0};
+    acc_t only_a = 0, only_b = 0, both = 0;
+    for (int64_t k = 0; k < c; ++k) {
+      only_a += ya[k] * (1 - yb[k]);
+      only_b += yb[k] * (1 - ya[k]);
+      both += ya[k] * yb[k];
+    }
+    const auto keep = [](acc_t count) { return 1 - 1 / std::max(count, acc_t(1)); };
+    return {0, 0, keep(only_a), keep(only_b), keep(both), keep(both)};
+  }
+  Heads<acc_t> class_weights(int64_t k, const Heads<acc_t>& keep) const {
+    const acc_t both = ya[k] * yb[k];
+    return {1, 1, 1 - ya[k] * (1 - yb[k]) * keep.ident_a, 1 - yb[k] * (1 - ya[k]) * keep.ident_b,
+            1 - both * keep.disp_a, 1 - both * keep.disp_b};
+  }
 };
 
 template <typename acc_t>
@@ -160,6 +180,7 @@ struct HeadsOfPairs {
   const acc_t *logits, *ident_logits, *bias, *targets;
   const int64_t *index_a, *index_b;
   int64_t c;
+  bool mean_present_negatives;
 
   PairHeads<acc_t> operator[](int64_t i) const {
     const int64_t a = index_a[i] * c, b = index_b[i] * c;
@@ -176,7 +197,8 @@ HeadsOfPairs<acc_t> heads_of_pairs(const SixHeadInputs& in, const at::Tensor& lo
           in.targets.const_data_ptr<acc_t>(),
           in.index_a.const_data_ptr<int64_t>(),
           in.index_b.const_data_ptr<int64_t>(),
-          in.c};
+          in.c,
+          in.loss.mean_present_negatives};
 }
 
 // loss[i, h] = sum_k base_loss.value(z_h, y_h) for the pairs i in [begin, end).
@@ -187,16 +209,17 @@ template <typename acc_t, typename Loss>
   // stops the loop's vectorisation.
   for (int64_t i = begin; i < end; ++i) {
     const auto pair = heads[i];
+    const Heads<acc_t> keep = pair.present_keep(heads.c, heads.mean_present_negatives);
     acc_t oa = 0, ob = 0, ia = 0, ib = 0, da = 0, db = 0;  // the six sums, vectorised over k
 #pragma omp simd reduction(+ : oa, ob, ia, ib, da, db)
     for (int64_t k = 0; k < heads.c; ++k) {
-      const Heads<acc_t> z = pair.logits(k), y = pair.targets(k);
+      const Heads<acc_t> z = pair.logits(k), y = pair.targets(k), w = pair.class_weights(k, keep);
       oa += base_loss.value(z.orig_a, y.orig_a);
       ob += base_loss.value(z.orig_b, y.orig_b);
-      ia += base_loss.value(z.ident_a, y.ident_a);
-      ib += base_loss.value(z.ident_b, y.ident_b);
-      da += base_loss.value(z.disp_a, y.disp_a);
-      db += base_loss.value(z.disp_b, y.disp_b);
+      ia += w.ident_a * base_loss.value(z.ident_a, y.ident_a);
+      ib += w.ident_b * base_loss.value(z.ident_b, y.ident_b);
+      da += w.disp_a * base_loss.value(z.disp_a, y.disp_a);
+      db += w.disp_b * base_loss.value(z.disp_b, y.disp_b);
     }
     acc_t* loss_i = loss + i * kHeads;
     loss_i[0] = oa;
@@ -306,13 +329,15 @@ template <typename acc_t, typename Loss>
     acc_t* to_ia = out.to_ident + 2 * i * c;
     acc_t* to_ib = to_ia + c;
     acc_t* bias_i = out.per_pair_bias + i * c;
+    const Heads<acc_t> keep = pair.present_keep(c, heads.mean_present_negatives);
 #pragma omp simd
     for (int64_t k = 0; k < c; ++k) {
-      const Heads<acc_t> z = pair.logits(k), y = pair.targets(k);
+      const Heads<acc_t> z = pair.logits(k), y = pair.targets(k), w = pair.class_weights(k, keep);
       const acc_t e_oa = g[0] * base_loss.grad(z.orig_a, y.orig_a), e_ob = g[1] * base_loss.grad(z.orig_b, y.orig_b);
-      const acc_t e_ia = g[2] * base_loss.grad(z.ident_a, y.ident_a);
-      const acc_t e_ib = g[3] * base_loss.grad(z.ident_b, y.ident_b);
-      const acc_t e_da = g[4] * base_loss.grad(z.disp_a, y.disp_a), e_db = g[5] * base_loss.grad(z.disp_b, y.disp_b);
+      const acc_t e_ia = g[2] * w.ident_a * base_loss.grad(z.ident_a, y.ident_a);
+      const acc_t e_ib = g[3] * w.ident_b * base_loss.grad(z.ident_b, y.ident_b);
+      const acc_t e_da = g[4] * w.disp_a * base_loss.grad(z.disp_a, y.disp_a);
+      const acc_t e_db = g[5] * w.disp_b * base_loss.grad(z.disp_b, y.disp_b);
       to_la[k] = e_oa + e_da;
       to_lb[k] = e_ob + e_db;
       to_ia[k] = e_ia - e_da;
@@ -397,8 +422,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_loss_forward(
     const at::Tensor& features, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& targets, const at::Tensor& index_a, const at::Tensor& index_b, c10::string_view norm,
     double eps, c10::string_view loss_name, double gamma_neg, double gamma_pos, double clip, double eps_log,
-    bool focal_grad) {
-  const LossParams params = parse_loss(loss_name, gamma_neg, gamma_pos, clip, eps_log, focal_grad);
+    bool focal_grad, c10::string_view present_negatives) {
+  const LossParams params =
+      parse_loss(loss_name, gamma_neg, gamma_pos, clip, eps_log, focal_grad, present_negatives);
   const SixHeadInputs in = prepare(features, weight, bias, targets, index_a, index_b, norm, eps, params);
   at::Tensor ident = at::empty({in.P, 2, in.n}, in.features.options());
   at::Tensor logits, ident_logits, loss = at::empty({in.P, kHeads}, in.features.options());
@@ -416,8 +442,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_loss_backward(
     const std::optional<at::Tensor>& bias_in, const at::Tensor& targets_in, const at::Tensor& index_a,
     const at::Tensor& index_b, const at::Tensor& logits_in, const at::Tensor& ident_logits_in, c10::string_view norm,
     double eps, c10::string_view loss_name, double gamma_neg, double gamma_pos, double clip, double eps_log,
-    bool focal_grad) {
-  const LossParams params = parse_loss(loss_name, gamma_neg, gamma_pos, clip, eps_log, focal_grad);
+    bool focal_grad, c10::string_view present_negatives) {
+  const LossParams params =
+      parse_loss(loss_name, gamma_neg, gamma_pos, clip, eps_log, focal_grad, present_negatives);
   const SixHeadInputs in = prepare(features_in, weight_in, bias_in, targets_in, index_a, index_b, norm, eps, params);
   const auto acc = in.features.scalar_type();
   const auto dev = in.features.device();

@@ -1,8 +1,9 @@
 // CUDA kernels of _six_head_loss_forward and _six_head_loss_backward (docs/SPEC.md, "Structure
-// the kernels use"). The base loss (BCE or ASL, csrc/cuda/base_losses.cuh) is a template
-// parameter of the loss and dlogits kernels (passes 4 and 5). GEMMs go through ATen (cuBLAS; torch's TF32 settings apply); half inputs
-// multiply in their dtype with fp32 accumulation and fp32 output (mm.dtype) where the product
-// feeds a sum. Everything else is fused into the passes below.
+// the kernels use"). The base loss (BCE or ASL, csrc/cuda/base_losses.cuh) and present_negatives
+// ("mean" weights the classes of the decomposed heads) are template parameters of the loss and
+// dlogits kernels (passes 4 and 5). GEMMs go through ATen (cuBLAS; torch's TF32 settings apply);
+// half inputs multiply in their dtype with fp32 accumulation and fp32 output (mm.dtype) where the
+// product feeds a sum. Everything else is fused into the passes below.
 //
 // Bytes moved, for B feature rows, P pairs, n features, c classes, s bytes per input element,
 // a per accumulation element (terms of order c * (B + P) are left out of the totals):
@@ -12,12 +13,13 @@
 //                                          reads 2 P n s, writes 2 P n s as one (P, 2, n) matrix
 //   3. GEMM [Lia; Lib] = [ia; ib] W^T + b  reads 2 P n s, writes 2 P c a (one GEMM of 2P rows)
 //   4. loss (disparate logits L[a] - Lia + b, targets, base loss, per-head sums; a warp per pair)
-//                                          reads 6 P c a, writes 6 P a
+//                                          reads 6 P c a, writes 6 P a ("mean": 2 P c a more, the
+//                                          targets of the per-pair sums of the class weights)
 //   total about (B + 4 P) n s.
 // backward (nothing but the logits is saved, so m, ia, ib are recomputed in pass 8)
-//   5. dlogits: e_h = g_h dloss/dz(z_h, y_h); G[a] += e_oa + e_da, G[b] += e_ob + e_db
-//      (atomicAdd), Gia = e_ia - e_da, Gib = e_ib - e_db, per-block partial sums of db
-//                                          reads 6 P c a, writes 2 P c (s + a)
+//   5. dlogits: e_h = g_h w_h dloss/dz(z_h, y_h) (w_h = 1 under "sum"); G[a] += e_oa + e_da,
+//      G[b] += e_ob + e_db (atomicAdd), Gia = e_ia - e_da, Gib = e_ib - e_db, per-block partial sums of db
+//                                          reads 6 P c a, writes 2 P c (s + a) ("mean": as pass 4)
 //   6. GEMM [dIA; dIB] = [Gia; Gib] W       writes 2 P n s
 //   7. GEMM dF = G W                       writes B n a (the accumulator of step 8)
 //   8. pair rows backward (gather fa, fb; m and its row sums; dfa = dIA m + dp fb,
@@ -38,6 +40,7 @@
 #include <torch/library.h>
 
 #include <tuple>
+#include <type_traits>
 
 #include "checks.h"
 #include "cuda/base_losses.cuh"
@@ -81,45 +84,111 @@ struct SixHeadInputs {
     y[0] = ya, y[1] = yb, y[2] = ya * yb, y[3] = ya * yb;
     y[4] = ya * (1 - yb), y[5] = yb * (1 - ya);
   }
+
+  // present_negatives="mean" (reference.present_negative_weights): the pair's max(1, S) of the
+  // heads ident_a, ident_b and disp (both disp heads), S the sum over classes of s = ya (1 - yb),
+  // yb (1 - ya), ya yb. The warp's lanes stride over the classes; every lane gets the result.
+  __device__ __forceinline__ Sums<acc_t, 3> present_divisors(int64_t a, int64_t b, int lane) const {
+    Sums<acc_t, 3> s = {};
+    for (int64_t j = lane; j < c; j += kWarp) {
+      const acc_t ya = targets[a * c + j], yb = targets[b * c + j];
+      s.v[0] += ya * (1 - yb);
+      s.v[1] += yb * (1 - ya);
+      s.v[2] += ya * yb;
+    }
+#pragma unroll
+    for (int mask = kWarp / 2; mask > 0; mask /= 2) s = combine(s, shfl_xor(s, mask));
+#pragma unroll
+    for (int k = 0; k < 3; ++k) s.v[k] = s.v[k] < 1 ? acc_t(1) : s.v[k];  // NaN stays NaN, as in clamp_min
+    return s;
+  }
 };
 
-// loss[pair, h] = sum_j base_loss.value(z_hj, y_hj); a warp per pair, lanes over classes.
-template <typename acc_t, typename Loss>
+// The class weights w_h of one class (y from heads()): 1 - s + s / max(1, S) for the decomposed
+// heads, whose s are y[4] (ident_a), y[5] (ident_b) and y[2] (disp_a, disp_b); 1 for the original
+// heads, and for every head under "sum" (kMeanPresent false: the products by 1 fold away).
+template <bool kMeanPresent, typename acc_t>
+__device__ __forceinline__ void class_weights(const acc_t (&y)[kHeads], const Sums<acc_t, 3>& divisors,
+                                              acc_t (&w)[kHeads]) {
+#pragma unroll
+  for (int h = 0; h < kHeads; ++h) w[h] = 1;
+  if constexpr (kMeanPresent) {
+    const acc_t s[3] = {y[4], y[5], y[2]};
+#pragma unroll
+    for (int k = 0; k < 3; ++k) w[2 + k] = 1 - s[k] + s[k] / divisors.v[k];
+    w[5] = w[4];
+  }
+}
+
+// loss[pair, h] = sum_j w_hj base_loss.value(z_hj, y_hj); a warp per pair, lanes over classes.
+template <bool kMeanPresent, typename acc_t, typename Loss>
 __global__ void six_head_loss_kernel(const SixHeadInputs<acc_t> in, const Loss base_loss, acc_t* __restrict__ loss) {
   const int64_t pair = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp;
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
   if (pair >= in.P) return;  // the whole warp leaves: no shuffle below misses a lane
   const int64_t a = in.pair_row(in.index_a, pair), b = in.pair_row(in.index_b, pair);
+  Sums<acc_t, 3> divisors = {};
+  if constexpr (kMeanPresent) divisors = in.present_divisors(a, b, lane);
   Sums<acc_t, kHeads> sum = {};
   for (int64_t j = lane; j < in.c; j += kWarp) {
-    acc_t z[kHeads], y[kHeads];
+    acc_t z[kHeads], y[kHeads], w[kHeads];
     in.heads(pair, a, b, j, z, y);
+    class_weights<kMeanPresent>(y, divisors, w);
 #pragma unroll
-    for (int h = 0; h < kHeads; ++h) sum.v[h] += base_loss.value(z[h], y[h]);
+    for (int h = 0; h < kHeads; ++h) sum.v[h] += w[h] * base_loss.value(z[h], y[h]);
   }
 #pragma unroll
   for (int mask = kWarp / 2; mask > 0; mask /= 2) sum = combine(sum, shfl_xor(sum, mask));
   if (lane < kHeads) loss[pair * kHeads + lane] = sum.v[lane];
 }
 
-// Per pair and class: e_h = g_h base_loss.grad(z_h, y_h). Threads own classes; a block walks
+// The pairs [first, last) of the dlogits kernel's block.
+struct PairChunk {
+  int64_t first, last;
+};
+
+__device__ __forceinline__ PairChunk pair_chunk(int64_t P) {
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * kPairsPerChunk;
+  return {first, first + kPairsPerChunk < P ? first + kPairsPerChunk : P};
+}
+
+// divisors[i] = present_divisors of the block's chunk's pair first + i, a warp per pair. Every
+// thread of the block must call it (it synchronises the block).
+template <typename acc_t>
+__device__ void store_chunk_divisors(const SixHeadInputs<acc_t>& in, Sums<acc_t, 3>* divisors) {
+  const PairChunk chunk = pair_chunk(in.P);
+  const int lane = static_cast<int>(threadIdx.x) % kWarp;
+  for (int64_t pair = chunk.first + threadIdx.x / kWarp; pair < chunk.last; pair += blockDim.x / kWarp) {
+    const int64_t a = in.pair_row(in.index_a, pair), b = in.pair_row(in.index_b, pair);
+    const Sums<acc_t, 3> d = in.present_divisors(a, b, lane);
+    if (lane == 0) divisors[pair - chunk.first] = d;
+  }
+  __syncthreads();
+}
+
+// Per pair and class: e_h = g_h w_h base_loss.grad(z_h, y_h). Threads own classes; a block walks
 // kPairsPerChunk pairs and writes its partial bias gradient.
-template <typename scalar_t, typename acc_t, typename Loss>
+template <bool kMeanPresent, typename scalar_t, typename acc_t, typename Loss>
 __global__ void six_head_dlogits_kernel(const SixHeadInputs<acc_t> in, const Loss base_loss, const acc_t* __restrict__ grad,
                                         acc_t* __restrict__ grad_logits, scalar_t* __restrict__ grad_ident,
                                         acc_t* __restrict__ bias_partial) {
   const int64_t j = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  // "mean": the divisors of the weights of the chunk's pairs, computed before any thread leaves.
+  __shared__ Sums<acc_t, 3> chunk_divisors[kMeanPresent ? kPairsPerChunk : 1];
+  if constexpr (kMeanPresent) store_chunk_divisors(in, chunk_divisors);
   if (j >= in.c) return;
-  const int64_t first = static_cast<int64_t>(blockIdx.x) * kPairsPerChunk;
-  const int64_t last = first + kPairsPerChunk < in.P ? first + kPairsPerChunk : in.P;
+  const PairChunk chunk = pair_chunk(in.P);
   acc_t bias_sum = 0;
-  for (int64_t pair = first; pair < last; ++pair) {
+  for (int64_t pair = chunk.first; pair < chunk.last; ++pair) {
     const int64_t a = in.pair_row(in.index_a, pair), b = in.pair_row(in.index_b, pair);
-    acc_t z[kHeads], y[kHeads], e[kHeads];
+    acc_t z[kHeads], y[kHeads], w[kHeads], e[kHeads];
     in.heads(pair, a, b, j, z, y);
+    Sums<acc_t, 3> divisors = {};
+    if constexpr (kMeanPresent) divisors = chunk_divisors[pair - chunk.first];
+    class_weights<kMeanPresent>(y, divisors, w);
 #pragma unroll
     for (int h = 0; h < kHeads; ++h) {
-      e[h] = grad[pair * kHeads + h] * base_loss.grad(z[h], y[h]);
+      e[h] = grad[pair * kHeads + h] * w[h] * base_loss.grad(z[h], y[h]);
       bias_sum += e[h];
     }
     // L[a] carries orig_a and, through z_da = L[a] - Lia + b, disp_a; Lia carries ident_a - disp_a.
@@ -157,14 +226,22 @@ SixHeadInputs<acc_t> six_head_inputs(const at::Tensor& logits, const at::Tensor&
           index_b.data_ptr<int64_t>(), index_a.size(0), logits.size(0), logits.size(1)};
 }
 
-// Calls launch(base_loss) with the functor of the base loss in params.
+// Calls launch(base_loss, mean_present) with the functor of the base loss in params and
+// mean_present = std::bool_constant<params.mean_present_negatives>{} (the kernels' template flag).
 template <typename acc_t, typename Launch>
-void with_base_loss(const LossParams& params, const Launch& launch) {
+void with_loss_params(const LossParams& params, const Launch& launch) {
+  const auto with_flag = [&](const auto base_loss) {
+    if (params.mean_present_negatives) {
+      launch(base_loss, std::true_type{});
+    } else {
+      launch(base_loss, std::false_type{});
+    }
+  };
   if (params.loss == BaseLoss::Bce) {
-    launch(BceLoss<acc_t>{});
+    with_flag(BceLoss<acc_t>{});
   } else {
-    launch(AslLoss<acc_t>{static_cast<acc_t>(params.gamma_neg), static_cast<acc_t>(params.gamma_pos),
-                          static_cast<acc_t>(params.clip), static_cast<acc_t>(params.eps_log), params.focal_grad});
+    with_flag(AslLoss<acc_t>{static_cast<acc_t>(params.gamma_neg), static_cast<acc_t>(params.gamma_pos),
+                             static_cast<acc_t>(params.clip), static_cast<acc_t>(params.eps_log), params.focal_grad});
   }
 }
 
@@ -214,9 +291,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_loss_forward_cuda(
     const at::Tensor& features, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& targets, const at::Tensor& index_a, const at::Tensor& index_b, c10::string_view norm,
     double eps, c10::string_view loss_name, double gamma_neg, double gamma_pos, double clip, double eps_log,
-    bool focal_grad) {
+    bool focal_grad, c10::string_view present_negatives) {
   const c10::cuda::CUDAGuard device_guard(features.device());
-  const LossParams params = parse_loss(loss_name, gamma_neg, gamma_pos, clip, eps_log, focal_grad);
+  const LossParams params = parse_loss(loss_name, gamma_neg, gamma_pos, clip, eps_log, focal_grad, present_negatives);
   const Prepared p = prepare(features, weight, bias, targets, index_a, index_b, norm, eps, params);
   const at::Tensor& F = p.features;
   const int64_t P = index_a.size(0), n = F.size(1), c = weight.size(0);
@@ -234,8 +311,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_loss_forward_cuda(
       const auto in = six_head_inputs<scalar_t>(logits, ident_logits, p.targets, p.bias_acc, p.index_a, p.index_b);
       const int64_t blocks = (P + kLossBlockThreads / kWarp - 1) / (kLossBlockThreads / kWarp);
       TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "indeed: too many pairs: ", P);
-      with_base_loss<scalar_t>(p.loss, [&](const auto base_loss) {
-        six_head_loss_kernel<<<static_cast<unsigned>(blocks), kLossBlockThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      with_loss_params<scalar_t>(p.loss, [&](const auto base_loss, const auto mean_present) {
+        constexpr bool kMeanPresent = decltype(mean_present)::value;
+        const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+        six_head_loss_kernel<kMeanPresent><<<static_cast<unsigned>(blocks), kLossBlockThreads, 0, stream>>>(
             in, base_loss, loss.data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
@@ -249,9 +328,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_loss_backward_cuda(
     const std::optional<at::Tensor>& bias, const at::Tensor& targets, const at::Tensor& index_a,
     const at::Tensor& index_b, const at::Tensor& logits_in, const at::Tensor& ident_logits_in,
     c10::string_view norm, double eps, c10::string_view loss_name, double gamma_neg, double gamma_pos, double clip,
-    double eps_log, bool focal_grad) {
+    double eps_log, bool focal_grad, c10::string_view present_negatives) {
   const c10::cuda::CUDAGuard device_guard(features.device());
-  const LossParams params = parse_loss(loss_name, gamma_neg, gamma_pos, clip, eps_log, focal_grad);
+  const LossParams params = parse_loss(loss_name, gamma_neg, gamma_pos, clip, eps_log, focal_grad, present_negatives);
   const Prepared p = prepare(features, weight, bias, targets, index_a, index_b, norm, eps, params);
   const at::Tensor& F = p.features;
   const int64_t B = F.size(0), n = F.size(1), c = weight.size(0), P = index_a.size(0);
@@ -284,8 +363,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> six_head_loss_backward_cuda(
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gemm, "indeed_six_head_dlogits", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const auto in = six_head_inputs<acc_t>(logits, ident_logits, p.targets, p.bias_acc, p.index_a, p.index_b);
-      with_base_loss<acc_t>(p.loss, [&](const auto base_loss) {
-        six_head_dlogits_kernel<scalar_t><<<grid, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      with_loss_params<acc_t>(p.loss, [&](const auto base_loss, const auto mean_present) {
+        constexpr bool kMeanPresent = decltype(mean_present)::value;
+        six_head_dlogits_kernel<kMeanPresent, scalar_t><<<grid, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
             in, base_loss, g.data_ptr<acc_t>(), grad_logits.data_ptr<acc_t>(), grad_ident.data_ptr<scalar_t>(),
             bias_partial.data_ptr<acc_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -44,8 +44,7 @@ from ..metrics import (
 from ..model import INDeeD
 from ..ops import BACKENDS
 from ..pairs import COOCCURRENCE_STATISTICS, DEFAULT_COOCCUR_REFRESH, STRATEGIES
-from ..reference import DEFAULT_LOAD_CAP
-from ..reference import NORMS
+from ..reference import DEFAULT_LOAD_CAP, NORMS, PRESENT_NEGATIVES
 from ..reweighting import ExclusiveWeightedBCE, FeatureSplitBCE
 from .viz import save_confidence_map
 
@@ -60,7 +59,7 @@ INIT_STREAM = 3  # seed stream of the model initialisation (engine uses 0-2 per 
 RESUME_MAY_CHANGE = ("epochs", "out", "resume", "workers", "device", "compile", "quiet", "backend", "channels_last")
 PER_RUN = ("method", "norm")  # the run's own method and norm replace the lists given on the command line
 INDEED_ONLY = ("norm", "blocks", "lam", "lam_warmup", "strategy", "cooccur_statistic", "cooccur_z", "load_cap", "cooccur_refresh",
-               "self_pair_disparate", "global_pairs")  # no effect on a baseline
+               "self_pair_disparate", "present_negatives", "global_pairs")  # no effect on a baseline
 COOCCUR_ONLY = ("cooccur_statistic", "cooccur_z", "load_cap", "cooccur_refresh")  # no effect on other pairs
 REWEIGHT_ONLY = ("exclusive_weight", "biased_pairs", "bias_model")  # train the weighted loss alone (the others' evaluation is recomputed)
 DEBIASING_METHODS = ("reweight", "featuresplit")  # Singh et al.'s methods: BCE on the biased pairs' exclusive images
@@ -74,7 +73,8 @@ BACKBONE_INITS = {"simple-cnn": "kaiming"}
 # What a setting was before indeed-train recorded it: how a checkpoint or study cell without it ran.
 UNRECORDED_SETTINGS = {"init": "torch", "cooccur_statistic": "excess", "cooccur_z": 3.0, "bias_model": None, "loss": "bce",
                        "gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05, "gamma": 2.0, "focal_grad": False,
-                       "load_cap": 0, "cooccur_refresh": 1}  # "cooccur" before 2026-12-07: uncapped, weights at every step
+                       "load_cap": 0, "cooccur_refresh": 1,  # "cooccur" before 2026-12-07: uncapped, weights at every step
+                       "present_negatives": "sum"}
 
 
 def _number(kind, low=None, low_inclusive=True, high=None):
@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--cooccur-refresh", metavar="STEPS", type=_number(int, 1), default=DEFAULT_COOCCUR_REFRESH,
                         help="--pairs cooccur: recompute the co-occurrence weights every STEPS steps (eager mode)")
     method.add_argument("--self-pair-disparate", default="zero_target", choices=SELF_PAIR_DISPARATE, help="disparate heads of self-pairs")
+    method.add_argument("--present-negatives", default="sum", choices=PRESENT_NEGATIVES,
+                        help="a decomposed head's present negatives (its image's labels its target excludes): summed (the paper) "
+                             "or averaged to one class's weight (docs/SPEC.md)")
     method.add_argument("--backend", default="auto", choices=BACKENDS, help="INDeeD operator backend")
     method.add_argument("--exclusive-weight", metavar="W", type=_number(float, 0.0, low_inclusive=False), default=10.0,
                         help="reweight: the weight of b's loss on its exclusive images (Singh et al.: 10)")
@@ -328,7 +331,7 @@ def train_run(run: dict, args, bundle, device: torch.device, log, progress: bool
         criterion = INDeeDLoss(
             lam=run["lam"], norm=run["norm"] or "minmax", blocks=loss_blocks(args.blocks), self_pair_disparate=args.self_pair_disparate,
             backend=args.backend, base=args.loss, gamma_neg=args.gamma_neg, gamma_pos=args.gamma_pos, clip=args.clip,
-            gamma=args.gamma, focal_grad=args.focal_grad, **pair_settings,
+            gamma=args.gamma, focal_grad=args.focal_grad, present_negatives=args.present_negatives, **pair_settings,
         )
     if args.global_pairs:
         criterion = distributed.GlobalPairsLoss(criterion)

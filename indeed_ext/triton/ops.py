@@ -63,7 +63,7 @@ def decompose_backward(grad_ia, grad_ib, grad_da, grad_db, fa, fb, norm, eps):
 
 
 def six_head_loss_forward(features, weight, bias, targets, index_a, index_b, norm, eps, loss, gamma_neg, gamma_pos,
-                          clip, eps_log, focal_grad):
+                          clip, eps_log, focal_grad, present_negatives):
     # Index values are read on the host only for CPU tensors: on GPUs that would be a sync per call.
     # There the kernels skip pairs with indices outside [0, B) and give them NaN losses, and the
     # public API (indeed_ext.six_head_loss, check_indices=True) raises IndexError before the call.
@@ -71,18 +71,21 @@ def six_head_loss_forward(features, weight, bias, targets, index_a, index_b, nor
     _checks.check_six_head(features, weight, bias, targets, index_a, index_b, check_index_values=on_cpu)
     _checks.check_norm_eps(norm, eps)
     _checks.check_loss(loss, gamma_neg, gamma_pos, clip, eps_log)
+    _checks.check_present_negatives(present_negatives)
     require_runnable(features.device)
     return _six_head.six_head_forward(
-        features, weight, bias, targets, index_a, index_b, norm, eps, loss, gamma_neg, gamma_pos, clip, eps_log
+        features, weight, bias, targets, index_a, index_b, norm, eps, loss, gamma_neg, gamma_pos, clip, eps_log,
+        present_negatives,
     )
 
 
 def six_head_loss_backward(grad, features, weight, bias, targets, index_a, index_b, logits, ident_logits, norm, eps,
-                           loss, gamma_neg, gamma_pos, clip, eps_log, focal_grad):
+                           loss, gamma_neg, gamma_pos, clip, eps_log, focal_grad, present_negatives):
     # Private op, called by the autograd of _six_head_loss_forward with indices it has checked.
     _checks.check_six_head(features, weight, bias, targets, index_a, index_b, check_index_values=False)
     _checks.check_norm_eps(norm, eps)
     _checks.check_loss(loss, gamma_neg, gamma_pos, clip, eps_log)
+    _checks.check_present_negatives(present_negatives)
     require_runnable(features.device)
     (B, _), c, P = features.shape, weight.shape[0], index_a.shape[0]
     expected_shapes = {"grad": (grad, (P, 6)), "logits": (logits, (B, c)), "ident_logits": (ident_logits, (P, 2, c))}
@@ -91,16 +94,16 @@ def six_head_loss_backward(grad, features, weight, bias, targets, index_a, index
             raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
     return _six_head.six_head_backward(
         grad, features, weight, bias, targets, index_a, index_b, logits, ident_logits, norm, eps, loss, gamma_neg,
-        gamma_pos, clip, eps_log, focal_grad,
+        gamma_pos, clip, eps_log, focal_grad, present_negatives,
     )
 
 
 # Like csrc/ops.cpp: the public ops forward to _six_head_loss_forward, whose autograd saves the logits.
 def six_head_loss(features, weight, bias, targets, index_a, index_b, norm="minmax", eps=1e-12, loss="bce",
-                  gamma_neg=0.0, gamma_pos=0.0, clip=0.0, eps_log=1e-8, focal_grad=False):
+                  gamma_neg=0.0, gamma_pos=0.0, clip=0.0, eps_log=1e-8, focal_grad=False, present_negatives="sum"):
     forward = torch.ops.indeed_triton._six_head_loss_forward
     return forward(features, weight, bias, targets, index_a, index_b, norm, eps, loss, gamma_neg, gamma_pos, clip,
-                   eps_log, focal_grad)[0]
+                   eps_log, focal_grad, present_negatives)[0]
 
 
 def six_head_bce(features, weight, bias, targets, index_a, index_b, norm="minmax", eps=1e-12):

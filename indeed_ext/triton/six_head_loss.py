@@ -2,7 +2,10 @@
 
 The base loss (BCE or ASL) is a compile-time choice (ASL, FOCAL_GRAD) of the two kernels
 that touch the logits, the forward and A below; both call the same elementwise functions,
-_base_loss and _base_loss_grad.
+_base_loss and _base_loss_grad. So is present_negatives (MEAN_PRESENT): "mean" weights each
+class term of the decomposed heads by w (reference.present_negative_weights), in the loss sums
+and in the logit errors e_h; both kernels first sum the targets' s over all classes per pair
+(_present_sums), then form the weights per class block (_present_weight).
 
 Forward, two kernels:
 1. ``_linear_kernel``: the batch logits L = F W^T + b (B, c), one GEMM over B rows.
@@ -22,9 +25,10 @@ Saved for the backward (by ops.py): the inputs and the logits L, ident_logits.
 Backward, four kernels; every reduction is deterministic except the scatter into dF:
 A. ``_grad_logits_kernel``, per block of pairs: one pass over the fa, fb rows for the
    statistics of p with the tie counts (written, (P, 6)), then over the classes:
-   e_h = g_h dloss/dz(z_h, y_h) from the saved logits, combined per feature vector
-   as Ga = e_oa + e_da, Gb = e_ob + e_db, Gia = e_ia - e_da, Gib = e_ib - e_db (written,
-   (4, P, c)), and per program the partial sums of dbias, added by torch.
+   e_h = g_h w_h dloss/dz(z_h, y_h) from the saved logits (w_h = 1 under "sum"), combined
+   per feature vector as Ga = e_oa + e_da, Gb = e_ob + e_db, Gia = e_ia - e_da,
+   Gib = e_ib - e_db (written, (4, P, c)), and per program the partial sums of dbias, added
+   by torch.
 B. ``_grad_m_kernel``, per block of pairs and of features: dm = (Gia W) fa + (Gib W) fb
    (written, (P, n)) and its partial row sums of dm and dm m, added by torch: the
    row reduction that dp needs.
@@ -167,10 +171,46 @@ def _loss_params(gamma_neg, gamma_pos, clip, eps_log, ACC: tl.constexpr):
 
 
 @triton.jit
-def _loss_sum(z, y, mask, gamma_neg, gamma_pos, clip, eps_log, ASL: tl.constexpr):
-    """Sum over classes (axis 1) of _base_loss, zero outside mask."""
+def _loss_sum(z, y, class_weight, mask, gamma_neg, gamma_pos, clip, eps_log, ASL: tl.constexpr):
+    """Sum over classes (axis 1) of class_weight * _base_loss (no weight when None), zero outside mask."""
     loss = _base_loss(z, y, gamma_neg, gamma_pos, clip, eps_log, ASL)
+    if class_weight is not None:
+        loss = class_weight * loss
     return tl.sum(tl.where(mask, loss, 0.0), axis=1)
+
+
+@triton.jit
+def _present_sums(t_ptr, idx_a, idx_b, stride_tr, stride_tc, pair_mask, c,
+                  MEAN_PRESENT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """Per pair, the sums over all classes of the s of the class weights (reference.present_negative_weights):
+    ya - ya yb (ident_a), yb - ya yb (ident_b), ya yb (disp_a, disp_b), written as the kernels form the disp
+    heads' targets; zeros unless MEAN_PRESENT."""
+    sum_ident_a = tl.zeros([BLOCK_P], ACC)
+    sum_ident_b = tl.zeros([BLOCK_P], ACC)
+    sum_both = tl.zeros([BLOCK_P], ACC)
+    if MEAN_PRESENT:
+        for start in range(0, c, BLOCK_C):
+            classes = start + tl.arange(0, BLOCK_C)
+            mask = pair_mask[:, None] & (classes < c)[None, :]
+            y_a = load_tile(t_ptr, idx_a * stride_tr, classes, stride_tc, mask, ACC)
+            y_b = load_tile(t_ptr, idx_b * stride_tr, classes, stride_tc, mask, ACC)
+            both = y_a * y_b
+            sum_ident_a += tl.sum(y_a - both, axis=1)
+            sum_ident_b += tl.sum(y_b - both, axis=1)
+            sum_both += tl.sum(both, axis=1)
+    return sum_ident_a, sum_ident_b, sum_both
+
+
+@triton.jit
+def _present_weight(s, s_sum, MEAN_PRESENT: tl.constexpr):
+    """The class weights 1 - s + s / max(1, s_sum) of a head, s_sum per pair (from _present_sums); None (no
+    weights) unless MEAN_PRESENT."""
+    if MEAN_PRESENT:
+        divisor = tl.where(s_sum < 1.0, 1.0, s_sum)  # clamp_min: NaN stays NaN
+        weight = 1.0 - s + s / divisor[:, None]
+    else:
+        weight = None
+    return weight
 
 
 @triton.jit
@@ -178,7 +218,7 @@ def _six_head_forward_kernel(
     f_ptr, w_ptr, bias_ptr, t_ptr, index_a_ptr, index_b_ptr, logits_ptr, ident_ptr, loss_ptr,
     P, B, n, c, eps: tl.float64, gamma_neg: tl.float64, gamma_pos: tl.float64, clip: tl.float64, eps_log: tl.float64,
     stride_fr, stride_fc, stride_wr, stride_wc, stride_tr, stride_tc,
-    L2: tl.constexpr, HAS_BIAS: tl.constexpr, ASL: tl.constexpr,
+    L2: tl.constexpr, HAS_BIAS: tl.constexpr, ASL: tl.constexpr, MEAN_PRESENT: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_STATS: tl.constexpr,
     ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -200,6 +240,10 @@ def _six_head_forward_kernel(
         w_t = load_tile(w_ptr, k * stride_wc, classes, stride_wr, (k[:, None] < n) & class_mask[None, :], DOT)
         acc_a = tl.dot((m * a).to(DOT), w_t, acc_a, input_precision=PRECISION, out_dtype=acc_a.dtype)
         acc_b = tl.dot((m * b).to(DOT), w_t, acc_b, input_precision=PRECISION, out_dtype=acc_b.dtype)
+    # over all classes, not only this program's block; between the GEMM loop and the epilogue:
+    # held through the loop, or formed with the epilogue's tiles live, they made ptxas spill (sm_90)
+    sum_ident_a, sum_ident_b, sum_both = _present_sums(
+        t_ptr, idx_a, idx_b, stride_tr, stride_tc, pair_mask, c, MEAN_PRESENT, BLOCK_P, BLOCK_C, ACC)
     if HAS_BIAS:
         beta = tl.load(bias_ptr + classes, mask=class_mask, other=0.0).to(ACC)[None, :]
     else:
@@ -219,26 +263,34 @@ def _six_head_forward_kernel(
     params = _loss_params(gamma_neg, gamma_pos, clip, eps_log, ACC)
     # side a's heads, then side b's: fewer tiles live at once (the ASL epilogue spilled otherwise)
     z_oa = load_tile(logits_ptr, idx_a * c, classes, 1, mask, ACC)
-    _store_side_sums(out, pairs < P, bad, z_oa, z_ia, beta, y_a, both, mask, params, 0, ASL)
+    _store_side_sums(out, pairs < P, bad, z_oa, z_ia, beta, y_a, both, sum_ident_a, sum_both, mask, params, 0, ASL,
+                     MEAN_PRESENT)
     z_ob = load_tile(logits_ptr, idx_b * c, classes, 1, mask, ACC)
-    _store_side_sums(out, pairs < P, bad, z_ob, z_ib, beta, y_b, both, mask, params, 1, ASL)
+    _store_side_sums(out, pairs < P, bad, z_ob, z_ib, beta, y_b, both, sum_ident_b, sum_both, mask, params, 1, ASL,
+                     MEAN_PRESENT)
 
 
 @triton.jit
-def _store_side_sums(out, in_range, bad, z_o, z_i, beta, y, both, mask, params, SIDE: tl.constexpr, ASL: tl.constexpr):
-    """The loss sums of one side's heads orig, ident, disp (columns SIDE, 2 + SIDE, 4 + SIDE of out)."""
-    tl.store(out + SIDE, _loss_sum(z_o, y, mask, *params, ASL) + bad, mask=in_range)
-    tl.store(out + 2 + SIDE, _loss_sum(z_i, both, mask, *params, ASL) + bad, mask=in_range)
-    tl.store(out + 4 + SIDE, _loss_sum(z_o - z_i + beta, y - both, mask, *params, ASL) + bad, mask=in_range)
+def _store_side_sums(out, in_range, bad, z_o, z_i, beta, y, both, sum_ident, sum_both, mask, params,
+                     SIDE: tl.constexpr, ASL: tl.constexpr, MEAN_PRESENT: tl.constexpr):
+    """The loss sums of one side's heads orig, ident, disp (columns SIDE, 2 + SIDE, 4 + SIDE of out); sum_ident,
+    sum_both: the side's _present_sums."""
+    w_ident = _present_weight(y - both, sum_ident, MEAN_PRESENT)  # s: the disp head's targets
+    w_disp = _present_weight(both, sum_both, MEAN_PRESENT)
+    tl.store(out + SIDE, _loss_sum(z_o, y, None, mask, *params, ASL) + bad, mask=in_range)
+    tl.store(out + 2 + SIDE, _loss_sum(z_i, both, w_ident, mask, *params, ASL) + bad, mask=in_range)
+    tl.store(out + 4 + SIDE, _loss_sum(z_o - z_i + beta, y - both, w_disp, mask, *params, ASL) + bad, mask=in_range)
 
 
 @triton.jit
-def _head_error(g_ptr, pairs, pair_mask, mask, z, y, gamma_neg, gamma_pos, clip, eps_log,
+def _head_error(g_ptr, pairs, pair_mask, mask, z, y, class_weight, gamma_neg, gamma_pos, clip, eps_log,
                 HEAD: tl.constexpr, ACC: tl.constexpr, ASL: tl.constexpr, FOCAL_GRAD: tl.constexpr):
-    """e = g_h dloss/dz(z, y) of one head, zero outside mask."""
-    g = tl.load(g_ptr + pairs * 6 + HEAD, mask=pair_mask, other=0.0).to(ACC)
+    """e = g_h class_weight dloss/dz(z, y) of one head (no weight when None), zero outside mask."""
+    g = tl.load(g_ptr + pairs * 6 + HEAD, mask=pair_mask, other=0.0).to(ACC)[:, None]
+    if class_weight is not None:
+        g = g * class_weight
     grad = _base_loss_grad(z, y, gamma_neg, gamma_pos, clip, eps_log, ASL, FOCAL_GRAD)
-    return tl.where(mask, g[:, None] * grad, 0.0)
+    return tl.where(mask, g * grad, 0.0)
 
 
 @triton.jit
@@ -247,7 +299,7 @@ def _grad_logits_kernel(
     ga_ptr, gb_ptr, gia_ptr, gib_ptr, stats_ptr, dbias_ptr,
     P, B, n, c, eps: tl.float64, gamma_neg: tl.float64, gamma_pos: tl.float64, clip: tl.float64, eps_log: tl.float64,
     stride_fr, stride_fc, stride_tr, stride_tc,
-    L2: tl.constexpr, HAS_BIAS: tl.constexpr, ASL: tl.constexpr, FOCAL_GRAD: tl.constexpr,
+    L2: tl.constexpr, HAS_BIAS: tl.constexpr, ASL: tl.constexpr, FOCAL_GRAD: tl.constexpr, MEAN_PRESENT: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr,
 ):
     """Ga, Gb, Gia, Gib (P, c), the row statistics of p (P, 6) and partial dbias sums (pair blocks, c)."""
@@ -266,6 +318,8 @@ def _grad_logits_kernel(
     tl.store(stats + 4, k_lo.to(ACC), mask=pair_mask)
     tl.store(stats + 5, k_hi.to(ACC), mask=pair_mask)
     params = _loss_params(gamma_neg, gamma_pos, clip, eps_log, ACC)
+    sum_ident_a, sum_ident_b, sum_both = _present_sums(
+        t_ptr, idx_a, idx_b, stride_tr, stride_tc, pair_mask, c, MEAN_PRESENT, BLOCK_P, BLOCK_C, ACC)
     for start in range(0, c, BLOCK_C):
         classes = start + tl.arange(0, BLOCK_C)
         class_mask = classes < c
@@ -281,23 +335,27 @@ def _grad_logits_kernel(
         # side a's heads, then side b's: fewer tiles live at once (ASL's gradients spilled otherwise)
         z_oa = load_tile(logits_ptr, idx_a * c, classes, 1, mask, ACC)
         z_ia = load_tile(ident_ptr, pairs * (2 * c), classes, 1, mask, ACC)
-        dbias = _store_side_errors(g_ptr, ga_ptr, gia_ptr, out, z_oa, z_ia, beta, y_a, both, pairs, pair_mask, mask,
-                                   params, 0, ACC, ASL, FOCAL_GRAD)
+        dbias = _store_side_errors(g_ptr, ga_ptr, gia_ptr, out, z_oa, z_ia, beta, y_a, both, sum_ident_a, sum_both,
+                                   pairs, pair_mask, mask, params, 0, ACC, ASL, FOCAL_GRAD, MEAN_PRESENT)
         z_ob = load_tile(logits_ptr, idx_b * c, classes, 1, mask, ACC)
         z_ib = load_tile(ident_ptr, pairs * (2 * c) + c, classes, 1, mask, ACC)
-        dbias += _store_side_errors(g_ptr, gb_ptr, gib_ptr, out, z_ob, z_ib, beta, y_b, both, pairs, pair_mask, mask,
-                                    params, 1, ACC, ASL, FOCAL_GRAD)
+        dbias += _store_side_errors(g_ptr, gb_ptr, gib_ptr, out, z_ob, z_ib, beta, y_b, both, sum_ident_b, sum_both,
+                                    pairs, pair_mask, mask, params, 1, ACC, ASL, FOCAL_GRAD, MEAN_PRESENT)
         tl.store(dbias_ptr + pid * c + classes, dbias, mask=class_mask)
 
 
 @triton.jit
-def _store_side_errors(g_ptr, g_orig_ptr, g_ident_ptr, out, z_o, z_i, beta, y, both, pairs, pair_mask, mask, params,
-                       SIDE: tl.constexpr, ACC: tl.constexpr, ASL: tl.constexpr, FOCAL_GRAD: tl.constexpr):
+def _store_side_errors(g_ptr, g_orig_ptr, g_ident_ptr, out, z_o, z_i, beta, y, both, sum_ident, sum_both, pairs,
+                       pair_mask, mask, params, SIDE: tl.constexpr, ACC: tl.constexpr, ASL: tl.constexpr,
+                       FOCAL_GRAD: tl.constexpr, MEAN_PRESENT: tl.constexpr):
     """One side's logit gradients e_o, e_i, e_d (heads orig, ident, disp: SIDE, 2 + SIDE, 4 + SIDE): stores
-    G = e_o + e_d and G_ident = e_i - e_d at out, returns the side's column sums of dbias."""
-    e_o = _head_error(g_ptr, pairs, pair_mask, mask, z_o, y, *params, SIDE, ACC, ASL, FOCAL_GRAD)
-    e_i = _head_error(g_ptr, pairs, pair_mask, mask, z_i, both, *params, 2 + SIDE, ACC, ASL, FOCAL_GRAD)
-    e_d = _head_error(g_ptr, pairs, pair_mask, mask, z_o - z_i + beta, y - both, *params, 4 + SIDE, ACC, ASL,
+    G = e_o + e_d and G_ident = e_i - e_d at out, returns the side's column sums of dbias. sum_ident, sum_both:
+    the side's _present_sums."""
+    w_ident = _present_weight(y - both, sum_ident, MEAN_PRESENT)  # s: the disp head's targets
+    w_disp = _present_weight(both, sum_both, MEAN_PRESENT)
+    e_o = _head_error(g_ptr, pairs, pair_mask, mask, z_o, y, None, *params, SIDE, ACC, ASL, FOCAL_GRAD)
+    e_i = _head_error(g_ptr, pairs, pair_mask, mask, z_i, both, w_ident, *params, 2 + SIDE, ACC, ASL, FOCAL_GRAD)
+    e_d = _head_error(g_ptr, pairs, pair_mask, mask, z_o - z_i + beta, y - both, w_disp, *params, 4 + SIDE, ACC, ASL,
                       FOCAL_GRAD)
     tl.store(g_orig_ptr + out, e_o + e_d, mask=mask)
     tl.store(g_ident_ptr + out, e_i - e_d, mask=mask)
@@ -501,7 +559,7 @@ def _cached_config(kernel: str, dtype: torch.dtype, c: int, dot: bool, accurate:
 
 
 def six_head_forward(features, weight, bias, targets, index_a, index_b, norm: str, eps: float, loss: str,
-                     gamma_neg: float, gamma_pos: float, clip: float, eps_log: float):
+                     gamma_neg: float, gamma_pos: float, clip: float, eps_log: float, present_negatives: str = "sum"):
     """(loss (P, 6), logits (B, c), ident_logits (P, 2, c)) in the accumulation dtype; inputs already checked."""
     (B, n), c, P = features.shape, weight.shape[0], index_a.shape[0]
     cd = torch.float64 if features.dtype == torch.float64 else torch.float32
@@ -522,7 +580,8 @@ def six_head_forward(features, weight, bias, targets, index_a, index_b, norm: st
     _six_head_forward_kernel[(triton.cdiv(P, cfg["BLOCK_P"]), class_blocks)](
         features, weight, bias, targets, index_a.contiguous(), index_b.contiguous(), logits, ident_logits, sums,
         P, B, n, c, eps, gamma_neg, gamma_pos, clip, eps_log, *features.stride(), *weight.stride(), *targets.stride(),
-        L2=norm == "l2", HAS_BIAS=bias is not None, ASL=loss == "asl", **cfg,
+        L2=norm == "l2", HAS_BIAS=bias is not None, ASL=loss == "asl", MEAN_PRESENT=present_negatives == "mean",
+        **cfg,
     )
     return (sums if class_blocks == 1 else sums.sum(0)), logits, ident_logits
 
@@ -548,7 +607,7 @@ def _in_layout_of(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def six_head_backward(grad, features, weight, bias, targets, index_a, index_b, logits, ident_logits, norm: str,
                       eps: float, loss: str, gamma_neg: float, gamma_pos: float, clip: float, eps_log: float,
-                      focal_grad: bool):
+                      focal_grad: bool, present_negatives: str = "sum"):
     """(grad_features, grad_weight, grad_bias) in the dtypes of features, weight, weight; inputs already checked."""
     (B, n), c, P = features.shape, weight.shape[0], index_a.shape[0]
     cd = torch.float64 if features.dtype == torch.float64 else torch.float32
@@ -568,8 +627,8 @@ def six_head_backward(grad, features, weight, bias, targets, index_a, index_b, l
     _grad_logits_kernel[(pair_blocks,)](
         grad, features, bias, targets, index_a, index_b, logits, ident_logits, ga, gb, gia, gib, stats, dbias,
         P, B, n, c, eps, gamma_neg, gamma_pos, clip, eps_log, *features.stride(), *targets.stride(), L2=l2,
-        HAS_BIAS=bias is not None, ASL=loss == "asl", FOCAL_GRAD=loss == "asl" and focal_grad, enable_fp_fusion=False,
-        **cfg,
+        HAS_BIAS=bias is not None, ASL=loss == "asl", FOCAL_GRAD=loss == "asl" and focal_grad,
+        MEAN_PRESENT=present_negatives == "mean", enable_fp_fusion=False, **cfg,
     )
 
     cfg = _config("grad_features", features, c)
