@@ -31,9 +31,10 @@ def test_pairs_by_seed_and_data_and_counts_once(tmp_path, capsys):
     write_cell(a, "n7-minmax-seed1", [run("indeed", 1, 45.0, 79.5)])  # ahead, then behind by 0.5
     write_cell(a, "n3-minmax-seed0", [run("indeed", 0, 68.5, 62.0, n=3)])  # paired with n3, not n7
     write_cell(b, "n7-minmax-seed0", [run("indeed", 0, 45.0, 85.0)])  # a copied cell: counted once
+    write_cell(b, "n7-variant-seed0", [run("indeed", 0, 55.0, 95.0)])  # same settings, another run: counted
     assert early_sign.main([str(a), str(b)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("3 INDeeD runs paired with their baselines; the first epoch's sign is the last's in 1 (33 %)")
+    assert out.startswith("4 INDeeD runs paired with their baselines; the first epoch's sign is the last's in 2 (50 %)")
     assert "| a | n7-minmax-seed1 | +5.0 | -0.5 |" in out and "| a | n3-minmax-seed0 | -1.5 | +2.0 |" in out
     assert early_sign.main([str(a), "--tie", "1"]) == 0
     assert "in 2 (67 %)" in capsys.readouterr().out
