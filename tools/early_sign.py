@@ -18,8 +18,6 @@ import os
 SHARED = ("dataset", "split_test_set", "labels_per_image", "cooccur", "train_size", "test_size", "image_size",
           "loss", "gamma_neg", "gamma_pos", "clip", "gamma", "backbone", "init", "epochs", "batch_size", "lr",
           "weight_decay", "schedule", "seed")
-METHOD = ("norm", "blocks", "lam", "lam_warmup", "strategy", "cooccur_statistic", "cooccur_z", "self_pair_disparate",
-          "present_negatives", "load_cap")
 
 
 def runs_of(study: str) -> list[dict]:
@@ -33,15 +31,15 @@ def runs_of(study: str) -> list[dict]:
 
 
 def paired(runs: list[dict]) -> list[tuple[dict, dict]]:
-    """(INDeeD run, its baseline) pairs; studies copy each other's cells, so a run counts once (a copy has
-    the same settings, title and history; a run whose code differed but whose settings did not, such as
-    docs/studies/gradient-paths' diagnostic variants, has its own history and counts apart)."""
+    """(INDeeD run, its baseline) pairs; studies copy each other's cells, so a run counts once: a copy has
+    the same data settings and per-epoch history (a run whose code differed but whose settings did not,
+    such as docs/studies/gradient-paths' diagnostic variants, has its own history and counts apart)."""
     key = lambda run: json.dumps([run["config"].get(k) for k in SHARED])  # noqa: E731
     baselines = {key(r): r for r in runs if r["method"] == "baseline"}
     out, seen = [], set()
     for run in runs:
         base = baselines.get(key(run))
-        ident = (key(run), json.dumps([run["config"].get(k) for k in METHOD]), run["title"], json.dumps(run["history"]))
+        ident = (key(run), json.dumps(run["history"]))
         if run["method"] == "indeed" and base is not None and ident not in seen:
             seen.add(ident)
             out.append((run, base))
