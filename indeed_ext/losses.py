@@ -64,7 +64,7 @@ class INDeeDLoss(nn.Module):
     strategy: pair mining, "any", "matching" or "cooccur" (see indeed_ext.pairs.mine_pairs).
     backend: passed to indeed_ext.ops.six_head_loss ("auto", "cpu", "cuda", "triton", "reference").
     num_classes: the c of the targets, checked when given; strategy "cooccur" needs it.
-    cooccur_statistic, cooccur_z, load_cap, cooccur_refresh: strategy "cooccur" only ("excess" or "lift",
+    cooccur_statistic, cooccur_z, load_cap, cooccur_refresh: strategy "cooccur" only ("lift", the default, or "excess",
         the z of its significance test: see pairs.CooccurrenceStatistic; the load cap of the partner
         draw, 0 for none: see pairs.mine_pairs; the weights are recomputed from the statistic every
         cooccur_refresh steps in eager mode, at every step when compiled). The loss owns that statistic,
@@ -99,7 +99,7 @@ class INDeeDLoss(nn.Module):
         backend: str = "auto",
         eps: float = 1e-12,
         num_classes: int | None = None,
-        cooccur_statistic: str = "excess",
+        cooccur_statistic: str = COOCCURRENCE_STATISTICS[0],
         cooccur_z: float = 3.0,
         load_cap: int = reference.DEFAULT_LOAD_CAP,
         cooccur_refresh: int = DEFAULT_COOCCUR_REFRESH,

@@ -57,7 +57,7 @@ from torch import nn
 from . import _checks, ops, reference
 
 STRATEGIES = ("any", "matching", "cooccur")
-COOCCURRENCE_STATISTICS = ("excess", "lift")
+COOCCURRENCE_STATISTICS = ("lift", "excess")  # the first is the default
 
 _DRAWS = 4  # proposals of each kind per row before the exact fallback
 _FALLBACK_ELEMENTS = 1 << 22  # rows x candidates per chunk of the exact fallback
@@ -280,10 +280,12 @@ class CooccurrenceStatistic(nn.Module):
     and a null rate p0, S = d = p_ij - p0 where d passes a one-sided binomial test,
     d > z * sqrt(p0 (1 - p0) / n_i), else 0; quantised to round(S * 2^16).
 
-    - "excess" (default): p0 = i's mean co-label rate, the mean of p_ij over j != i. It sees
-      partner groups and a hub that joins every class (P(hub | i) far above i's other co-labels).
-    - "lift": p0 = P(j) = n_j / samples. It sees partner groups, but not such a hub, whose
-      P(hub | i) is P(hub).
+    - "lift" (default): p0 = P(j) = n_j / samples, independence. It sees partner groups and a hub
+      tied to some classes (P(hub | i) above P(hub)); a hub that joins every class at one rate is
+      a prior, not a context (P(hub | i) = P(hub)), and gets no weight, so its pairs are "any"'s.
+    - "excess": p0 = i's mean co-label rate, the mean of p_ij over j != i. It also weighs such a hub
+      (which made "cooccur" collapse onto the hub-less images) and, with unequal class frequencies,
+      every frequent class against all others (docs/EXPERIMENTS.md, 'The statistic').
 
     Labels that co-occur no more than chance give weights 0 up to z-sigma noise, and then
     "cooccur" draws the "any" pairs. Under torch.distributed with several processes ``update``
@@ -291,7 +293,7 @@ class CooccurrenceStatistic(nn.Module):
     ``sync = False`` where every process already sees the same targets (recipes' GlobalPairsLoss).
     """
 
-    def __init__(self, num_classes: int, statistic: str = "excess", z: float = 3.0, refresh: int = 1):
+    def __init__(self, num_classes: int, statistic: str = COOCCURRENCE_STATISTICS[0], z: float = 3.0, refresh: int = 1):
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")

@@ -1,6 +1,6 @@
 """pairs.CooccurrenceStatistic and INDeeDLoss(strategy="cooccur"): the statistic on a hand-computed
-case for both null rates, the z threshold, partner groups and a hub (excess sees the hub, lift
-does not), no weights without co-occurrence, state_dict round trips, the all-reduce path, the
+case for both null rates, the z threshold, partner groups and a hub (excess sees the hub, lift,
+the default, does not and draws the "any" pairs), unequal class frequencies, no weights without co-occurrence, state_dict round trips, the all-reduce path, the
 loss's use of the statistic, the reweighting control blocks=(), and (on a GPU) the loss in a CUDA graph.
 """
 import pytest
@@ -103,6 +103,37 @@ def test_excess_sees_the_hub_and_lift_does_not():
     assert (excess[1:, 0] > 0.3 * SCALE).all(), "the hub separates: P(hub | i) far above i's other co-labels"
     assert excess[1:, 1:].sum() == 0 and excess[0].sum() == 0
     assert not lift.any(), "P(hub | i) = P(hub)"
+
+
+def test_default_lift_ignores_unequal_class_frequencies_and_excess_does_not():
+    """Independent labels, class k present with probability 0.1 + 0.05 k: no label is another's context.
+    "excess" compares P(j | i) with i's mean co-label rate and so weighs every frequent j (docs/EXPERIMENTS.md,
+    'The statistic'); the default, "lift", compares it with P(j) and weighs nothing."""
+    rates = 0.1 + 0.05 * torch.arange(10)
+    labels = (torch.rand(4000, 10, generator=torch.Generator().manual_seed(0)) < rates).float()
+    default = CooccurrenceStatistic(10)
+    default.update(labels)
+    assert default.statistic == "lift" and not default.contrast_weights().any()
+    excess = weights_of(labels, "excess", z=3.0)
+    assert (excess[:, 9] > 0).sum() >= 8, "the most frequent class separates from nearly every other"
+
+
+def test_default_cooccur_draws_the_any_pairs_with_a_hub_that_joins_every_class():
+    """A hub at one rate with every class is a prior, not a context: the default statistic gives it no
+    weight, so "cooccur" draws exactly the "any" pairs from the same generator state."""
+    labels = structured_labels("hub", 0.9)
+    statistic = CooccurrenceStatistic(10)
+    for batch in labels.split(128):
+        statistic.update(batch)
+        assert not statistic.contrast_weights().any()
+    batch = labels[:128]
+    cooccur = mine_pairs(batch, "cooccur", torch.Generator().manual_seed(5), contrast_weights=statistic.contrast_weights())
+    uniform = mine_pairs(batch, "any", torch.Generator().manual_seed(5))
+    assert all(torch.equal(x, y) for x, y in zip(cooccur, uniform))
+    excess = CooccurrenceStatistic(10, "excess", 3.0)
+    excess.update(labels)
+    weighted = mine_pairs(batch, "cooccur", torch.Generator().manual_seed(5), contrast_weights=excess.contrast_weights())
+    assert not torch.equal(weighted[1], uniform[1]), "with excess's hub weights the draw differs"
 
 
 @pytest.mark.parametrize("statistic", ["excess", "lift"])
@@ -282,7 +313,7 @@ def test_loss_bad_arguments():
     with pytest.raises(ValueError, match="strategy='cooccur' needs num_classes"):
         INDeeDLoss(strategy="cooccur")
     with pytest.raises(ValueError, match="cooccur_statistic, cooccur_z, load_cap and cooccur_refresh are settings of strategy='cooccur', not 'any'"):
-        INDeeDLoss(cooccur_statistic="lift")
+        INDeeDLoss(cooccur_statistic="excess")
     with pytest.raises(ValueError, match="unknown co-occurrence statistic"):
         INDeeDLoss(strategy="cooccur", num_classes=6, cooccur_statistic="pmi")
     with pytest.raises(ValueError, match="num_classes must be an int >= 1"):

@@ -71,7 +71,8 @@ DATASET_BACKBONES = {"ml-digits": "simple-cnn-gap"}
 # epochs, with He's it learnt in the first (docs/EXPERIMENTS.md). Other backbones keep their own init.
 BACKBONE_INITS = {"simple-cnn": "kaiming"}
 # What a setting was before indeed-train recorded it: how a checkpoint or study cell without it ran.
-UNRECORDED_SETTINGS = {"init": "torch", "cooccur_statistic": "excess", "cooccur_z": 3.0, "bias_model": None, "loss": "bce",
+UNRECORDED_SETTINGS = {"init": "torch", "cooccur_statistic": "excess",  # "lift" is the default since 2026-12-07
+                       "cooccur_z": 3.0, "bias_model": None, "loss": "bce",
                        "gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05, "gamma": 2.0, "focal_grad": False,
                        "load_cap": 0, "cooccur_refresh": 1,  # "cooccur" before 2026-12-07: uncapped, weights at every step
                        "present_negatives": "sum"}
@@ -139,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "with simple-cnn a ramp kept INDeeD at the label prior: docs/EXPERIMENTS.md)")
     method.add_argument("--pairs", "--strategy", dest="strategy", default="any", choices=STRATEGIES,
                         help="pair mining: a uniform valid partner, a matching, or partners weighted by label co-occurrence")
-    method.add_argument("--cooccur-statistic", default="excess", choices=COOCCURRENCE_STATISTICS,
-                        help="--pairs cooccur: the null rate of the co-occurrence weights (excess sees hubs, lift does not)")
+    method.add_argument("--cooccur-statistic", default=COOCCURRENCE_STATISTICS[0], choices=COOCCURRENCE_STATISTICS,
+                        help="--pairs cooccur: the null rate of the co-occurrence weights (lift: independence; excess: i's mean co-label rate)")
     method.add_argument("--cooccur-z", type=_number(float, 0.0), default=3.0, help="--pairs cooccur: the z of the weights' significance test")
     method.add_argument("--load-cap", type=_number(int, 0), default=DEFAULT_LOAD_CAP,
                         help="--pairs cooccur: the expected partner draws one image may keep per batch (0 = no cap; docs/SPEC.md)")
