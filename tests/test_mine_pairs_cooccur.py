@@ -187,7 +187,7 @@ def test_the_cap_bounds_the_partners_of_a_hub_batch(backend):
     without it (docs/EXPERIMENTS.md): the most-used partner of a batch of 128 serves about 25 rows. The
     cap bounds every row's expected weighted load by load_cap, and the most-used partner serves about 8."""
     name, device = backend
-    statistic = CooccurrenceStatistic(10)
+    statistic = CooccurrenceStatistic(10, "excess")  # the statistic that weighs such a hub (lift, the default, does not)
     statistic.seed_from_labels(hub_label_sets(4000, seed=1))
     weights = statistic.contrast_weights()
     targets = hub_label_sets(128, seed=2)

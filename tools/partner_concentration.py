@@ -4,9 +4,9 @@
     python tools/partner_concentration.py [SPEC ...]   (default: pairs:0.9 hub:0.9, the COCO-like mixture, pairs:0)
 
 For each --cooccur SPEC: 8,000 training label sets of N = 4 of 10 classes (seed 0), the
-co-occurrence statistic seeded from them (the "excess" default, z = 3), then 60 batches of 128
-mined with "any", with "cooccur" without its load cap (load_cap = 0, the draw before 2026-12-07)
-and with "cooccur" as it is (load_cap = 4, the default). Prints, as means over the batches: how many samples the
+co-occurrence statistic seeded from them (z = 3; "excess", the default before 2026-12-07, and
+"lift", the default since), then 60 batches of 128 mined with "any", with "cooccur" without its
+load cap (load_cap = 0, the draw before 2026-12-07) and with "cooccur" as it is (load_cap = 4). Prints, as means over the batches: how many samples the
 most-used partner serves, the distinct partners of a batch, and the share of partners without
 class 0 (the hub of hub:ρ) against that share in the batch. docs/EXPERIMENTS.md ("A hub") quotes it.
 """
@@ -15,13 +15,14 @@ import sys
 import numpy as np
 import torch
 
-from indeed_ext.pairs import CooccurrenceStatistic, mine_pairs
+from indeed_ext.pairs import COOCCURRENCE_STATISTICS, CooccurrenceStatistic, mine_pairs
 from indeed_ext.recipes.data.cooccur import Cooccurrence, CooccurSpec
 from indeed_ext.reference import DEFAULT_LOAD_CAP
 
 SETS, CLASSES, LABELS, BATCH, BATCHES = 8000, 10, 4, 128, 60
-DRAWS = {"any": ("any", {}), "cooccur, no cap": ("cooccur", {"load_cap": 0}),
-         f"cooccur (cap {DEFAULT_LOAD_CAP})": ("cooccur", {"load_cap": DEFAULT_LOAD_CAP})}
+DRAWS = {"any": (None, {})} | {
+    f"cooccur ({statistic}){label}": (statistic, settings) for statistic in reversed(COOCCURRENCE_STATISTICS)
+    for label, settings in ((", no cap", {"load_cap": 0}), (f", cap {DEFAULT_LOAD_CAP}", {"load_cap": DEFAULT_LOAD_CAP}))}
 
 
 def main(specs):
@@ -34,22 +35,25 @@ def main(specs):
         labels = torch.zeros(SETS, CLASSES, dtype=torch.bool)
         for i in range(SETS):
             labels[i, cooccurrence.sample(rng, LABELS)] = True
-        statistic = CooccurrenceStatistic(CLASSES)
-        statistic.seed_from_labels(labels)
-        weights = statistic.contrast_weights()
+        weights = {}
+        for name in COOCCURRENCE_STATISTICS:
+            seeded = CooccurrenceStatistic(CLASSES, name)
+            seeded.seed_from_labels(labels)
+            weights[name] = seeded.contrast_weights()
         generator = torch.Generator().manual_seed(0)
-        for name, (strategy, settings) in DRAWS.items():
+        for name, (statistic, settings) in DRAWS.items():
             most, distinct, partners_hubless, batch_hubless = [], [], [], []
             for _ in range(BATCHES):
                 batch = labels[torch.randperm(SETS, generator=generator)[:BATCH]]
-                strategy_weights = weights if strategy == "cooccur" else None
-                _, index_b, _ = mine_pairs(batch, strategy, generator, contrast_weights=strategy_weights, **settings)
+                strategy = "any" if statistic is None else "cooccur"
+                _, index_b, _ = mine_pairs(batch, strategy, generator, contrast_weights=weights.get(statistic), **settings)
                 uses = torch.bincount(index_b, minlength=BATCH)
                 most.append(uses.max().item())
                 distinct.append((uses > 0).sum().item())
                 partners_hubless.append((~batch[index_b, 0]).float().mean().item())
                 batch_hubless.append((~batch[:, 0]).float().mean().item())
-            print(f"| `{text}` | {name} | {int((weights > 0).sum())} | {np.mean(most):.1f} "
+            weighted = "" if statistic is None else int((weights[statistic] > 0).sum())
+            print(f"| `{text}` | {name} | {weighted} | {np.mean(most):.1f} "
                   f"| {np.mean(distinct):.0f} of {BATCH} | {np.mean(partners_hubless):.2f} | {np.mean(batch_hubless):.2f} |")
 
 
