@@ -25,21 +25,30 @@ DRAWS = {"any": (None, {})} | {
     for label, settings in ((", no cap", {"load_cap": 0}), (f", cap {DEFAULT_LOAD_CAP}", {"load_cap": DEFAULT_LOAD_CAP}))}
 
 
+def label_sets(spec: str, seed: int = 0) -> torch.Tensor:
+    """SETS training label sets of LABELS of CLASSES classes drawn by --cooccur spec, as a bool (SETS, CLASSES)."""
+    cooccurrence, rng = Cooccurrence(CooccurSpec.parse(spec), CLASSES), np.random.default_rng(seed)
+    labels = torch.zeros(SETS, CLASSES, dtype=torch.bool)
+    for i in range(SETS):
+        labels[i, cooccurrence.sample(rng, LABELS)] = True
+    return labels
+
+
+def seeded_weights(labels: torch.Tensor, statistic: str) -> torch.Tensor:
+    """The contrast weights of the statistic seeded from all of labels."""
+    seeded = CooccurrenceStatistic(CLASSES, statistic)
+    seeded.seed_from_labels(labels)
+    return seeded.contrast_weights()
+
+
 def main(specs):
     torch.set_num_threads(1)
     print("| spec | pairs | weights > 0 | most-used partner serves | distinct partners | partners without class 0 "
           "| batch without class 0 |")
     print("|---|---|---|---|---|---|---|")
     for text in specs:
-        cooccurrence, rng = Cooccurrence(CooccurSpec.parse(text), CLASSES), np.random.default_rng(0)
-        labels = torch.zeros(SETS, CLASSES, dtype=torch.bool)
-        for i in range(SETS):
-            labels[i, cooccurrence.sample(rng, LABELS)] = True
-        weights = {}
-        for name in COOCCURRENCE_STATISTICS:
-            seeded = CooccurrenceStatistic(CLASSES, name)
-            seeded.seed_from_labels(labels)
-            weights[name] = seeded.contrast_weights()
+        labels = label_sets(text)
+        weights = {name: seeded_weights(labels, name) for name in COOCCURRENCE_STATISTICS}
         generator = torch.Generator().manual_seed(0)
         for name, (statistic, settings) in DRAWS.items():
             most, distinct, partners_hubless, batch_hubless = [], [], [], []

@@ -17,18 +17,10 @@ import numpy as np
 import torch
 
 from indeed_ext.pairs import COOCCURRENCE_STATISTICS, CooccurrenceStatistic
-from indeed_ext.recipes.data.cooccur import Cooccurrence, CooccurSpec
+from partner_concentration import BATCH, CLASSES, SETS, label_sets, seeded_weights  # this folder's tool
 
-SETS, CLASSES, LABELS, BATCH, EPOCHS, SEEDS = 8000, 10, 4, 128, 3, (0, 1, 2)
+EPOCHS, SEEDS = 3, (0, 1, 2)
 MIXTURE = "groups=5+6,7+8&hub=0@1+2+3&tail=0.3"
-
-
-def label_sets(spec: str, seed: int) -> torch.Tensor:
-    cooccurrence, rng = Cooccurrence(CooccurSpec.parse(spec), CLASSES), np.random.default_rng(seed)
-    labels = torch.zeros(SETS, CLASSES, dtype=torch.bool)
-    for i in range(SETS):
-        labels[i, cooccurrence.sample(rng, LABELS)] = True
-    return labels
 
 
 def replay(labels: torch.Tensor, statistic: str, seed: int) -> tuple[int, int, float]:
@@ -43,9 +35,7 @@ def replay(labels: torch.Tensor, statistic: str, seed: int) -> tuple[int, int, f
 
 
 def seeded_contrasts(labels: torch.Tensor, statistic: str) -> list[tuple[int, int]]:
-    seeded = CooccurrenceStatistic(CLASSES, statistic)
-    seeded.seed_from_labels(labels)
-    return [tuple(pair) for pair in (seeded.contrast_weights() > 0).nonzero().tolist()]
+    return [tuple(pair) for pair in (seeded_weights(labels, statistic) > 0).nonzero().tolist()]
 
 
 def main(specs) -> None:
