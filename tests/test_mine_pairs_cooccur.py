@@ -141,6 +141,25 @@ def test_loads_are_the_expected_weighted_draws():
     torch.testing.assert_close(loads, expected, rtol=1e-9, atol=0)
 
 
+@pytest.mark.parametrize("p", [0.05, 0.5])
+def test_cpu_threads_split_the_sets_and_give_the_reference_pairs(p):
+    """The CPU kernel splits the label sets between threads and sums R (the loads' table) over one table
+    per thread; it reads a small set's labels one by one and runs a large one's as a mask over c (p = 0.05:
+    about 4 of 80 labels; 0.5: about 40). With two threads and more sets than one task takes, and a cap of
+    1 under which loads decide many draws, the pairs are still the reference's."""
+    targets, weights, seed = random_targets(700, 80, p, seed=3), random_weights(80, seed=5), torch.tensor(11)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = torch.ops.indeed.mine_pairs_cooccur(targets, seed, weights, 1)
+    finally:
+        torch.set_num_threads(threads)
+    expected = reference.mine_pairs_cooccur(targets, seed, weights, 1)
+    assert (got[1] != reference.mine_pairs_cooccur(targets, seed, weights, 0)[1]).sum() > 20, "the cap decides draws"
+    for got_part, want in zip(got, expected):
+        assert torch.equal(got_part, want)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("load_cap", [0, 1])
 def test_partner_frequencies_per_row_on_random_labels(backend, load_cap):
