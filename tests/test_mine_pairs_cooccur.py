@@ -67,15 +67,20 @@ def test_the_default_load_cap_is_the_schemas():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_zero_weights_give_the_any_pairs(backend):
+    """No weight at all, and weights only on a label that no row carries (every W_a = 0 with weighted
+    labels): mine_pairs' draw, capped or not."""
     name, device = backend
     for B, c, p in ((33, 65, 0.1), (40, 6, 0.4), (2, 3, 1.0)):
-        targets = random_targets(B, c, p, seed=B).to(device)
-        for seed in (3, -5):
-            seed_tensor = torch.tensor(seed, device=device)
-            zero = torch.zeros((c, c), dtype=torch.int64, device=device)
-            cooccur = op_of(name).mine_pairs_cooccur(targets, seed_tensor, zero)
-            for got, want in zip(cooccur, op_of(name).mine_pairs(targets, seed_tensor)):
-                assert torch.equal(got, want)
+        targets = random_targets(B, c, p, seed=B)
+        targets[:, 0] = 0
+        unused_label = torch.zeros((c, c), dtype=torch.int64)
+        unused_label[0, 1:] = SCALE
+        for weights in (torch.zeros((c, c), dtype=torch.int64), unused_label):
+            for seed, load_cap in ((3, reference.DEFAULT_LOAD_CAP), (-5, 0)):
+                seed_tensor = torch.tensor(seed, device=device)
+                cooccur = op_of(name).mine_pairs_cooccur(targets.to(device), seed_tensor, weights.to(device), load_cap)
+                for got, want in zip(cooccur, op_of(name).mine_pairs(targets.to(device), seed_tensor)):
+                    assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

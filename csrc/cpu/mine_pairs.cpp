@@ -178,15 +178,18 @@ INDEED_SIMD_CLONES void any_pairs(const Batch& batch, int64_t begin, int64_t end
   for (int64_t s = begin; s < end; ++s) any_pairs_of_set(batch, s, partners);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_pairs(const at::Tensor& targets, const at::Tensor& seed) {
-  check_mine_pairs(targets, seed);
-  const Batch batch = prepare(targets, seed);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> any_pairs_of_batch(const Batch& batch) {
   const int64_t row_bits = batch.labels.row_bits;
   for_label_sets(batch, row_bits * 4, [&](int64_t begin, int64_t end) {
     std::vector<Word> partners(row_bits);
     any_pairs(batch, begin, end, partners.data());
   });
   return {batch.index_a, batch.index_b, batch.is_partial};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_pairs(const at::Tensor& targets, const at::Tensor& seed) {
+  check_mine_pairs(targets, seed);
+  return any_pairs_of_batch(prepare(targets, seed));
 }
 
 // A set's mass (or load) is a sum over its labels i of per-label sums over j, which two tables
@@ -204,10 +207,13 @@ struct MassTables {
 // mine_pairs_cooccur's tables: weights[i * c + j] = S[i, j] (0 on the diagonal, so that the
 // contrasts' loops need not skip j = i), co[i * c + j] = the rows carrying labels i and j, the
 // masses' tables, and whether S[i, :] has a weight (a label without one adds no mass or load).
+// Without any weight (labels that co-occur no more than chance) co and masses stay empty.
 struct Contrasts {
   std::vector<uint32_t> weights, co;
   MassTables masses;
   std::vector<uint8_t> weighted;
+
+  bool any_weighted() const { return std::find(weighted.begin(), weighted.end(), 1) != weighted.end(); }
 };
 
 // co[i * c + j] = co[j * c + i] for the labels i in [begin, end) and j >= i.
@@ -240,7 +246,7 @@ MassTables mass_tables(const std::vector<uint32_t>& weights, const Count* x, int
 
 Contrasts contrasts_of(const PackedLabels& labels, const at::Tensor& contrast_weights) {
   const int64_t c = labels.c;
-  Contrasts contrasts{std::vector<uint32_t>(c * c), std::vector<uint32_t>(c * c)};
+  Contrasts contrasts{std::vector<uint32_t>(c * c), {}};
   const at::Tensor weights = contrast_weights.contiguous();
   const int64_t* w = weights.const_data_ptr<int64_t>();
   contrasts.weighted.assign(c, 0);
@@ -250,6 +256,8 @@ Contrasts contrasts_of(const PackedLabels& labels, const at::Tensor& contrast_we
     contrasts.weights[k] = k % (c + 1) == 0 ? 0 : static_cast<uint32_t>(w[k]);
     contrasts.weighted[k / c] |= contrasts.weights[k] != 0;
   }
+  if (!contrasts.any_weighted()) return contrasts;
+  contrasts.co.resize(c * c);
   const int64_t labels_per_task = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, c * labels.row_bits));
   at::parallel_for(0, c, labels_per_task,
                    [&](int64_t begin, int64_t end) { co_counts(labels, begin, end, contrasts.co.data()); });
@@ -359,7 +367,9 @@ SetSums set_totals_and_loads(const Batch& batch, const Contrasts& contrasts, int
   for_sets([&](int64_t s, CooccurScratch& scratch) {
     sums.totals[s] = set_sums(contrasts.masses, contrasts.weighted, c, scratch, sums.label_masses.data() + sums.label_offsets[s]);
   });
-  if (load_cap == 0) return sums;
+  if (load_cap == 0 || std::all_of(sums.totals.begin(), sums.totals.end(), [](uint64_t total) { return total == 0; })) {
+    return sums;  // no load needed: no cap, or no weighted draw
+  }
   const int scale = load_scale(labels.B);
   // R, one table per thread (at::parallel_for runs one task per thread), then their sum.
   const int64_t threads = at::get_num_threads();
@@ -455,6 +465,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_pairs_cooccur(const at::Tens
   check_mine_pairs_cooccur(targets, seed, contrast_weights, load_cap);
   const Batch batch = prepare(targets, seed);
   const Contrasts contrasts = contrasts_of(batch.labels, contrast_weights);
+  if (!contrasts.any_weighted()) return any_pairs_of_batch(batch);  // every W_a = 0: mine_pairs' draw
   const int64_t B = batch.labels.B, c = batch.labels.c, row_bits = batch.labels.row_bits;
   const SetSums sums = set_totals_and_loads(batch, contrasts, load_cap);
   CooccurDraw draw{contrasts, sums, {}, load_cap > 0 ? load_threshold(load_cap, B) : 0};
