@@ -67,15 +67,20 @@ def test_the_default_load_cap_is_the_schemas():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_zero_weights_give_the_any_pairs(backend):
+    """No weight at all, and weights only on a label that no row carries (every W_a = 0 with weighted
+    labels): mine_pairs' draw, capped or not."""
     name, device = backend
     for B, c, p in ((33, 65, 0.1), (40, 6, 0.4), (2, 3, 1.0)):
-        targets = random_targets(B, c, p, seed=B).to(device)
-        for seed in (3, -5):
-            seed_tensor = torch.tensor(seed, device=device)
-            zero = torch.zeros((c, c), dtype=torch.int64, device=device)
-            cooccur = op_of(name).mine_pairs_cooccur(targets, seed_tensor, zero)
-            for got, want in zip(cooccur, op_of(name).mine_pairs(targets, seed_tensor)):
-                assert torch.equal(got, want)
+        targets = random_targets(B, c, p, seed=B)
+        targets[:, 0] = 0
+        unused_label = torch.zeros((c, c), dtype=torch.int64)
+        unused_label[0, 1:] = SCALE
+        for weights in (torch.zeros((c, c), dtype=torch.int64), unused_label):
+            for seed, load_cap in ((3, reference.DEFAULT_LOAD_CAP), (-5, 0)):
+                seed_tensor = torch.tensor(seed, device=device)
+                cooccur = op_of(name).mine_pairs_cooccur(targets.to(device), seed_tensor, weights.to(device), load_cap)
+                for got, want in zip(cooccur, op_of(name).mine_pairs(targets.to(device), seed_tensor)):
+                    assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -139,6 +144,25 @@ def test_loads_are_the_expected_weighted_draws():
     expected = torch.where(totals > 0, weighted / totals.clamp_min(1), 0).sum(0)
     assert expected.max() > 1.5, "some row carries more than one draw"
     torch.testing.assert_close(loads, expected, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.5])
+def test_cpu_threads_split_the_sets_and_give_the_reference_pairs(p):
+    """The CPU kernel splits the label sets between threads and sums R (the loads' table) over one table
+    per thread; it reads a small set's labels one by one and runs a large one's as a mask over c (p = 0.05:
+    about 4 of 80 labels; 0.5: about 40). With two threads and more sets than one task takes, and a cap of
+    1 under which loads decide many draws, the pairs are still the reference's."""
+    targets, weights, seed = random_targets(700, 80, p, seed=3), random_weights(80, seed=5), torch.tensor(11)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = torch.ops.indeed.mine_pairs_cooccur(targets, seed, weights, 1)
+    finally:
+        torch.set_num_threads(threads)
+    expected = reference.mine_pairs_cooccur(targets, seed, weights, 1)
+    assert (got[1] != reference.mine_pairs_cooccur(targets, seed, weights, 0)[1]).sum() > 20, "the cap decides draws"
+    for got_part, want in zip(got, expected):
+        assert torch.equal(got_part, want)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -10,9 +10,10 @@
 //
 // mine_pairs_cooccur: the set's contrasts (i, j) have masses S[i, j] * count(i, j), with count
 // from the batch's co-count matrix (popcounts of carrier ANDs, c^2 B / 128 word operations per
-// batch): |ya| * c vectorised additions per set (see MassTables). With a load cap, each set's rows
-// add floor(2^Q / W) to a (c, c) matrix R at the pairs of its labels, and a set's load is the same
-// sum as its mass with R in place of the co-counts (docs/SPEC.md). Each member then draws a
+// batch): |ya|^2 table reads per set, or |ya| * c vectorised additions for large sets (see
+// MassTables). With a load cap, each set's rows add floor(2^Q / W) to a (c, c) matrix R at the
+// pairs of its labels (its upper triangle, in per-thread tables, summed), and a set's load is the
+// same sum as its mass with R in place of the co-counts (docs/SPEC.md). Each member then draws a
 // contrast, then its partner among the contrast's rows, carriers[i] & carriers[j] (or
 // & ~carriers[j]): one pass of AND, popcount and select over B / 64 words; with a cap it keeps it
 // or takes a uniform valid partner instead. A set whose masses are all 0 draws as mine_pairs.
@@ -177,9 +178,7 @@ INDEED_SIMD_CLONES void any_pairs(const Batch& batch, int64_t begin, int64_t end
   for (int64_t s = begin; s < end; ++s) any_pairs_of_set(batch, s, partners);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_pairs(const at::Tensor& targets, const at::Tensor& seed) {
-  check_mine_pairs(targets, seed);
-  const Batch batch = prepare(targets, seed);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> any_pairs_of_batch(const Batch& batch) {
   const int64_t row_bits = batch.labels.row_bits;
   for_label_sets(batch, row_bits * 4, [&](int64_t begin, int64_t end) {
     std::vector<Word> partners(row_bits);
@@ -188,13 +187,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_pairs(const at::Tensor& targ
   return {batch.index_a, batch.index_b, batch.is_partial};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_pairs(const at::Tensor& targets, const at::Tensor& seed) {
+  check_mine_pairs(targets, seed);
+  return any_pairs_of_batch(prepare(targets, seed));
+}
+
 // A set's mass (or load) is a sum over its labels i of per-label sums over j, which two tables
 // give for every set at once: alone[i] = sum_j S[i, j] X[i, j], the sum for the set {i}, and
 // joined[i * c + k] = S[i, k] (X[i, i] - 2 X[i, k]), what k's joining the set adds (k's rows with
 // i leave contrast (i, k), i's rows without k enter it). X is the co-count matrix for the masses
-// and R for the loads. A set's sum of label i is alone[i] plus joined[i, k] over its labels k: c
-// additions of joined[i, k] & (the set as a mask), which vectorise. Unsigned: the loads' tables
-// wrap around 2^64 on the way, and their sums, below 2^63, come out exact.
+// and R for the loads. A set's sum of label i is alone[i] plus joined[i, k] over its labels k: |ya|
+// table reads, or for large sets c additions of joined[i, k] & (the set as a mask), which
+// vectorise. Unsigned: the loads' tables wrap around 2^64 on the way, and their sums, below 2^63,
+// come out exact, in any order of addition.
 struct MassTables {
   std::vector<uint64_t> alone, joined;
 };
@@ -202,10 +207,13 @@ struct MassTables {
 // mine_pairs_cooccur's tables: weights[i * c + j] = S[i, j] (0 on the diagonal, so that the
 // contrasts' loops need not skip j = i), co[i * c + j] = the rows carrying labels i and j, the
 // masses' tables, and whether S[i, :] has a weight (a label without one adds no mass or load).
+// Without any weight (labels that co-occur no more than chance) co and masses stay empty.
 struct Contrasts {
   std::vector<uint32_t> weights, co;
   MassTables masses;
   std::vector<uint8_t> weighted;
+
+  bool any_weighted() const { return std::find(weighted.begin(), weighted.end(), 1) != weighted.end(); }
 };
 
 // co[i * c + j] = co[j * c + i] for the labels i in [begin, end) and j >= i.
@@ -238,7 +246,7 @@ MassTables mass_tables(const std::vector<uint32_t>& weights, const Count* x, int
 
 Contrasts contrasts_of(const PackedLabels& labels, const at::Tensor& contrast_weights) {
   const int64_t c = labels.c;
-  Contrasts contrasts{std::vector<uint32_t>(c * c), std::vector<uint32_t>(c * c)};
+  Contrasts contrasts{std::vector<uint32_t>(c * c), {}};
   const at::Tensor weights = contrast_weights.contiguous();
   const int64_t* w = weights.const_data_ptr<int64_t>();
   contrasts.weighted.assign(c, 0);
@@ -248,6 +256,8 @@ Contrasts contrasts_of(const PackedLabels& labels, const at::Tensor& contrast_we
     contrasts.weights[k] = k % (c + 1) == 0 ? 0 : static_cast<uint32_t>(w[k]);
     contrasts.weighted[k / c] |= contrasts.weights[k] != 0;
   }
+  if (!contrasts.any_weighted()) return contrasts;
+  contrasts.co.resize(c * c);
   const int64_t labels_per_task = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, c * labels.row_bits));
   at::parallel_for(0, c, labels_per_task,
                    [&](int64_t begin, int64_t end) { co_counts(labels, begin, end, contrasts.co.data()); });
@@ -255,11 +265,10 @@ Contrasts contrasts_of(const PackedLabels& labels, const at::Tensor& contrast_we
   return contrasts;
 }
 
-// Per-task scratch of mine_pairs_cooccur: the set's labels, their masses, the set as a mask of c
-// words (all ones for its labels), and mine_pairs' partner bitset.
+// Per-task scratch of mine_pairs_cooccur: the set's labels, the set as a mask of c words (all ones
+// for its labels), and mine_pairs' partner bitset.
 struct CooccurScratch {
   std::vector<int64_t> set_labels;
-  std::vector<uint64_t> label_masses;
   std::vector<int64_t> in_set;
   std::vector<Word> partners;
 };
@@ -279,38 +288,75 @@ void clear_set(CooccurScratch& scratch) {
   for (const int64_t k : scratch.set_labels) scratch.in_set[k] = 0;
 }
 
-// The set's per-label sums of the tables (into scratch.label_masses when masses is given), and their total.
+// Whether a set's per-label loops read its labels one by one (|ya| scalar steps) rather than run
+// over all c labels with its mask (c / 4 or fewer vector steps).
+[[gnu::always_inline]] inline bool sparse_set(const CooccurScratch& scratch, int64_t c) {
+  return static_cast<int64_t>(scratch.set_labels.size()) * 4 <= c;
+}
+
+// The set's per-label sums of the tables (into masses[0, |ya|) when masses is not null), and their total.
 INDEED_SIMD_CLONES uint64_t set_sums(const MassTables& tables, const std::vector<uint8_t>& weighted, int64_t c,
-                                     CooccurScratch& scratch, std::vector<uint64_t>* masses) {
+                                     const CooccurScratch& scratch, uint64_t* masses) {
   const int64_t* __restrict in_set = scratch.in_set.data();
+  const bool sparse = sparse_set(scratch, c);
   uint64_t total = 0;
-  if (masses != nullptr) masses->clear();
-  for (const int64_t i : scratch.set_labels) {
+  for (size_t label = 0; label < scratch.set_labels.size(); ++label) {
+    const int64_t i = scratch.set_labels[label];
     uint64_t sum = 0;
     if (weighted[i]) {
       const uint64_t* __restrict joined_i = tables.joined.data() + i * c;
       sum = tables.alone[i];
-      for (int64_t k = 0; k < c; ++k) sum += joined_i[k] & static_cast<uint64_t>(in_set[k]);
+      if (sparse) {
+        for (const int64_t k : scratch.set_labels) sum += joined_i[k];
+      } else {
+        for (int64_t k = 0; k < c; ++k) sum += joined_i[k] & static_cast<uint64_t>(in_set[k]);
+      }
     }
-    if (masses != nullptr) masses->push_back(sum);
+    if (masses != nullptr) masses[label] = sum;
     total += sum;
   }
   return total;
 }
 
-// Per label set: its total mass W and, with a load cap, its load (what each of its rows carries).
+// R's upper triangle += share at the pairs i <= j of the set's labels (R is symmetric).
+INDEED_SIMD_CLONES void add_shares(int64_t c, const CooccurScratch& scratch, uint64_t share, uint64_t* __restrict shares) {
+  const int64_t* __restrict in_set = scratch.in_set.data();
+  const std::vector<int64_t>& set_labels = scratch.set_labels;
+  const bool sparse = sparse_set(scratch, c);
+  for (size_t label = 0; label < set_labels.size(); ++label) {
+    const int64_t i = set_labels[label];
+    uint64_t* __restrict shares_i = shares + i * c;
+    if (sparse) {
+      for (size_t other = label; other < set_labels.size(); ++other) shares_i[set_labels[other]] += share;
+    } else {
+      for (int64_t j = i; j < c; ++j) shares_i[j] += share & static_cast<uint64_t>(in_set[j]);
+    }
+  }
+}
+
+// Per label set: its total mass W, its labels' masses (label_masses[label_offsets[s] + l] for its
+// l-th label, ascending) and, with a load cap, its load (what each of its rows carries).
 struct SetSums {
-  std::vector<uint64_t> totals, loads;
+  std::vector<uint64_t> totals, loads, label_masses;
+  std::vector<int64_t> label_offsets;
 };
 
-// The sets' total masses, then with a load cap R = sum over rows a of floor(2^Q / W_a) y_a y_a^T
-// and the sets' loads from R's tables.
+// The sets' masses, then with a load cap R = sum over rows a of floor(2^Q / W_a) y_a y_a^T and the
+// sets' loads from R's tables.
 SetSums set_totals_and_loads(const Batch& batch, const Contrasts& contrasts, int64_t load_cap) {
-  const int64_t c = batch.labels.c, num_sets = batch.num_sets();
-  SetSums sums{std::vector<uint64_t>(num_sets, 0), {}};
+  const PackedLabels& labels = batch.labels;
+  const int64_t c = labels.c, num_sets = batch.num_sets();
+  SetSums sums{std::vector<uint64_t>(num_sets, 0), {}, {}, std::vector<int64_t>(num_sets + 1, 0)};
+  for (int64_t s = 0; s < num_sets; ++s) {
+    const Word* set_words = labels.row(batch.sets.rows[batch.sets.starts[s]]);
+    int64_t count = 0;
+    for (int64_t w = 0; w < labels.W; ++w) count += std::popcount(set_words[w]);
+    sums.label_offsets[s + 1] = sums.label_offsets[s] + count;
+  }
+  sums.label_masses.resize(sums.label_offsets[num_sets]);
   const auto for_sets = [&](const auto& body) {
     for_label_sets(batch, c * 4, [&](int64_t begin, int64_t end) {
-      CooccurScratch scratch{{}, {}, std::vector<int64_t>(c, 0), {}};
+      CooccurScratch scratch{{}, std::vector<int64_t>(c, 0), {}};
       for (int64_t s = begin; s < end; ++s) {
         enter_set(batch, s, scratch);
         body(s, scratch);
@@ -319,21 +365,26 @@ SetSums set_totals_and_loads(const Batch& batch, const Contrasts& contrasts, int
     });
   };
   for_sets([&](int64_t s, CooccurScratch& scratch) {
-    sums.totals[s] = set_sums(contrasts.masses, contrasts.weighted, c, scratch, nullptr);
+    sums.totals[s] = set_sums(contrasts.masses, contrasts.weighted, c, scratch, sums.label_masses.data() + sums.label_offsets[s]);
   });
-  if (load_cap == 0) return sums;
-  const int scale = load_scale(batch.labels.B);
-  std::vector<uint64_t> shares(c * c, 0);  // R
-  CooccurScratch scratch{{}, {}, std::vector<int64_t>(c, 0), {}};
-  for (int64_t s = 0; s < num_sets; ++s) {
+  if (load_cap == 0 || std::all_of(sums.totals.begin(), sums.totals.end(), [](uint64_t total) { return total == 0; })) {
+    return sums;  // no load needed: no cap, or no weighted draw
+  }
+  const int scale = load_scale(labels.B);
+  // R, one table per thread (at::parallel_for runs one task per thread), then their sum.
+  const int64_t threads = at::get_num_threads();
+  std::vector<uint64_t> shares(threads * c * c, 0);
+  for_sets([&](int64_t s, CooccurScratch& scratch) {
     const uint64_t share = load_share(sums.totals[s], scale);
-    if (share == 0) continue;
-    enter_set(batch, s, scratch);
     const uint64_t rows = static_cast<uint64_t>(batch.sets.starts[s + 1] - batch.sets.starts[s]);
-    for (const int64_t i : scratch.set_labels) {
-      for (const int64_t j : scratch.set_labels) shares[i * c + j] += share * rows;
-    }
-    clear_set(scratch);
+    TORCH_INTERNAL_ASSERT_DEBUG_ONLY(at::get_thread_num() < threads);
+    if (share != 0) add_shares(c, scratch, share * rows, shares.data() + at::get_thread_num() * c * c);
+  });
+  for (int64_t t = 1; t < threads; ++t) {
+    for (int64_t k = 0; k < c * c; ++k) shares[k] += shares[t * c * c + k];
+  }
+  for (int64_t i = 0; i < c; ++i) {
+    for (int64_t j = 0; j < i; ++j) shares[i * c + j] = shares[j * c + i];
   }
   const MassTables load_tables = mass_tables(contrasts.weights, shares.data(), c);
   sums.loads.assign(num_sets, 0);
@@ -370,7 +421,7 @@ INDEED_SIMD_CLONES void cooccur_pairs(const Batch& batch, const CooccurDraw& dra
       continue;
     }
     enter_set(batch, s, scratch);
-    set_sums(contrasts.masses, contrasts.weighted, c, scratch, &scratch.label_masses);
+    const uint64_t* label_masses = draw.sums.label_masses.data() + draw.sums.label_offsets[s];
     int64_t uniform_count = -1;  // the set's valid partners (in scratch.partners), once a row needs them
     for (int64_t r = first; r < last; ++r) {
       const int64_t a = batch.sets.rows[r];
@@ -378,7 +429,7 @@ INDEED_SIMD_CLONES void cooccur_pairs(const Batch& batch, const CooccurDraw& dra
       // The first contrast whose cumulative mass exceeds the draw: its label i, then its j.
       uint64_t drawn = contrast_draw(random, total);
       size_t k = 0;
-      for (; drawn >= scratch.label_masses[k]; ++k) drawn -= scratch.label_masses[k];
+      for (; drawn >= label_masses[k]; ++k) drawn -= label_masses[k];
       const int64_t i = scratch.set_labels[k];
       const uint32_t* weights_i = contrasts.weights.data() + i * c;
       const uint32_t* co_i = contrasts.co.data() + i * c;
@@ -414,6 +465,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_pairs_cooccur(const at::Tens
   check_mine_pairs_cooccur(targets, seed, contrast_weights, load_cap);
   const Batch batch = prepare(targets, seed);
   const Contrasts contrasts = contrasts_of(batch.labels, contrast_weights);
+  if (!contrasts.any_weighted()) return any_pairs_of_batch(batch);  // every W_a = 0: mine_pairs' draw
   const int64_t B = batch.labels.B, c = batch.labels.c, row_bits = batch.labels.row_bits;
   const SetSums sums = set_totals_and_loads(batch, contrasts, load_cap);
   CooccurDraw draw{contrasts, sums, {}, load_cap > 0 ? load_threshold(load_cap, B) : 0};
@@ -424,7 +476,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_pairs_cooccur(const at::Tens
     }
   }
   for_label_sets(batch, row_bits * 4 + c * 4, [&](int64_t begin, int64_t end) {
-    CooccurScratch scratch{{}, {}, std::vector<int64_t>(c, 0), std::vector<Word>(row_bits)};
+    CooccurScratch scratch{{}, std::vector<int64_t>(c, 0), std::vector<Word>(row_bits)};
     cooccur_pairs(batch, draw, begin, end, scratch);
   });
   return {batch.index_a, batch.index_b, batch.is_partial};
