@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Re-fit only the last layer of a trained run on its own training set, the backbone frozen: does
+that remove a contextual bias that the features do not hold (tools/feature_probe.py)?
+
+    python tools/last_layer_refit.py CELL [CELL ...] [--epochs 3] [--weight 10]
+
+Each CELL is an indeed-study cell folder (results.json and the run's checkpoint.pt). The run's
+training canvases (rebuilt from its recorded data settings and seed) go once through the frozen
+backbone; the classifier, from its trained weights, is trained again for --epochs with the run's
+Adam learning rate and batch size, in one data order, under two losses: BCE (the control: the same
+steps without reweighting) and Singh et al.'s weighted loss (indeed_ext.reweighting.ExclusiveWeightedBCE
+on the biased pairs by annotation co-occurrence, as `indeed-train --method reweight` without
+--bias-model, weight --weight). Prints the mAP and per-class AP (%) on the run's test canvases of the
+trained model and of both re-fits. A diagnostic: docs/EXPERIMENTS.md ("The weighted loss on the
+mixture") quotes it.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import glob
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+
+from indeed_ext.metrics import biased_pairs_by_cooccurrence, mean_average_precision
+from indeed_ext.recipes.data.registry import DataOptions, build_dataset
+from indeed_ext.recipes.engine import load_model
+from indeed_ext.reweighting import ExclusiveWeightedBCE
+
+DATA_SETTINGS = ("root", "labels_per_image", "train_size", "test_size", "seed", "split_test_set", "cooccur")
+
+
+def features_and_targets(backbone: torch.nn.Module, dataset, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen backbone's features of every item of dataset, and the items' targets."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    features, targets = [], []
+    with torch.no_grad():
+        for images, target in loader:
+            features.append(backbone(images))
+            targets.append(target)
+    return torch.cat(features), torch.cat(targets).float()
+
+
+def bce(features: torch.Tensor, targets: torch.Tensor, classifier: torch.nn.Linear) -> torch.Tensor:
+    """The baseline's loss: BCE with logits summed over classes, averaged over images."""
+    return F.binary_cross_entropy_with_logits(classifier(features), targets, reduction="sum") / len(targets)
+
+
+def refit(classifier: torch.nn.Linear, loss_fn, features, targets, epochs: int, lr: float, batch_size: int, seed: int) -> torch.nn.Linear:
+    """A copy of classifier trained again on (features, targets) with Adam."""
+    refitted = copy.deepcopy(classifier).train()
+    optimizer = torch.optim.Adam(refitted.parameters(), lr=lr)
+    order = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for rows in torch.randperm(len(targets), generator=order).split(batch_size):
+            optimizer.zero_grad()
+            loss_fn(features[rows], targets[rows], refitted).backward()
+            optimizer.step()
+    return refitted.eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cells", nargs="+", help="indeed-study cell folders")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--weight", type=float, default=10.0, help="the weighted loss's weight on exclusive images")
+    args = parser.parse_args()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    for cell in args.cells:
+        checkpoints = glob.glob(os.path.join(cell, "*", "checkpoint.pt"))
+        if len(checkpoints) != 1:
+            raise FileNotFoundError(f"{cell}: expected one */checkpoint.pt, found {len(checkpoints)}")
+        with open(os.path.join(cell, "results.json")) as file:
+            config = json.load(file)[0]["config"]
+        bundle = build_dataset(config["dataset"], DataOptions(**{key: config[key] for key in DATA_SETTINGS}))
+        model, _ = load_model(checkpoints[0])
+        train_features, train_targets = features_and_targets(model.backbone, bundle.train_eval)
+        test_features, test_targets = features_and_targets(model.backbone, bundle.test)
+        pairs, _ = biased_pairs_by_cooccurrence(bundle.train.targets, k=config["biased_pairs"])
+        weighted = ExclusiveWeightedBCE(pairs, args.weight)
+        losses = {"BCE re-fit": bce, f"weighted re-fit (×{args.weight:g})": lambda f, t, c: weighted(f, t, c).loss}
+        classifiers = {"trained": model.classifier} | {
+            name: refit(model.classifier, loss_fn, train_features, train_targets, args.epochs, config["lr"], config["batch_size"], config["seed"])
+            for name, loss_fn in losses.items()}
+        print(f"{os.path.basename(os.path.normpath(cell))} (pairs: {', '.join(f'{b}-{c}' for b, c in pairs.tolist())})")
+        print("| last layer | mAP | " + " | ".join(bundle.class_names) + " |")
+        print("|---|---|" + "---|" * len(bundle.class_names))
+        for name, classifier in classifiers.items():
+            with torch.no_grad():
+                mean_ap, per_class = mean_average_precision(classifier(test_features), test_targets)
+            print(f"| {name} | {mean_ap:.1f} | " + " | ".join(f"{ap:.1f}" for ap in per_class.tolist()) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
