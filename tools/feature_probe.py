@@ -30,9 +30,19 @@ from indeed_ext.recipes.engine import load_model
 DATA_SETTINGS = ("root", "labels_per_image", "train_size", "test_size", "seed", "split_test_set", "cooccur")
 
 
-def test_set(config: dict) -> tuple[torch.Tensor, np.ndarray]:
-    """The run's single-object test images and their classes."""
+def load_cell(cell: str):
+    """(the exported model, its results.json config, its data bundle) of an indeed-study cell folder."""
+    checkpoints = glob.glob(os.path.join(cell, "*", "checkpoint.pt"))
+    if len(checkpoints) != 1:
+        raise FileNotFoundError(f"{cell}: expected one */checkpoint.pt, found {len(checkpoints)}")
+    with open(os.path.join(cell, "results.json")) as file:
+        config = json.load(file)[0]["config"]
     bundle = build_dataset(config["dataset"], DataOptions(**{key: config[key] for key in DATA_SETTINGS}))
+    return load_model(checkpoints[0])[0], config, bundle
+
+
+def test_set(bundle) -> tuple[torch.Tensor, np.ndarray]:
+    """The run's single-object test images and their classes."""
     images, targets = zip(*(bundle.test[i] for i in range(len(bundle.test))))
     return torch.stack(images), torch.stack(targets).argmax(1).numpy()
 
@@ -58,13 +68,8 @@ def main() -> None:
           f"| probe AUC {args.label} vs {args.against} |")
     print("|---|---|---|---|---|")
     for cell in args.cells:
-        checkpoints = glob.glob(os.path.join(cell, "*", "checkpoint.pt"))
-        if len(checkpoints) != 1:
-            raise FileNotFoundError(f"{cell}: expected one */checkpoint.pt, found {len(checkpoints)}")
-        with open(os.path.join(cell, "results.json")) as file:
-            config = json.load(file)[0]["config"]
-        images, classes = test_set(config)
-        model, _ = load_model(checkpoints[0])
+        model, _, bundle = load_cell(cell)
+        images, classes = test_set(bundle)
         with torch.no_grad():
             features = model.backbone(images)
             scores = model.classifier(features)[:, args.label].numpy()

@@ -18,19 +18,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import glob
-import json
 import os
 
 import torch
 import torch.nn.functional as F
 
+from feature_probe import load_cell  # this folder's tool
 from indeed_ext.metrics import biased_pairs_by_cooccurrence, mean_average_precision
-from indeed_ext.recipes.data.registry import DataOptions, build_dataset
-from indeed_ext.recipes.engine import load_model
 from indeed_ext.reweighting import ExclusiveWeightedBCE
-
-DATA_SETTINGS = ("root", "labels_per_image", "train_size", "test_size", "seed", "split_test_set", "cooccur")
 
 
 def features_and_targets(backbone: torch.nn.Module, dataset, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,13 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     for cell in args.cells:
-        checkpoints = glob.glob(os.path.join(cell, "*", "checkpoint.pt"))
-        if len(checkpoints) != 1:
-            raise FileNotFoundError(f"{cell}: expected one */checkpoint.pt, found {len(checkpoints)}")
-        with open(os.path.join(cell, "results.json")) as file:
-            config = json.load(file)[0]["config"]
-        bundle = build_dataset(config["dataset"], DataOptions(**{key: config[key] for key in DATA_SETTINGS}))
-        model, _ = load_model(checkpoints[0])
+        model, config, bundle = load_cell(cell)
         train_features, train_targets = features_and_targets(model.backbone, bundle.train_eval)
         test_features, test_targets = features_and_targets(model.backbone, bundle.test)
         pairs, _ = biased_pairs_by_cooccurrence(bundle.train.targets, k=config["biased_pairs"])
