@@ -7,10 +7,10 @@ that remove a contextual bias that the features do not hold (tools/feature_probe
 Each CELL is an indeed-study cell folder (results.json and the run's checkpoint.pt). The run's
 training canvases (rebuilt from its recorded data settings and seed) go once through the frozen
 backbone; the classifier, from its trained weights, is trained again for --epochs with the run's
-Adam learning rate and batch size, in one data order, under two losses: BCE (the control: the same
-steps without reweighting) and Singh et al.'s weighted loss (indeed_ext.reweighting.ExclusiveWeightedBCE
-on the biased pairs by annotation co-occurrence, as `indeed-train --method reweight` without
---bias-model, weight --weight). Prints the mAP and per-class AP (%) on the run's test canvases of the
+Adam learning rate and batch size, in one data order, under Singh et al.'s weighted loss
+(indeed_ext.reweighting.ExclusiveWeightedBCE on the biased pairs by annotation co-occurrence, as
+`indeed-train --method reweight` without --bias-model) with weight 1 (plain BCE, the baseline's
+loss: the control, the same steps without reweighting) and with weight --weight. Prints the mAP and per-class AP (%) on the run's test canvases of the
 trained model and of both re-fits. A diagnostic: docs/EXPERIMENTS.md ("The weighted loss on the
 mixture") quotes it.
 """
@@ -21,7 +21,6 @@ import copy
 import os
 
 import torch
-import torch.nn.functional as F
 
 from feature_probe import load_cell  # this folder's tool
 from indeed_ext.metrics import biased_pairs_by_cooccurrence, mean_average_precision
@@ -39,20 +38,16 @@ def features_and_targets(backbone: torch.nn.Module, dataset, batch_size: int = 2
     return torch.cat(features), torch.cat(targets).float()
 
 
-def bce(features: torch.Tensor, targets: torch.Tensor, classifier: torch.nn.Linear) -> torch.Tensor:
-    """The baseline's loss: BCE with logits summed over classes, averaged over images."""
-    return F.binary_cross_entropy_with_logits(classifier(features), targets, reduction="sum") / len(targets)
-
-
-def refit(classifier: torch.nn.Linear, loss_fn, features, targets, epochs: int, lr: float, batch_size: int, seed: int) -> torch.nn.Linear:
-    """A copy of classifier trained again on (features, targets) with Adam."""
+def refit(classifier: torch.nn.Linear, criterion: ExclusiveWeightedBCE, features, targets, epochs: int, lr: float, batch_size: int,
+          seed: int) -> torch.nn.Linear:
+    """A copy of classifier trained again on (features, targets) with Adam under criterion."""
     refitted = copy.deepcopy(classifier).train()
     optimizer = torch.optim.Adam(refitted.parameters(), lr=lr)
     order = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         for rows in torch.randperm(len(targets), generator=order).split(batch_size):
             optimizer.zero_grad()
-            loss_fn(features[rows], targets[rows], refitted).backward()
+            criterion(features[rows], targets[rows], refitted).loss.backward()
             optimizer.step()
     return refitted.eval()
 
@@ -69,11 +64,10 @@ def main() -> None:
         train_features, train_targets = features_and_targets(model.backbone, bundle.train_eval)
         test_features, test_targets = features_and_targets(model.backbone, bundle.test)
         pairs, _ = biased_pairs_by_cooccurrence(bundle.train.targets, k=config["biased_pairs"])
-        weighted = ExclusiveWeightedBCE(pairs, args.weight)
-        losses = {"BCE re-fit": bce, f"weighted re-fit (×{args.weight:g})": lambda f, t, c: weighted(f, t, c).loss}
+        criteria = {"BCE re-fit": ExclusiveWeightedBCE(pairs, 1.0), f"weighted re-fit (×{args.weight:g})": ExclusiveWeightedBCE(pairs, args.weight)}
         classifiers = {"trained": model.classifier} | {
-            name: refit(model.classifier, loss_fn, train_features, train_targets, args.epochs, config["lr"], config["batch_size"], config["seed"])
-            for name, loss_fn in losses.items()}
+            name: refit(model.classifier, criterion, train_features, train_targets, args.epochs, config["lr"], config["batch_size"], config["seed"])
+            for name, criterion in criteria.items()}
         print(f"{os.path.basename(os.path.normpath(cell))} (pairs: {', '.join(f'{b}-{c}' for b, c in pairs.tolist())})")
         print("| last layer | mAP | " + " | ".join(bundle.class_names) + " |")
         print("|---|---|" + "---|" * len(bundle.class_names))
